@@ -1,0 +1,953 @@
+//! `UserInstance`: one user's OpenCode process and its lifecycle.
+//!
+//! Messages
+//! - `Wake { explicit }` → `WakeReply`: a client wants the instance; starts it when stopped.
+//!   Only an explicit start (a person pressing "start") leaves the `failed` state.
+//! - `Stop { reason }` → resolves once the instance is at rest (stopped or failed). A stop by
+//!   a person or an operator also resets `failed`.
+//! - `Retire { idle_for }` → `bool`: the registry forgets instances stopped for a long time.
+//! - internal: `Listening` (start line seen), `Exited` (process reaped); timers for the start
+//!   timeout, the stop grace period, health checks and the idle timeout.
+//!
+//! Transitions
+//! ```text
+//! stopped ─Wake─▶ queued ─(admitted by the registry, start slot)─▶ starting ─(listening)─▶ ready
+//! queued ─(refused: no room, shutting down)─▶ stopped
+//! starting ─(start timeout: SIGKILL)─▶ stopping ─▶ failed
+//! starting, ready ─(process exits)─▶ stopped (crash: next request restarts it after a backoff)
+//!                                    failed  (crash_limit crashes within crash_window)
+//! ready ─(health_failures failed checks)─▶ stopping ─▶ queued (restart)
+//! ready ─(idle, evicted, Stop)─▶ stopping ─(exit, or SIGKILL after the grace)─▶ stopped
+//! failed ─Wake{explicit}─▶ queued        failed ─Stop by a person or operator─▶ stopped
+//! ```
+//! The actor never blocks: the workspace is prepared on the blocking pool, output and exit are
+//! watched by separate tasks that report back with messages tagged by `generation`, so a
+//! message about an earlier process is recognised and ignored.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::activity::Activity;
+use crate::clock;
+use crate::config::InstanceConfig;
+use crate::health;
+use crate::launcher::{self, ChildSpec, Launcher, StderrTail};
+use crate::metrics::{CullReason, InstanceMetrics, StartOutcome};
+use crate::registry::{Admission, Admit, Registry, Released};
+use crate::status::{InstanceState, InstanceStatus, Refusal, Upstream};
+use crate::workspace::{UserKey, UsersRoot, Workspace, WorkspaceError};
+
+/// Who an instance belongs to.
+#[derive(Clone, Debug)]
+pub struct UserSpec {
+    pub user_id: String,
+    pub key: UserKey,
+    pub email: String,
+    pub name: Option<String>,
+}
+
+/// What every instance shares: configuration and the means to start processes.
+pub struct InstanceShared {
+    pub cfg: InstanceConfig,
+    pub launcher: Launcher,
+    pub users: UsersRoot,
+    /// `--max-concurrent-starts`; fair (FIFO), so queued instances start in order.
+    pub start_slots: Arc<Semaphore>,
+    pub metrics: InstanceMetrics,
+    /// USER/LOGNAME for children: the account they run as.
+    pub account: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "WakeReply")]
+pub struct Wake {
+    /// A person asked for a start (not just a request that needs the instance).
+    pub explicit: bool,
+}
+
+#[derive(Debug)]
+pub enum WakeReply {
+    Ready(Upstream),
+    /// Starting (or about to): watch the status for the outcome.
+    Pending,
+    /// Failed and not explicitly restarted; the message says why.
+    Failed(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The user asked for it.
+    Person,
+    /// An operator asked for it (admin API); also resets a failed instance.
+    Operator,
+    Idle,
+    Evicted,
+    Shutdown,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop {
+    pub reason: StopReason,
+}
+
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct Retire {
+    pub idle_for: Duration,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Listening {
+    generation: u64,
+    addr: SocketAddr,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Exited {
+    generation: u64,
+    status: String,
+}
+
+/// One spawned OpenCode process.
+struct Process {
+    pid: Pid,
+    generation: u64,
+    stderr: StderrTail,
+    spawned_at: Instant,
+    stopping: CancellationToken,
+    password: String,
+}
+
+enum AfterStop {
+    Rest,
+    Restart,
+    Fail(String),
+}
+
+enum Phase {
+    Stopped,
+    Queued {
+        task: SpawnHandle,
+    },
+    Starting {
+        _permit: OwnedSemaphorePermit,
+        /// None while the workspace is being prepared.
+        process: Option<Process>,
+        task: SpawnHandle,
+        timeout: SpawnHandle,
+    },
+    Ready {
+        process: Process,
+        upstream: Upstream,
+        ready_at_ms: u64,
+        health_failures: u32,
+        probing: bool,
+    },
+    Stopping {
+        process: Process,
+        then: AfterStop,
+        kill_timer: Option<SpawnHandle>,
+    },
+    Failed,
+}
+
+pub struct UserInstance {
+    user: Arc<UserSpec>,
+    shared: Arc<InstanceShared>,
+    registry: Addr<Registry>,
+    status: watch::Sender<InstanceStatus>,
+    activity: Arc<Activity>,
+    phase: Phase,
+    generation: u64,
+    /// An `Admit` was sent and not yet matched by a `Released`.
+    slot_requested: bool,
+    crashes: VecDeque<Instant>,
+    /// The last process crashed; the next start is a restart.
+    crashed: bool,
+    restarts: u32,
+    message: Option<String>,
+    refusal: Option<Refusal>,
+    health_client: Option<awc::Client>,
+}
+
+impl UserInstance {
+    pub fn new(
+        user: Arc<UserSpec>,
+        shared: Arc<InstanceShared>,
+        registry: Addr<Registry>,
+        status: watch::Sender<InstanceStatus>,
+        activity: Arc<Activity>,
+    ) -> Self {
+        Self {
+            user,
+            shared,
+            registry,
+            status,
+            activity,
+            phase: Phase::Stopped,
+            generation: 0,
+            slot_requested: false,
+            crashes: VecDeque::new(),
+            crashed: false,
+            restarts: 0,
+            message: None,
+            refusal: None,
+            health_client: None,
+        }
+    }
+
+    fn cfg(&self) -> &InstanceConfig {
+        &self.shared.cfg
+    }
+
+    fn state(&self) -> InstanceState {
+        match self.phase {
+            Phase::Stopped => InstanceState::Stopped,
+            Phase::Queued { .. } => InstanceState::Queued,
+            Phase::Starting { .. } => InstanceState::Starting,
+            Phase::Ready { .. } => InstanceState::Ready,
+            Phase::Stopping { .. } => InstanceState::Stopping,
+            Phase::Failed => InstanceState::Failed,
+        }
+    }
+
+    fn process(&self) -> Option<&Process> {
+        match &self.phase {
+            Phase::Starting { process, .. } => process.as_ref(),
+            Phase::Ready { process, .. } | Phase::Stopping { process, .. } => Some(process),
+            _ => None,
+        }
+    }
+
+    fn publish(&self) {
+        let state = self.state();
+        let (upstream, started_at_ms) = match &self.phase {
+            Phase::Ready {
+                upstream,
+                ready_at_ms,
+                ..
+            } => (Some(upstream.clone()), Some(*ready_at_ms)),
+            _ => (None, None),
+        };
+        let status = InstanceStatus {
+            state,
+            message: self.message.clone(),
+            refusal: self.refusal.clone(),
+            upstream,
+            pid: self.process().map(|p| p.pid.as_raw() as u32),
+            started_at_ms,
+            restarts: self.restarts,
+        };
+        let previous = self.status.send_replace(status);
+        if previous.state != state {
+            tracing::info!(
+                user = %self.user.user_id,
+                from = %previous.state,
+                to = %state,
+                message = self.message.as_deref().unwrap_or(""),
+                "instance state changed"
+            );
+        }
+    }
+
+    // ---- starting -------------------------------------------------------------------------
+
+    fn wake(&mut self, explicit: bool, ctx: &mut Context<Self>) -> WakeReply {
+        match &mut self.phase {
+            Phase::Ready { upstream, .. } => WakeReply::Ready(upstream.clone()),
+            Phase::Queued { .. } | Phase::Starting { .. } => WakeReply::Pending,
+            Phase::Stopping { then, .. } => match then {
+                AfterStop::Rest => {
+                    *then = AfterStop::Restart;
+                    WakeReply::Pending
+                }
+                AfterStop::Restart => WakeReply::Pending,
+                AfterStop::Fail(_) if explicit => {
+                    *then = AfterStop::Restart;
+                    WakeReply::Pending
+                }
+                AfterStop::Fail(message) => WakeReply::Failed(message.clone()),
+            },
+            Phase::Failed if !explicit => WakeReply::Failed(
+                self.message
+                    .clone()
+                    .unwrap_or_else(|| "instance failed".to_owned()),
+            ),
+            Phase::Failed => {
+                self.crashes.clear();
+                self.crashed = false;
+                self.begin_queued(Duration::ZERO, ctx);
+                WakeReply::Pending
+            }
+            Phase::Stopped => {
+                let delay = self.pending_backoff();
+                if self.crashed {
+                    self.crashed = false;
+                    self.restarts += 1;
+                    self.shared.metrics.restart();
+                }
+                self.begin_queued(delay, ctx);
+                WakeReply::Pending
+            }
+        }
+    }
+
+    /// What is left of the backoff after the most recent crash.
+    fn pending_backoff(&mut self) -> Duration {
+        self.prune_crashes();
+        let Some(last) = self.crashes.back() else {
+            return Duration::ZERO;
+        };
+        self.cfg()
+            .backoff_after(self.crashes.len())
+            .saturating_sub(last.elapsed())
+    }
+
+    fn prune_crashes(&mut self) {
+        let window = self.cfg().crash_window;
+        while self.crashes.front().is_some_and(|at| at.elapsed() > window) {
+            self.crashes.pop_front();
+        }
+    }
+
+    fn begin_queued(&mut self, delay: Duration, ctx: &mut Context<Self>) {
+        self.refusal = None;
+        self.message = Some(if delay.is_zero() {
+            "waiting for room to start".to_owned()
+        } else {
+            format!("restarting after a crash in {:.1}s", delay.as_secs_f64())
+        });
+        self.slot_requested = true;
+        let registry = self.registry.clone();
+        let user = self.user.user_id.clone();
+        let task = ctx.spawn(
+            async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                registry.send(Admit { user }).await
+            }
+            .into_actor(self)
+            .map(|admission, act, ctx| act.on_admission(admission, ctx)),
+        );
+        self.phase = Phase::Queued { task };
+        self.publish();
+    }
+
+    fn on_admission(
+        &mut self,
+        admission: Result<Admission, MailboxError>,
+        ctx: &mut Context<Self>,
+    ) {
+        if !matches!(self.phase, Phase::Queued { .. }) {
+            return;
+        }
+        match admission {
+            Ok(Admission::Granted) => {
+                self.message = Some("waiting for a start slot".to_owned());
+                self.publish();
+                let slots = Arc::clone(&self.shared.start_slots);
+                let task = ctx.spawn(
+                    async move { slots.acquire_owned().await }
+                        .into_actor(self)
+                        .map(|permit, act, ctx| match permit {
+                            Ok(permit) => act.begin_starting(permit, ctx),
+                            Err(_) => act.rest(
+                                InstanceState::Stopped,
+                                Some("the gateway is shutting down".to_owned()),
+                            ),
+                        }),
+                );
+                self.phase = Phase::Queued { task };
+            }
+            Ok(Admission::Refused(refusal)) => {
+                self.shared.metrics.start(StartOutcome::Refused);
+                let message = match &refusal {
+                    Refusal::Capacity { .. } => {
+                        "the gateway is at its instance limit; try again shortly"
+                    }
+                    Refusal::ShuttingDown => "the gateway is shutting down",
+                };
+                self.refusal = Some(refusal);
+                self.rest(InstanceState::Stopped, Some(message.to_owned()));
+            }
+            Err(_) => {
+                self.refusal = Some(Refusal::ShuttingDown);
+                self.rest(
+                    InstanceState::Stopped,
+                    Some("the gateway is shutting down".to_owned()),
+                );
+            }
+        }
+    }
+
+    fn begin_starting(&mut self, permit: OwnedSemaphorePermit, ctx: &mut Context<Self>) {
+        let users: UsersRoot = self.shared.users.clone();
+        let key = self.user.key.clone();
+        let timeout = ctx.run_later(self.cfg().start_timeout, |act, ctx| {
+            act.on_start_timeout(ctx)
+        });
+        let task = ctx.spawn(
+            async move {
+                match tokio::task::spawn_blocking(move || users.initialize(&key)).await {
+                    Ok(result) => result,
+                    Err(join) => Err(WorkspaceError::Create {
+                        path: Default::default(),
+                        source: std::io::Error::other(join.to_string()),
+                    }),
+                }
+            }
+            .into_actor(self)
+            .map(|result, act, ctx| act.on_workspace(result, ctx)),
+        );
+        self.message = Some("starting OpenCode".to_owned());
+        self.phase = Phase::Starting {
+            _permit: permit,
+            process: None,
+            task,
+            timeout,
+        };
+        self.publish();
+    }
+
+    fn on_workspace(&mut self, result: Result<Workspace, WorkspaceError>, ctx: &mut Context<Self>) {
+        if !matches!(self.phase, Phase::Starting { process: None, .. }) {
+            return;
+        }
+        let workspace = match result {
+            Ok(ws) => ws,
+            Err(e) => return self.fail_start(StartOutcome::Error, e.to_string(), ctx),
+        };
+        let password = match launcher::generate_password() {
+            Ok(p) => p,
+            Err(e) => return self.fail_start(StartOutcome::Error, e.to_string(), ctx),
+        };
+        let launched = self.shared.launcher.launch(&ChildSpec {
+            workspace: &workspace,
+            password: &password,
+            account: &self.shared.account,
+            extra_env: &[],
+        });
+        let launched = match launched {
+            Ok(l) => l,
+            Err(e) => return self.fail_start(StartOutcome::Error, e.to_string(), ctx),
+        };
+        self.generation += 1;
+        let generation = self.generation;
+        let stderr = StderrTail::default();
+        let user = self.user.user_id.clone();
+        let me = ctx.address();
+        actix::spawn(launcher::follow_stdout(
+            launched.stdout,
+            user.clone(),
+            move |addr| me.do_send(Listening { generation, addr }),
+        ));
+        actix::spawn(launcher::follow_stderr(
+            launched.stderr,
+            user,
+            stderr.clone(),
+        ));
+        let me = ctx.address();
+        let mut child = launched.child;
+        actix::spawn(async move {
+            let status = match child.wait().await {
+                Ok(status) => status.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            me.do_send(Exited { generation, status });
+        });
+        tracing::info!(
+            user = %self.user.user_id,
+            pid = launched.pid.as_raw(),
+            program = %self.shared.launcher.program().display(),
+            "spawned OpenCode"
+        );
+        if let Phase::Starting { process, .. } = &mut self.phase {
+            *process = Some(Process {
+                pid: launched.pid,
+                generation,
+                stderr,
+                spawned_at: Instant::now(),
+                stopping: CancellationToken::new(),
+                password,
+            });
+        }
+        self.publish();
+    }
+
+    /// A start that never produced a process.
+    fn fail_start(&mut self, outcome: StartOutcome, message: String, ctx: &mut Context<Self>) {
+        if let Phase::Starting { timeout, .. } = &self.phase {
+            ctx.cancel_future(*timeout);
+        }
+        self.shared.metrics.start(outcome);
+        tracing::error!(user = %self.user.user_id, error = %message, "instance start failed");
+        self.rest(InstanceState::Failed, Some(message));
+    }
+
+    fn on_listening(&mut self, msg: Listening, ctx: &mut Context<Self>) {
+        let Phase::Starting {
+            process: Some(process),
+            timeout,
+            ..
+        } = &self.phase
+        else {
+            return;
+        };
+        if process.generation != msg.generation {
+            return;
+        }
+        ctx.cancel_future(*timeout);
+        let Phase::Starting {
+            process: Some(process),
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Stopped)
+        else {
+            return;
+        };
+        let spawn_time = process.spawned_at.elapsed();
+        self.shared.metrics.spawn_duration(spawn_time.as_secs_f64());
+        self.shared.metrics.start(StartOutcome::Ready);
+        let upstream = Upstream {
+            addr: msg.addr,
+            authorization: launcher::basic_authorization(&process.password).into(),
+            generation: process.generation,
+            stopping: process.stopping.clone(),
+        };
+        tracing::info!(
+            user = %self.user.user_id,
+            addr = %msg.addr,
+            spawn_ms = spawn_time.as_millis() as u64,
+            "OpenCode is listening"
+        );
+        // A fresh idle window: the start itself may have taken a while.
+        self.activity.touch();
+        self.message = None;
+        self.phase = Phase::Ready {
+            process,
+            upstream,
+            ready_at_ms: clock::to_epoch_ms(clock::mono_ms()),
+            health_failures: 0,
+            probing: false,
+        };
+        self.publish();
+    }
+
+    fn on_start_timeout(&mut self, ctx: &mut Context<Self>) {
+        let secs = self.cfg().start_timeout.as_secs_f64();
+        match std::mem::replace(&mut self.phase, Phase::Stopped) {
+            Phase::Starting {
+                process: Some(process),
+                ..
+            } => {
+                self.shared.metrics.start(StartOutcome::Timeout);
+                let message = with_output(
+                    format!("OpenCode did not report listening within {secs}s"),
+                    &process.stderr,
+                );
+                tracing::error!(user = %self.user.user_id, error = %message, "instance start timed out");
+                process.stopping.cancel();
+                kill_group(&self.user.user_id, process.pid, Signal::SIGKILL);
+                self.message = Some("stopping OpenCode after a failed start".to_owned());
+                self.phase = Phase::Stopping {
+                    process,
+                    then: AfterStop::Fail(message),
+                    kill_timer: None,
+                };
+                self.publish();
+            }
+            Phase::Starting {
+                process: None,
+                task,
+                ..
+            } => {
+                ctx.cancel_future(task);
+                self.shared.metrics.start(StartOutcome::Timeout);
+                self.rest(
+                    InstanceState::Failed,
+                    Some(format!("preparing the workspace took longer than {secs}s")),
+                );
+            }
+            other => self.phase = other,
+        }
+    }
+
+    // ---- running --------------------------------------------------------------------------
+
+    fn on_health_tick(&mut self, ctx: &mut Context<Self>) {
+        let Phase::Ready {
+            upstream, probing, ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if *probing {
+            return;
+        }
+        *probing = true;
+        let upstream = upstream.clone();
+        let generation = upstream.generation;
+        let client = self
+            .health_client
+            .get_or_insert_with(|| health::client(self.shared.cfg.health_timeout))
+            .clone();
+        ctx.spawn(
+            async move { health::probe(&client, &upstream).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| act.on_health(generation, result, ctx)),
+        );
+    }
+
+    fn on_health(
+        &mut self,
+        generation: u64,
+        result: Result<(), health::HealthError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let limit = self.cfg().health_failures;
+        let Phase::Ready {
+            upstream,
+            health_failures,
+            probing,
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        if upstream.generation != generation {
+            return;
+        }
+        *probing = false;
+        match result {
+            Ok(()) => *health_failures = 0,
+            Err(e) => {
+                *health_failures += 1;
+                let failures = *health_failures;
+                tracing::warn!(user = %self.user.user_id, failures, error = %e, "health check failed");
+                if failures >= limit {
+                    self.restarts += 1;
+                    self.shared.metrics.restart();
+                    self.message = Some(format!(
+                        "restarting after {failures} failed health checks ({e})"
+                    ));
+                    self.begin_stopping(AfterStop::Restart, ctx);
+                }
+            }
+        }
+    }
+
+    fn on_idle_tick(&mut self, ctx: &mut Context<Self>) {
+        if !matches!(self.phase, Phase::Ready { .. }) {
+            return;
+        }
+        let idle = self.activity.idle_for();
+        if idle >= self.cfg().idle_timeout {
+            self.shared.metrics.cull(CullReason::Idle);
+            self.message = Some(format!(
+                "stopped after {}s without activity",
+                idle.as_secs()
+            ));
+            self.begin_stopping(AfterStop::Rest, ctx);
+        }
+    }
+
+    fn on_exited(&mut self, msg: Exited, ctx: &mut Context<Self>) {
+        let Some(process) = self.process() else {
+            return;
+        };
+        if process.generation != msg.generation {
+            return;
+        }
+        match std::mem::replace(&mut self.phase, Phase::Stopped) {
+            Phase::Starting {
+                process: Some(process),
+                timeout,
+                ..
+            } => {
+                ctx.cancel_future(timeout);
+                self.shared.metrics.start(StartOutcome::Exited);
+                self.crash(
+                    process,
+                    format!("OpenCode exited while starting ({})", msg.status),
+                );
+            }
+            Phase::Ready { process, .. } => {
+                self.crash(
+                    process,
+                    format!("OpenCode exited unexpectedly ({})", msg.status),
+                );
+            }
+            Phase::Stopping {
+                process,
+                then,
+                kill_timer,
+            } => {
+                if let Some(timer) = kill_timer {
+                    ctx.cancel_future(timer);
+                }
+                // The leader is gone; anything left in its group is an orphan.
+                kill_group(&self.user.user_id, process.pid, Signal::SIGKILL);
+                match then {
+                    AfterStop::Rest => {
+                        let message = self.message.take();
+                        self.rest(InstanceState::Stopped, message);
+                    }
+                    AfterStop::Fail(message) => self.rest(InstanceState::Failed, Some(message)),
+                    AfterStop::Restart => {
+                        self.rest(InstanceState::Stopped, None);
+                        self.begin_queued(Duration::ZERO, ctx);
+                    }
+                }
+            }
+            other => self.phase = other,
+        }
+    }
+
+    fn crash(&mut self, process: Process, what: String) {
+        self.shared.metrics.crash();
+        process.stopping.cancel();
+        kill_group(&self.user.user_id, process.pid, Signal::SIGKILL);
+        let message = with_output(what, &process.stderr);
+        self.crashes.push_back(Instant::now());
+        self.prune_crashes();
+        let crashes = self.crashes.len();
+        if crashes >= self.cfg().crash_limit {
+            let window = self.cfg().crash_window.as_secs();
+            tracing::error!(user = %self.user.user_id, crashes, error = %message, "instance crash loop");
+            self.rest(
+                InstanceState::Failed,
+                Some(format!(
+                    "OpenCode crashed {crashes} times within {window}s; giving up. Last: {message}"
+                )),
+            );
+        } else {
+            tracing::warn!(user = %self.user.user_id, crashes, error = %message, "instance crashed");
+            self.crashed = true;
+            self.rest(InstanceState::Stopped, Some(message));
+        }
+    }
+
+    // ---- stopping -------------------------------------------------------------------------
+
+    fn stop(&mut self, reason: StopReason, ctx: &mut Context<Self>) {
+        match &mut self.phase {
+            Phase::Stopped => {}
+            Phase::Failed => {
+                if matches!(reason, StopReason::Person | StopReason::Operator) {
+                    self.crashes.clear();
+                    self.crashed = false;
+                    self.rest(InstanceState::Stopped, None);
+                }
+            }
+            Phase::Queued { task } => {
+                let task = *task;
+                ctx.cancel_future(task);
+                self.rest(
+                    InstanceState::Stopped,
+                    Some(stop_message(reason).to_owned()),
+                );
+            }
+            Phase::Starting {
+                process: None,
+                task,
+                timeout,
+                ..
+            } => {
+                let (task, timeout) = (*task, *timeout);
+                ctx.cancel_future(task);
+                ctx.cancel_future(timeout);
+                self.rest(
+                    InstanceState::Stopped,
+                    Some(stop_message(reason).to_owned()),
+                );
+            }
+            Phase::Starting { timeout, .. } => {
+                let timeout = *timeout;
+                ctx.cancel_future(timeout);
+                self.message = Some(stop_message(reason).to_owned());
+                self.begin_stopping(AfterStop::Rest, ctx);
+            }
+            Phase::Ready { .. } => {
+                match reason {
+                    StopReason::Idle => self.shared.metrics.cull(CullReason::Idle),
+                    StopReason::Evicted => self.shared.metrics.cull(CullReason::Evicted),
+                    _ => {}
+                }
+                self.message = Some(stop_message(reason).to_owned());
+                self.begin_stopping(AfterStop::Rest, ctx);
+            }
+            Phase::Stopping { then, .. } => {
+                if matches!(then, AfterStop::Restart) {
+                    *then = AfterStop::Rest;
+                }
+            }
+        }
+    }
+
+    /// SIGTERM to the whole process group now, SIGKILL after the grace period.
+    fn begin_stopping(&mut self, then: AfterStop, ctx: &mut Context<Self>) {
+        let process = match std::mem::replace(&mut self.phase, Phase::Stopped) {
+            Phase::Starting {
+                process: Some(process),
+                ..
+            }
+            | Phase::Ready { process, .. } => process,
+            other => {
+                self.phase = other;
+                return;
+            }
+        };
+        process.stopping.cancel();
+        kill_group(&self.user.user_id, process.pid, Signal::SIGTERM);
+        let generation = process.generation;
+        let grace = self.cfg().stop_grace;
+        let kill_timer = ctx.run_later(grace, move |act, _| act.on_grace_expired(generation));
+        self.phase = Phase::Stopping {
+            process,
+            then,
+            kill_timer: Some(kill_timer),
+        };
+        self.publish();
+    }
+
+    fn on_grace_expired(&mut self, generation: u64) {
+        if let Phase::Stopping {
+            process,
+            kill_timer,
+            ..
+        } = &mut self.phase
+        {
+            if process.generation == generation {
+                *kill_timer = None;
+                tracing::warn!(
+                    user = %self.user.user_id,
+                    pid = process.pid.as_raw(),
+                    "OpenCode did not stop within the grace period; sending SIGKILL"
+                );
+                kill_group(&self.user.user_id, process.pid, Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// Enters `stopped` or `failed` and gives the instance's room back to the registry.
+    fn rest(&mut self, state: InstanceState, message: Option<String>) {
+        if self.slot_requested {
+            self.slot_requested = false;
+            self.registry.do_send(Released {
+                user: self.user.user_id.clone(),
+            });
+        }
+        self.message = message;
+        self.phase = if state == InstanceState::Failed {
+            Phase::Failed
+        } else {
+            Phase::Stopped
+        };
+        self.publish();
+    }
+}
+
+fn stop_message(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::Person => "stopped by the user",
+        StopReason::Operator => "stopped by an operator",
+        StopReason::Idle => "stopped after the idle timeout",
+        StopReason::Evicted => "stopped to make room for another user",
+        StopReason::Shutdown => "stopped because the gateway is shutting down",
+    }
+}
+
+fn with_output(message: String, stderr: &StderrTail) -> String {
+    let tail = stderr.joined();
+    if tail.is_empty() {
+        message
+    } else {
+        format!("{message}; last output:\n{tail}")
+    }
+}
+
+fn kill_group(user: &str, pid: Pid, signal: Signal) {
+    if let Err(e) = launcher::signal_group(pid, signal) {
+        tracing::error!(user, pid = pid.as_raw(), %signal, error = %e, "cannot signal OpenCode");
+    }
+}
+
+impl Actor for UserInstance {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.cfg().health_interval, |act, ctx| {
+            act.on_health_tick(ctx)
+        });
+        ctx.run_interval(self.cfg().idle_check_interval(), |act, ctx| {
+            act.on_idle_tick(ctx)
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // Only retired (stopped) instances end; this is a safety net, not the way to stop.
+        if let Some(process) = self.process() {
+            kill_group(&self.user.user_id, process.pid, Signal::SIGKILL);
+        }
+    }
+}
+
+impl Handler<Wake> for UserInstance {
+    type Result = MessageResult<Wake>;
+
+    fn handle(&mut self, msg: Wake, ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.wake(msg.explicit, ctx))
+    }
+}
+
+impl Handler<Stop> for UserInstance {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, msg: Stop, ctx: &mut Self::Context) -> Self::Result {
+        self.stop(msg.reason, ctx);
+        let mut status = self.status.subscribe();
+        Box::pin(async move {
+            let _ = status.wait_for(|s| s.state.is_at_rest()).await;
+        })
+    }
+}
+
+impl Handler<Retire> for UserInstance {
+    type Result = bool;
+
+    fn handle(&mut self, msg: Retire, ctx: &mut Self::Context) -> bool {
+        let retire =
+            matches!(self.phase, Phase::Stopped) && self.activity.idle_for() >= msg.idle_for;
+        if retire {
+            ctx.stop();
+        }
+        retire
+    }
+}
+
+impl Handler<Listening> for UserInstance {
+    type Result = ();
+
+    fn handle(&mut self, msg: Listening, ctx: &mut Self::Context) {
+        self.on_listening(msg, ctx);
+    }
+}
+
+impl Handler<Exited> for UserInstance {
+    type Result = ();
+
+    fn handle(&mut self, msg: Exited, ctx: &mut Self::Context) {
+        self.on_exited(msg, ctx);
+    }
+}

@@ -1,0 +1,31 @@
+//! Chamberlain's actor system: the `Registry` of users, one `UserInstance` actor per user
+//! owning one OpenCode process, the launcher that starts those processes, and user
+//! workspaces on disk.
+//!
+//! This crate knows nothing of HTTP serving: the gateway (`src/`) turns requests into
+//! messages and reads the status each instance publishes.
+
+mod clock;
+mod procfs;
+
+pub mod activity;
+pub mod config;
+pub mod health;
+pub mod instance;
+pub mod launcher;
+pub mod metrics;
+pub mod registry;
+pub mod status;
+pub mod workspace;
+
+pub use activity::{Activity, ActivityGuard};
+pub use config::{InstanceConfig, RegistryConfig};
+pub use instance::{InstanceShared, Stop, StopReason, UserInstance, UserSpec, Wake, WakeReply};
+pub use launcher::{LaunchConfig, Launcher};
+pub use metrics::InstanceMetrics;
+pub use registry::{
+    Admission, InstanceHandle, Open, PoolStats, Registry, Routes, Shutdown, Stats, StopUser,
+    UserStats,
+};
+pub use status::{InstanceState, InstanceStatus, Refusal, Upstream};
+pub use workspace::{UserKey, UsersRoot, Workspace};

@@ -1,0 +1,357 @@
+//! `Registry`: which users have an instance, how many may run at once, and shutting them all
+//! down.
+//!
+//! Messages
+//! - `Open(UserSpec)` → `InstanceHandle`: get or create the user's instance actor.
+//! - `Admit { user }` → `Admission`: an instance asks for room under `max_instances`. When
+//!   full, the least recently active instance idle for at least `evict_min_idle` is stopped to
+//!   make room; if there is none the start is refused with a retry hint.
+//! - `Released { user }`: an instance at rest gives its room back.
+//! - `StopUser { user, reason }` → `bool` (false: no such instance).
+//! - `Stats` → `PoolStats`.
+//! - `Shutdown`: refuse every further start, stop every instance, resolve when all are at rest.
+//!
+//! Timer: every minute, instances stopped and unused for `retire_after` are retired.
+//!
+//! The route cache (`Routes`) is written only here; HTTP handlers read it directly so the hot
+//! path never waits in this actor's mailbox.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::activity::Activity;
+use crate::config::RegistryConfig;
+use crate::instance::{InstanceShared, Retire, Stop, StopReason, UserInstance, UserSpec};
+use crate::procfs;
+use crate::status::{InstanceState, InstanceStatus, Refusal};
+
+/// What a handler needs to reach one user's instance.
+#[derive(Clone)]
+pub struct InstanceHandle {
+    pub addr: Addr<UserInstance>,
+    pub status: watch::Receiver<InstanceStatus>,
+    pub activity: Arc<Activity>,
+    pub user: Arc<UserSpec>,
+}
+
+pub type Routes = Arc<DashMap<String, InstanceHandle>>;
+
+#[derive(Message)]
+#[rtype(result = "InstanceHandle")]
+pub struct Open(pub UserSpec);
+
+#[derive(Message)]
+#[rtype(result = "Admission")]
+pub struct Admit {
+    pub user: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    Granted,
+    Refused(Refusal),
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Released {
+    pub user: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct StopUser {
+    pub user: String,
+    pub reason: StopReason,
+}
+
+#[derive(Message)]
+#[rtype(result = "PoolStats")]
+pub struct Stats;
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStats {
+    pub max_instances: usize,
+    pub max_concurrent_starts: usize,
+    /// Instances holding room under the limit (running, starting or about to).
+    pub instances: usize,
+    pub by_state: BTreeMap<&'static str, usize>,
+    pub users: Vec<UserStats>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserStats {
+    pub user_id: String,
+    pub state: InstanceState,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub started_at: Option<u64>,
+    pub last_activity: u64,
+    pub restarts: u32,
+    pub rss_bytes: Option<u64>,
+    pub message: Option<String>,
+}
+
+pub struct Registry {
+    cfg: RegistryConfig,
+    shared: Arc<InstanceShared>,
+    routes: Routes,
+    /// Users whose instance holds room under `max_instances`.
+    holders: HashSet<String>,
+    shutting_down: bool,
+}
+
+impl Registry {
+    pub fn new(cfg: RegistryConfig, shared: InstanceShared) -> Self {
+        Self {
+            cfg,
+            shared: Arc::new(shared),
+            routes: Arc::new(DashMap::new()),
+            holders: HashSet::new(),
+            shutting_down: false,
+        }
+    }
+
+    pub fn routes(&self) -> Routes {
+        Arc::clone(&self.routes)
+    }
+
+    fn open(&mut self, spec: UserSpec, ctx: &mut Context<Self>) -> InstanceHandle {
+        if let Some(existing) = self.routes.get(&spec.user_id) {
+            if existing.addr.connected() {
+                return existing.clone();
+            }
+        }
+        let activity = Arc::new(Activity::new());
+        let (status_tx, status_rx) = watch::channel(InstanceStatus::default());
+        let user = Arc::new(spec);
+        let addr = UserInstance::new(
+            Arc::clone(&user),
+            Arc::clone(&self.shared),
+            ctx.address(),
+            status_tx,
+            Arc::clone(&activity),
+        )
+        .start();
+        let handle = InstanceHandle {
+            addr,
+            status: status_rx,
+            activity,
+            user,
+        };
+        self.routes
+            .insert(handle.user.user_id.clone(), handle.clone());
+        handle
+    }
+
+    fn admit(&mut self, user: String) -> Admission {
+        if self.shutting_down {
+            return Admission::Refused(Refusal::ShuttingDown);
+        }
+        if self.holders.contains(&user) || self.holders.len() < self.cfg.max_instances {
+            self.holders.insert(user);
+            return Admission::Granted;
+        }
+        match self.eviction_candidate(&user) {
+            Some((victim, handle)) => {
+                tracing::info!(
+                    evicted = %victim,
+                    for_user = %user,
+                    idle_secs = handle.activity.idle_for().as_secs(),
+                    "instance limit reached; evicting the least recently active idle instance"
+                );
+                self.holders.remove(&victim);
+                handle.addr.do_send(Stop {
+                    reason: StopReason::Evicted,
+                });
+                self.holders.insert(user);
+                Admission::Granted
+            }
+            None => {
+                let retry_after = self.retry_after();
+                tracing::warn!(
+                    user = %user,
+                    max_instances = self.cfg.max_instances,
+                    retry_after_secs = retry_after.as_secs(),
+                    "instance limit reached and no instance is idle enough to evict"
+                );
+                Admission::Refused(Refusal::Capacity { retry_after })
+            }
+        }
+    }
+
+    fn ready_holders(&self, except: &str) -> Vec<(String, InstanceHandle)> {
+        self.holders
+            .iter()
+            .filter(|u| u.as_str() != except)
+            .filter_map(|u| self.routes.get(u).map(|h| (u.clone(), h.clone())))
+            .filter(|(_, h)| h.status.borrow().state == InstanceState::Ready)
+            .collect()
+    }
+
+    fn eviction_candidate(&self, except: &str) -> Option<(String, InstanceHandle)> {
+        self.ready_holders(except)
+            .into_iter()
+            .map(|(u, h)| (h.activity.idle_for(), u, h))
+            .filter(|(idle, _, _)| *idle >= self.cfg.evict_min_idle)
+            .max_by_key(|(idle, _, _)| *idle)
+            .map(|(_, u, h)| (u, h))
+    }
+
+    /// When the next instance becomes evictable, clamped to a sensible client retry delay.
+    fn retry_after(&self) -> Duration {
+        self.ready_holders("")
+            .iter()
+            .map(|(_, h)| {
+                self.cfg
+                    .evict_min_idle
+                    .saturating_sub(h.activity.idle_for())
+            })
+            .min()
+            .unwrap_or(Duration::from_secs(5))
+            .clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    fn stats(&self) -> PoolStats {
+        let mut by_state: BTreeMap<&'static str, usize> =
+            InstanceState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
+        let mut users: Vec<UserStats> = self
+            .routes
+            .iter()
+            .map(|entry| {
+                let handle = entry.value();
+                let status = handle.status.borrow().clone();
+                *by_state.entry(status.state.as_str()).or_default() += 1;
+                UserStats {
+                    user_id: entry.key().clone(),
+                    state: status.state,
+                    pid: status.pid,
+                    port: status.port(),
+                    started_at: status.started_at_ms,
+                    last_activity: handle.activity.last_epoch_ms(),
+                    restarts: status.restarts,
+                    rss_bytes: status.pid.and_then(procfs::rss_bytes),
+                    message: status.message,
+                }
+            })
+            .collect();
+        users.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        self.shared
+            .metrics
+            .set_states(|s| by_state.get(s.as_str()).copied().unwrap_or(0));
+        PoolStats {
+            max_instances: self.cfg.max_instances,
+            max_concurrent_starts: self.cfg.max_concurrent_starts,
+            instances: self.holders.len(),
+            by_state,
+            users,
+        }
+    }
+
+    fn retire_unused(&mut self, ctx: &mut Context<Self>) {
+        let idle_for = self.cfg.retire_after;
+        for entry in self.routes.iter() {
+            let handle = entry.value();
+            if handle.status.borrow().state != InstanceState::Stopped
+                || handle.activity.idle_for() < idle_for
+            {
+                continue;
+            }
+            let user = entry.key().clone();
+            let addr = handle.addr.clone();
+            let routes = Arc::clone(&self.routes);
+            ctx.spawn(handle.addr.send(Retire { idle_for }).into_actor(self).map(
+                move |retired, _, _| {
+                    if matches!(retired, Ok(true)) {
+                        routes.remove_if(&user, |_, h| h.addr == addr);
+                        tracing::debug!(user = %user, "retired unused instance");
+                    }
+                },
+            ));
+        }
+    }
+}
+
+impl Actor for Registry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(Duration::from_secs(60), |act, ctx| act.retire_unused(ctx));
+    }
+}
+
+impl Handler<Open> for Registry {
+    type Result = MessageResult<Open>;
+
+    fn handle(&mut self, msg: Open, ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.open(msg.0, ctx))
+    }
+}
+
+impl Handler<Admit> for Registry {
+    type Result = MessageResult<Admit>;
+
+    fn handle(&mut self, msg: Admit, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.admit(msg.user))
+    }
+}
+
+impl Handler<Released> for Registry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Released, _: &mut Self::Context) {
+        self.holders.remove(&msg.user);
+    }
+}
+
+impl Handler<StopUser> for Registry {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: StopUser, _: &mut Self::Context) -> Self::Result {
+        let addr = self.routes.get(&msg.user).map(|h| h.addr.clone());
+        Box::pin(async move {
+            match addr {
+                Some(addr) => addr.send(Stop { reason: msg.reason }).await.is_ok(),
+                None => false,
+            }
+        })
+    }
+}
+
+impl Handler<Stats> for Registry {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.stats())
+    }
+}
+
+impl Handler<Shutdown> for Registry {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
+        self.shutting_down = true;
+        let addrs: Vec<_> = self.routes.iter().map(|e| e.addr.clone()).collect();
+        tracing::info!(instances = addrs.len(), "stopping every instance");
+        Box::pin(async move {
+            let stops = addrs.iter().map(|a| {
+                a.send(Stop {
+                    reason: StopReason::Shutdown,
+                })
+            });
+            futures_util::future::join_all(stops).await;
+        })
+    }
+}
