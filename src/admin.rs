@@ -1,0 +1,74 @@
+//! The admin listener: pool statistics, Prometheus metrics and stopping a user's instance.
+//! It has no authentication of its own; bind it to loopback or a private interface.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chamberlain_actors::{Registry, Stats, StopReason, StopUser};
+use serde_json::json;
+
+use crate::metrics::Metrics;
+
+pub struct Admin {
+    pub registry: Addr<Registry>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/healthz",
+        web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
+    )
+    .route("/stats", web::get().to(stats))
+    .route("/metrics", web::get().to(metrics))
+    .route("/instances/{user}/stop", web::post().to(stop))
+    .default_service(web::to(|req: HttpRequest| async move {
+        HttpResponse::NotFound()
+            .json(json!({"error": format!("no such endpoint: {} {}", req.method(), req.path())}))
+    }));
+}
+
+fn unavailable(e: actix::MailboxError) -> HttpResponse {
+    HttpResponse::ServiceUnavailable().json(json!({"error": format!("registry unavailable: {e}")}))
+}
+
+async fn stats(admin: web::Data<Admin>) -> HttpResponse {
+    match admin.registry.send(Stats).await {
+        Ok(stats) => HttpResponse::Ok().json(stats),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn metrics(admin: web::Data<Admin>) -> HttpResponse {
+    // Refreshes the per-state gauges before they are read.
+    if let Err(e) = admin.registry.send(Stats).await {
+        return unavailable(e);
+    }
+    match admin.metrics.encode() {
+        Ok(text) => HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(text),
+        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    }
+}
+
+async fn stop(admin: web::Data<Admin>, user: web::Path<String>) -> HttpResponse {
+    let user = user.into_inner();
+    let found = admin
+        .registry
+        .send(StopUser {
+            user: user.clone(),
+            reason: StopReason::Operator,
+        })
+        .await;
+    match found {
+        Ok(true) => {
+            tracing::info!(user = %user, "instance stopped by an operator");
+            HttpResponse::Ok().json(json!({"userId": user, "state": "stopped"}))
+        }
+        Ok(false) => HttpResponse::NotFound()
+            .json(json!({"error": format!("no instance for user {user:?}")})),
+        Err(e) => unavailable(e),
+    }
+}

@@ -1,0 +1,389 @@
+//! The gateway's own endpoints under `/-/`: health, dev sign-in, who am I, and the caller's
+//! instance (status, start, stop, progress stream).
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use chamberlain_actors::{
+    InstanceHandle, InstanceState, InstanceStatus, Refusal, Stop, StopReason,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::errors::GatewayError;
+use crate::gateway::Gateway;
+use crate::identity::dev;
+use crate::pages;
+use crate::proxy::streams::Held;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/healthz", web::get().to(healthz)))
+        .service(resource("/readyz", web::get().to(readyz)))
+        .service(resource("/login", web::get().to(login)))
+        .service(resource("/logout", web::get().to(logout)))
+        .service(resource("/api/me", web::get().to(me)))
+        .service(resource("/api/instance", web::get().to(instance)))
+        .service(resource("/api/instance/start", web::post().to(start)))
+        .service(resource("/api/instance/stop", web::post().to(stop)))
+        .service(resource("/api/instance/progress", web::get().to(progress)))
+        .default_service(web::to(not_found));
+}
+
+/// One path, one method; any other method is a JSON 405.
+fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
+    web::resource(path)
+        .route(route)
+        .default_service(web::to(|req: HttpRequest| async move {
+            HttpResponse::MethodNotAllowed().json(json!({
+                "error": format!("{} is not allowed on {}", req.method(), req.path())
+            }))
+        }))
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    GatewayError::NotFound(req.path().to_owned()).respond(&req)
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+async fn readyz(gateway: web::Data<Gateway>) -> HttpResponse {
+    if gateway.is_shutting_down() {
+        HttpResponse::ServiceUnavailable().json(json!({ "status": "shutting down" }))
+    } else {
+        HttpResponse::Ok().json(json!({ "status": "ready" }))
+    }
+}
+
+/// The instance as the API shows it.
+pub fn instance_json(status: &InstanceStatus, last_activity: Option<u64>) -> Value {
+    let retry_after = match &status.refusal {
+        Some(Refusal::Capacity { retry_after }) => Some(retry_after.as_secs().max(1)),
+        _ => None,
+    };
+    json!({
+        "state": status.state,
+        "message": status.message,
+        "startedAt": status.started_at_ms,
+        "lastActivity": last_activity,
+        "restarts": status.restarts,
+        "retryAfter": retry_after,
+    })
+}
+
+fn handle_json(handle: Option<&InstanceHandle>) -> Value {
+    match handle {
+        Some(h) => instance_json(&h.status.borrow(), Some(h.activity.last_epoch_ms())),
+        None => instance_json(&InstanceStatus::default(), None),
+    }
+}
+
+/// Rejects state-changing requests sent by another site's page.
+fn same_origin(req: &HttpRequest) -> Result<(), GatewayError> {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("");
+    let host = origin.split_once("://").map_or("", |(_, rest)| rest);
+    if host == req.connection_info().host() {
+        Ok(())
+    } else {
+        Err(GatewayError::Forbidden(format!(
+            "cross-origin request from {origin} refused"
+        )))
+    }
+}
+
+async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    let identity = gateway
+        .identify(&req)
+        .await
+        .map_err(|e| ApiError(e, req.clone()))?;
+    let key = gateway.user_key(&identity);
+    let ws = gateway.users.workspace(&key);
+    let handle = gateway.peek(&identity);
+    Ok(HttpResponse::Ok().json(json!({
+        "userId": identity.user_id,
+        "email": identity.email,
+        "name": identity.name,
+        "homeDirectory": ws.home(),
+        "isInitialized": gateway.users.is_initialized(&key),
+        "instance": handle_json(handle.as_ref()),
+    })))
+}
+
+async fn instance(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    let identity = gateway
+        .identify(&req)
+        .await
+        .map_err(|e| ApiError(e, req.clone()))?;
+    Ok(HttpResponse::Ok().json(handle_json(gateway.peek(&identity).as_ref())))
+}
+
+async fn start(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    let fail = |e| ApiError(e, req.clone());
+    let identity = gateway.identify(&req).await.map_err(fail)?;
+    same_origin(&req).map_err(fail)?;
+    if gateway.is_shutting_down() {
+        return Err(fail(GatewayError::Unavailable {
+            message: "the gateway is shutting down".to_owned(),
+            retry_after: Duration::from_secs(10),
+            state: InstanceState::Stopped,
+        }));
+    }
+    let (handle, _) = gateway.wake(&identity, true).await.map_err(fail)?;
+    Ok(HttpResponse::Accepted().json(handle_json(Some(&handle))))
+}
+
+async fn stop(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    let fail = |e| ApiError(e, req.clone());
+    let identity = gateway.identify(&req).await.map_err(fail)?;
+    same_origin(&req).map_err(fail)?;
+    let handle = gateway.peek(&identity);
+    if let Some(handle) = &handle {
+        handle
+            .addr
+            .send(Stop {
+                reason: StopReason::Person,
+            })
+            .await
+            .map_err(|e| fail(GatewayError::Internal(format!("instance unavailable: {e}"))))?;
+    }
+    Ok(HttpResponse::Ok().json(handle_json(handle.as_ref())))
+}
+
+/// Server-sent events of the caller's instance state: the current state first, then every
+/// change, ending once the instance is ready, has failed, or was stopped (or refused).
+async fn progress(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    let identity = gateway
+        .identify(&req)
+        .await
+        .map_err(|e| ApiError(e, req.clone()))?;
+    let handle = gateway
+        .open(&identity)
+        .await
+        .map_err(|e| ApiError(e, req.clone()))?;
+    let stream = progress_events(handle.status.clone(), gateway.cfg.sse_keepalive);
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(Held::new(stream, gateway.metrics.open_stream())))
+}
+
+struct Progress {
+    status: watch::Receiver<InstanceStatus>,
+    keepalive: Duration,
+    first: bool,
+    last: Option<(InstanceState, Option<String>)>,
+    done: bool,
+}
+
+fn is_final(status: &InstanceStatus, first: bool) -> bool {
+    match status.state {
+        InstanceState::Ready | InstanceState::Failed => true,
+        // A stopped instance at the start of the stream is waiting to be started.
+        InstanceState::Stopped => !first || status.refusal.is_some(),
+        _ => false,
+    }
+}
+
+fn progress_event(status: &InstanceStatus) -> Bytes {
+    Bytes::from(format!("data: {}\n\n", instance_json(status, None)))
+}
+
+fn progress_events(
+    status: watch::Receiver<InstanceStatus>,
+    keepalive: Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Unpin {
+    let state = Progress {
+        status,
+        keepalive,
+        first: true,
+        last: None,
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            if !st.first {
+                match tokio::time::timeout(st.keepalive, st.status.changed()).await {
+                    Err(_) => return Some((Ok(Bytes::from_static(b": keepalive\n\n")), st)),
+                    Ok(Err(_)) => return None,
+                    Ok(Ok(())) => {}
+                }
+            }
+            let current = st.status.borrow_and_update().clone();
+            let key = (current.state, current.message.clone());
+            if !st.first && st.last.as_ref() == Some(&key) {
+                continue;
+            }
+            st.done = is_final(&current, st.first);
+            st.first = false;
+            st.last = Some(key);
+            return Some((Ok(progress_event(&current)), st));
+        }
+    }))
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    user: Option<String>,
+    next: Option<String>,
+}
+
+/// Only same-site paths: never `//host` or an absolute URL (an open redirect).
+fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && !n.starts_with("/\\")
+                && !n.chars().any(char::is_control) =>
+        {
+            n
+        }
+        _ => "/",
+    }
+}
+
+async fn login(req: HttpRequest) -> HttpResponse {
+    let query = match web::Query::<LoginQuery>::from_query(req.query_string()) {
+        Ok(q) => q.into_inner(),
+        Err(e) => return GatewayError::BadRequest(format!("invalid query: {e}")).respond(&req),
+    };
+    let next = safe_next(query.next.as_deref()).to_owned();
+    let Some(user) = query.user.filter(|u| !u.is_empty()) else {
+        return HttpResponse::Ok()
+            .content_type("text/html; charset=utf-8")
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .body(pages::login(&next, None));
+    };
+    if let Err(reason) = dev::validate_name(&user) {
+        return HttpResponse::BadRequest()
+            .content_type("text/html; charset=utf-8")
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .body(pages::login(&next, Some(&reason)));
+    }
+    tracing::info!(user = %user, "dev sign-in");
+    HttpResponse::SeeOther()
+        .insert_header((
+            header::SET_COOKIE,
+            format!("{}={user}; Path=/; HttpOnly; SameSite=Lax", dev::COOKIE),
+        ))
+        .insert_header((header::LOCATION, next))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
+async fn logout() -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((
+            header::SET_COOKIE,
+            format!(
+                "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0",
+                dev::COOKIE
+            ),
+        ))
+        .insert_header((header::LOCATION, dev::LOGIN_PATH))
+        .finish()
+}
+
+/// A `GatewayError` answered in the shape the request wants (page or JSON).
+pub struct ApiError(GatewayError, HttpRequest);
+
+impl std::fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl actix_web::ResponseError for ApiError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        self.0.status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        self.0.respond(&self.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[test]
+    fn next_must_stay_on_this_site() {
+        assert_eq!(safe_next(Some("/session/1?x=2")), "/session/1?x=2");
+        for bad in [
+            "//evil.example",
+            "https://evil.example",
+            "/\\evil",
+            "evil",
+            "/a\nb",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
+
+    #[tokio::test]
+    async fn progress_reports_changes_and_ends_at_ready() {
+        let (tx, rx) = watch::channel(InstanceStatus::default());
+        let mut events = progress_events(rx, Duration::from_secs(60));
+        let first = events.next().await.unwrap().unwrap();
+        assert!(std::str::from_utf8(&first)
+            .unwrap()
+            .contains("\"state\":\"stopped\""));
+        for state in [
+            InstanceState::Queued,
+            InstanceState::Starting,
+            InstanceState::Ready,
+        ] {
+            tx.send_replace(InstanceStatus {
+                state,
+                ..Default::default()
+            });
+            let event = events.next().await.unwrap().unwrap();
+            let text = std::str::from_utf8(&event).unwrap();
+            assert!(text.starts_with("data: {"), "{text}");
+            assert!(text.contains(&format!("\"state\":\"{state}\"")), "{text}");
+        }
+        assert!(events.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn progress_ends_at_a_capacity_refusal() {
+        let (tx, rx) = watch::channel(InstanceStatus {
+            state: InstanceState::Queued,
+            ..Default::default()
+        });
+        let mut events = progress_events(rx, Duration::from_secs(60));
+        events.next().await.unwrap().unwrap();
+        tx.send_replace(InstanceStatus {
+            state: InstanceState::Stopped,
+            refusal: Some(Refusal::Capacity {
+                retry_after: Duration::from_secs(9),
+            }),
+            ..Default::default()
+        });
+        let event = events.next().await.unwrap().unwrap();
+        assert!(std::str::from_utf8(&event)
+            .unwrap()
+            .contains("\"retryAfter\":9"));
+        assert!(events.next().await.is_none());
+    }
+}

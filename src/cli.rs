@@ -1,0 +1,211 @@
+//! The command line: `chamberlain serve [flags]`. Every flag can also be set with an
+//! environment variable `CHAMBERLAIN_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "chamberlain",
+    version,
+    about = "Multi-user gateway for OpenCode: one OpenCode server per signed-in user behind one proxy"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Development identity: `X-Chamberlain-Dev-User` header or the cookie set by `/-/login`.
+    /// Anyone can claim any name; refuses non-loopback listeners unless --allow-insecure-dev.
+    Dev,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Public address (web UI, API, event streams).
+    #[arg(long, env = "CHAMBERLAIN_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Admin address (/stats, /metrics, stopping instances). Keep it off the public network.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// Data directory: users/ (homes), shared/ (org keys, repos), state/.
+    #[arg(long, env = "CHAMBERLAIN_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// The OpenCode executable. Default: `opencode` on PATH, else ./node_modules/.bin/opencode.
+    #[arg(long, env = "CHAMBERLAIN_OPENCODE_BIN")]
+    pub opencode_bin: Option<PathBuf>,
+
+    /// Extra argument for `opencode serve` (repeatable; e.g. --opencode-arg=--pure). In the
+    /// environment variable, arguments are separated by spaces.
+    #[arg(
+        long = "opencode-arg",
+        env = "CHAMBERLAIN_OPENCODE_ARG",
+        value_delimiter = ' ',
+        allow_hyphen_values = true
+    )]
+    pub opencode_args: Vec<String>,
+
+    /// How users are identified.
+    #[arg(long, env = "CHAMBERLAIN_AUTH", value_enum, default_value_t = AuthMode::Dev)]
+    pub auth: AuthMode,
+
+    /// Allow --auth dev on a non-loopback address (anyone who can reach it can be anyone).
+    #[arg(long, env = "CHAMBERLAIN_ALLOW_INSECURE_DEV")]
+    pub allow_insecure_dev: bool,
+
+    /// Most instances running at once.
+    #[arg(long, env = "CHAMBERLAIN_MAX_INSTANCES", default_value_t = 15,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_instances: u32,
+
+    /// Most instances starting at once; further starts wait in `queued`.
+    #[arg(long, env = "CHAMBERLAIN_MAX_CONCURRENT_STARTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_starts: u32,
+
+    /// Stop an instance after this long without client activity.
+    #[arg(long, env = "CHAMBERLAIN_IDLE_TIMEOUT", default_value = "30m", value_parser = duration)]
+    pub idle_timeout: Duration,
+
+    /// When full, only instances idle at least this long may be evicted to make room.
+    #[arg(long, env = "CHAMBERLAIN_EVICT_MIN_IDLE", default_value = "1m", value_parser = duration)]
+    pub evict_min_idle: Duration,
+
+    /// A start that has not printed its listening line by then has failed.
+    #[arg(long, env = "CHAMBERLAIN_START_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub start_timeout: Duration,
+
+    /// How long a request waits for a starting instance before it gets 503 + Retry-After.
+    #[arg(long, env = "CHAMBERLAIN_WAIT_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub wait_timeout: Duration,
+
+    /// Time allowed for OpenCode to answer with response headers (prompts can take minutes).
+    #[arg(long, env = "CHAMBERLAIN_UPSTREAM_TIMEOUT", default_value = "10m", value_parser = duration)]
+    pub upstream_timeout: Duration,
+
+    /// Interval between health checks of a ready instance.
+    #[arg(long, env = "CHAMBERLAIN_HEALTH_INTERVAL", default_value = "15s", value_parser = duration)]
+    pub health_interval: Duration,
+
+    /// Consecutive failed health checks before an instance is restarted.
+    #[arg(long, env = "CHAMBERLAIN_HEALTH_FAILURES", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub health_failures: u32,
+
+    /// Time between SIGTERM and SIGKILL when stopping an instance.
+    #[arg(long, env = "CHAMBERLAIN_STOP_GRACE", default_value = "10s", value_parser = duration)]
+    pub stop_grace: Duration,
+
+    /// Send a keep-alive comment on an event stream silent for this long.
+    #[arg(long, env = "CHAMBERLAIN_SSE_KEEPALIVE", default_value = "15s", value_parser = duration)]
+    pub sse_keepalive: Duration,
+
+    /// Log format.
+    #[arg(long, env = "CHAMBERLAIN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter, e.g. `info` or `info,chamberlain=debug,opencode=debug`.
+    #[arg(long, env = "CHAMBERLAIN_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Parses `90s`, `5m`, `1h`, `1h30m`, `500ms`. Zero is rejected: every duration here is a
+/// timeout or an interval.
+fn duration(text: &str) -> Result<Duration, String> {
+    let parsed = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (examples: 90s, 5m, 1h)"))?;
+    if parsed.is_zero() {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut argv = vec!["chamberlain", "serve"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Serve(args) => *args,
+        })
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(args.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(args.admin_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(args.data_dir, PathBuf::from("./data"));
+        assert_eq!(args.max_instances, 15);
+        assert_eq!(args.max_concurrent_starts, 3);
+        assert_eq!(args.idle_timeout, Duration::from_secs(1800));
+        assert_eq!(args.start_timeout, Duration::from_secs(60));
+        assert_eq!(args.wait_timeout, Duration::from_secs(30));
+        assert_eq!(args.health_interval, Duration::from_secs(15));
+        assert_eq!(args.health_failures, 3);
+        assert_eq!(args.stop_grace, Duration::from_secs(10));
+        assert_eq!(args.auth, AuthMode::Dev);
+        assert_eq!(args.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn durations_accept_human_units() {
+        assert_eq!(duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(duration("0s").is_err());
+        assert!(duration("soon").is_err());
+        assert!(duration("10").is_err());
+    }
+
+    #[test]
+    fn opencode_args_repeat_and_take_hyphens() {
+        let args = serve(&[
+            "--opencode-arg=--pure",
+            "--opencode-arg",
+            "--log-level=WARN",
+        ])
+        .unwrap();
+        assert_eq!(args.opencode_args, ["--pure", "--log-level=WARN"]);
+    }
+
+    #[test]
+    fn limits_reject_zero() {
+        assert!(serve(&["--max-instances", "0"]).is_err());
+        assert!(serve(&["--health-failures", "0"]).is_err());
+        assert!(serve(&["--idle-timeout", "0s"]).is_err());
+    }
+}

@@ -1,0 +1,234 @@
+//! The state shared by the public handlers, and the one question they all ask: where is this
+//! user's OpenCode, ready to serve?
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix::Addr;
+use actix_web::{HttpMessage, HttpRequest};
+use chamberlain_actors::{
+    InstanceHandle, InstanceState, InstanceStatus, Open, Refusal, Registry, Routes, Upstream,
+    UserKey, UserSpec, UsersRoot, Wake, WakeReply,
+};
+
+use crate::errors::GatewayError;
+use crate::identity::{Authenticator, Identity};
+use crate::metrics::HttpMetrics;
+
+/// How long to tell a client to wait while an instance is still starting.
+const RETRY_STARTING: Duration = Duration::from_secs(2);
+/// How long to tell a passive client (an event stream) to wait for a stopped instance.
+const RETRY_STOPPED: Duration = Duration::from_secs(10);
+
+pub struct GatewayConfig {
+    pub wait_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub sse_keepalive: Duration,
+}
+
+pub struct Gateway {
+    pub auth: Authenticator,
+    pub registry: Addr<Registry>,
+    pub routes: Routes,
+    pub users: UsersRoot,
+    pub cfg: GatewayConfig,
+    pub metrics: HttpMetrics,
+    shutting_down: AtomicBool,
+}
+
+/// Whether a request may start a stopped instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// A person's request: counts as activity and starts the instance if needed.
+    Wake,
+    /// A server-push stream reconnecting: served only by an instance that is running or
+    /// already starting, so a forgotten tab cannot keep restarting it.
+    Passive,
+}
+
+impl Gateway {
+    pub fn new(
+        auth: Authenticator,
+        registry: Addr<Registry>,
+        routes: Routes,
+        users: UsersRoot,
+        cfg: GatewayConfig,
+        metrics: HttpMetrics,
+    ) -> Self {
+        Self {
+            auth,
+            registry,
+            routes,
+            users,
+            cfg,
+            metrics,
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Identifies the request and records who it was for the access log.
+    pub async fn identify(&self, req: &HttpRequest) -> Result<Identity, GatewayError> {
+        let identity = self.auth.identify(req).await.map_err(|e| {
+            tracing::debug!(path = req.path(), reason = %e, "request not identified");
+            GatewayError::from_auth(e, self.auth.login_path())
+        })?;
+        req.extensions_mut().insert(identity.clone());
+        Ok(identity)
+    }
+
+    pub fn user_key(&self, identity: &Identity) -> UserKey {
+        UserKey::derive(&identity.user_id)
+    }
+
+    /// The user's instance if it exists; never creates one.
+    pub fn peek(&self, identity: &Identity) -> Option<InstanceHandle> {
+        self.routes
+            .get(&identity.user_id)
+            .map(|h| h.clone())
+            .filter(|h| h.addr.connected())
+    }
+
+    /// The user's instance, created (stopped) if it does not exist yet.
+    pub async fn open(&self, identity: &Identity) -> Result<InstanceHandle, GatewayError> {
+        if let Some(handle) = self.peek(identity) {
+            return Ok(handle);
+        }
+        let spec = UserSpec {
+            user_id: identity.user_id.clone(),
+            key: self.user_key(identity),
+            email: identity.email.clone(),
+            name: identity.name.clone(),
+        };
+        self.registry
+            .send(Open(spec))
+            .await
+            .map_err(|e| GatewayError::Internal(format!("registry unavailable: {e}")))
+    }
+
+    /// Asks the instance to start; an explicit start also leaves `failed`.
+    pub async fn wake(
+        &self,
+        identity: &Identity,
+        explicit: bool,
+    ) -> Result<(InstanceHandle, WakeReply), GatewayError> {
+        // One retry: the instance may have been retired between lookup and send.
+        for _ in 0..2 {
+            let handle = self.open(identity).await?;
+            if let Ok(reply) = handle.addr.send(Wake { explicit }).await {
+                return Ok((handle, reply));
+            }
+        }
+        Err(GatewayError::Internal(
+            "the user's instance is not answering".to_owned(),
+        ))
+    }
+
+    /// Where to send this user's request, starting the instance and waiting for it (up to
+    /// `--wait-timeout`) if `access` allows.
+    pub async fn upstream(
+        &self,
+        identity: &Identity,
+        access: Access,
+    ) -> Result<(InstanceHandle, Upstream), GatewayError> {
+        if let Some(handle) = self.peek(identity) {
+            let ready = ready_upstream(&handle.status.borrow());
+            if let Some(upstream) = ready {
+                return Ok((handle, upstream));
+            }
+            if access == Access::Passive {
+                let state = handle.status.borrow().state;
+                if matches!(state, InstanceState::Queued | InstanceState::Starting) {
+                    let upstream = self.wait_ready(&handle).await?;
+                    return Ok((handle, upstream));
+                }
+            }
+        }
+        if access == Access::Passive {
+            return Err(GatewayError::Unavailable {
+                message: "the instance is not running; it starts with the next request".to_owned(),
+                retry_after: RETRY_STOPPED,
+                state: InstanceState::Stopped,
+            });
+        }
+        let (handle, reply) = self.wake(identity, false).await?;
+        match reply {
+            WakeReply::Ready(upstream) => Ok((handle, upstream)),
+            WakeReply::Failed(message) => Err(GatewayError::InstanceFailed(message)),
+            WakeReply::Pending => {
+                let upstream = self.wait_ready(&handle).await?;
+                Ok((handle, upstream))
+            }
+        }
+    }
+
+    async fn wait_ready(&self, handle: &InstanceHandle) -> Result<Upstream, GatewayError> {
+        let mut status = handle.status.clone();
+        let outcome = tokio::time::timeout(
+            self.cfg.wait_timeout,
+            status.wait_for(|s| {
+                matches!(
+                    s.state,
+                    InstanceState::Ready | InstanceState::Failed | InstanceState::Stopped
+                )
+            }),
+        )
+        .await;
+        let status = match outcome {
+            Err(_) => {
+                let state = handle.status.borrow().state;
+                return Err(GatewayError::Unavailable {
+                    message: format!(
+                        "the instance is still {state} after {}s",
+                        self.cfg.wait_timeout.as_secs()
+                    ),
+                    retry_after: RETRY_STARTING,
+                    state,
+                });
+            }
+            Ok(Err(_)) => {
+                return Err(GatewayError::Internal(
+                    "the user's instance went away".to_owned(),
+                ))
+            }
+            Ok(Ok(status)) => status.clone(),
+        };
+        if let Some(upstream) = ready_upstream(&status) {
+            return Ok(upstream);
+        }
+        Err(not_ready_error(&status))
+    }
+}
+
+fn ready_upstream(status: &InstanceStatus) -> Option<Upstream> {
+    (status.state == InstanceState::Ready)
+        .then(|| status.upstream.clone())
+        .flatten()
+}
+
+fn not_ready_error(status: &InstanceStatus) -> GatewayError {
+    let message = status
+        .message
+        .clone()
+        .unwrap_or_else(|| format!("the instance is {}", status.state));
+    match (&status.state, &status.refusal) {
+        (InstanceState::Failed, _) => GatewayError::InstanceFailed(message),
+        (_, Some(Refusal::Capacity { retry_after })) => GatewayError::Unavailable {
+            message,
+            retry_after: *retry_after,
+            state: status.state,
+        },
+        _ => GatewayError::Unavailable {
+            message,
+            retry_after: RETRY_STARTING,
+            state: status.state,
+        },
+    }
+}

@@ -1,0 +1,123 @@
+//! The gateway's Prometheus registry: HTTP metrics recorded here plus the actors' lifecycle
+//! metrics, served as text by the admin listener.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use chamberlain_actors::InstanceMetrics;
+
+type Label = [(&'static str, &'static str); 1];
+
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<Label, Counter>,
+    upstream_seconds: Histogram,
+    open_streams: Gauge,
+}
+
+impl HttpMetrics {
+    pub fn request(&self, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests.get_or_create(&[("class", class)]).inc();
+    }
+
+    /// Time until OpenCode's response headers arrived.
+    pub fn upstream_latency(&self, seconds: f64) {
+        self.upstream_seconds.observe(seconds);
+    }
+
+    /// Counts an open server-push stream until the returned guard is dropped.
+    pub fn open_stream(&self) -> StreamGauge {
+        self.open_streams.inc();
+        StreamGauge(self.open_streams.clone())
+    }
+}
+
+pub struct StreamGauge(Gauge);
+
+impl Drop for StreamGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http: HttpMetrics,
+}
+
+impl Metrics {
+    pub fn new(instances: &InstanceMetrics) -> Self {
+        let http = HttpMetrics {
+            requests: Family::default(),
+            // 0.5 ms … ~16 s
+            upstream_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            open_streams: Gauge::default(),
+        };
+        let mut registry = Registry::default();
+        registry.register(
+            "chamberlain_http_requests",
+            "Requests on the public listener by status class",
+            http.requests.clone(),
+        );
+        registry.register(
+            "chamberlain_upstream_latency_seconds",
+            "Time from forwarding a request to OpenCode until its response headers",
+            http.upstream_seconds.clone(),
+        );
+        registry.register(
+            "chamberlain_open_streams",
+            "Event streams currently open through the gateway",
+            http.open_streams.clone(),
+        );
+        instances.register(&mut registry);
+        Self { registry, http }
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut text = String::new();
+        encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_every_metric_family() {
+        let instances = InstanceMetrics::new();
+        let metrics = Metrics::new(&instances);
+        metrics.http.request(204);
+        metrics.http.request(503);
+        metrics.http.upstream_latency(0.002);
+        let guard = metrics.http.open_stream();
+        instances.set_states(|_| 0);
+        let text = metrics.encode().unwrap();
+        for name in [
+            "chamberlain_http_requests_total{class=\"2xx\"} 1",
+            "chamberlain_http_requests_total{class=\"5xx\"} 1",
+            "chamberlain_upstream_latency_seconds_bucket",
+            "chamberlain_open_streams 1",
+            "chamberlain_instances{state=\"ready\"} 0",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+        drop(guard);
+        assert!(metrics
+            .encode()
+            .unwrap()
+            .contains("chamberlain_open_streams 0"));
+    }
+}

@@ -1,0 +1,163 @@
+//! Forwarding one HTTP request to an instance and streaming the answer back.
+//!
+//! Bodies stream in both directions with the client's and OpenCode's pace (no whole-body
+//! buffering); nothing is decompressed; redirects are passed through, not followed.
+
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BodyStream, BoxBody, MessageBody, SizedStream};
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use awc::error::SendRequestError;
+use chamberlain_actors::{ActivityGuard, Upstream};
+
+use super::headers::{self, RequestFilter};
+use super::streams::{Held, SseRelay};
+use crate::errors::GatewayError;
+use crate::metrics::HttpMetrics;
+
+pub struct Forward<'a> {
+    pub client: &'a awc::Client,
+    pub upstream: &'a Upstream,
+    pub filter: RequestFilter<'a>,
+    pub timeout: Duration,
+    pub sse_keepalive: Duration,
+    pub metrics: &'a HttpMetrics,
+    /// Held while the response body streams; dropped early for event streams, which must
+    /// not count as activity.
+    pub activity: Option<ActivityGuard>,
+}
+
+/// The proxy's own HTTP client for one worker: no redirects, no default headers, connections
+/// reused for less time than OpenCode keeps them open.
+pub fn client(timeout: Duration) -> awc::Client {
+    let connector = awc::Connector::new()
+        .limit(1024)
+        .conn_keep_alive(Duration::from_secs(4));
+    awc::Client::builder()
+        .connector(connector)
+        .timeout(timeout)
+        .disable_redirects()
+        .no_default_headers()
+        .finish()
+}
+
+fn content_length(headers: &header::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn is_event_stream(headers: &header::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+impl Forward<'_> {
+    pub async fn send(
+        self,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<HttpResponse, GatewayError> {
+        let path = req
+            .uri()
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let url = format!("http://{}{}", self.upstream.addr, path);
+        let mut request = self
+            .client
+            .request(req.method().clone(), url)
+            .timeout(self.timeout);
+        {
+            let dst = request.headers_mut();
+            headers::copy_request_headers(req.headers(), dst, &self.filter);
+            headers::add_forwarded(req, dst);
+            if let Ok(auth) = HeaderValue::from_str(&self.upstream.authorization) {
+                dst.insert(header::AUTHORIZATION, auth);
+            }
+        }
+
+        let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
+        let sending = match content_length(req.headers()) {
+            Some(0) => request.send(),
+            Some(len) => request.send_body(SizedStream::new(len, payload)),
+            None if chunked => request.send_stream(payload),
+            None => request.send(),
+        };
+
+        let started = Instant::now();
+        let response = tokio::select! {
+            result = sending => result,
+            _ = self.upstream.stopping.cancelled() => {
+                return Err(GatewayError::Unavailable {
+                    message: "the instance is stopping".to_owned(),
+                    retry_after: Duration::from_secs(2),
+                    state: chamberlain_actors::InstanceState::Stopping,
+                });
+            }
+        };
+        let response = response.map_err(|e| match e {
+            SendRequestError::Connect(e) => GatewayError::UpstreamConnect(e.to_string()),
+            SendRequestError::Timeout => GatewayError::UpstreamTimeout(self.timeout),
+            other => GatewayError::Upstream(other.to_string()),
+        })?;
+        self.metrics
+            .upstream_latency(started.elapsed().as_secs_f64());
+
+        let status = response.status();
+        let upstream_headers = response.headers().clone();
+        let no_body = req.method() == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational();
+
+        let body: BoxBody = if is_event_stream(&upstream_headers) && !no_body {
+            drop(self.activity);
+            let relay = SseRelay::new(
+                response,
+                self.sse_keepalive,
+                self.upstream.stopping.clone(),
+                self.metrics.open_stream(),
+            );
+            BodyStream::new(relay).boxed()
+        } else {
+            match (no_body, content_length(&upstream_headers)) {
+                (true, Some(len)) if req.method() == Method::HEAD => SizedStream::new(
+                    len,
+                    futures_util::stream::empty::<Result<_, GatewayError>>(),
+                )
+                .boxed(),
+                (true, _) => actix_web::body::None::new().boxed(),
+                (false, Some(len)) => {
+                    SizedStream::new(len, Held::new(response, self.activity)).boxed()
+                }
+                (false, None) => BodyStream::new(Held::new(response, self.activity)).boxed(),
+            }
+        };
+
+        let mut out = HttpResponse::with_body(status, body);
+        headers::copy_response_headers(&upstream_headers, out.headers_mut());
+        if is_event_stream(&upstream_headers) {
+            let h = out.headers_mut();
+            h.insert(
+                header::HeaderName::from_static("x-accel-buffering"),
+                HeaderValue::from_static("no"),
+            );
+            if !h.contains_key(header::CACHE_CONTROL) {
+                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl actix_web::ResponseError for GatewayError {
+    fn status_code(&self) -> StatusCode {
+        self.status()
+    }
+}

@@ -1,0 +1,272 @@
+//! Which headers cross the proxy, in each direction, and how requests are classified.
+
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::HttpRequest;
+
+use crate::identity::cookies;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the gateway sets itself.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+];
+
+/// Headers named in `Connection` are hop-by-hop too.
+fn connection_listed(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CONNECTION)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+fn is_hop_by_hop(name: &HeaderName, listed: &[String]) -> bool {
+    let name = name.as_str();
+    HOP_BY_HOP.contains(&name) || listed.iter().any(|l| l == name)
+}
+
+/// What to drop from a client request besides hop-by-hop headers.
+pub struct RequestFilter<'a> {
+    /// Headers that carry identity to the gateway.
+    pub identity_headers: &'a [&'a str],
+    /// Cookies that belong to the gateway.
+    pub identity_cookies: &'a [&'a str],
+    /// Event streams: no compression, so events are never held back in an encoder.
+    pub passive: bool,
+}
+
+/// Copies the client's request headers for OpenCode. The client's `Authorization` is never
+/// forwarded: the gateway adds the instance's own credentials.
+pub fn copy_request_headers(src: &HeaderMap, dst: &mut HeaderMap, filter: &RequestFilter<'_>) {
+    let listed = connection_listed(src);
+    for (name, value) in src.iter() {
+        if is_hop_by_hop(name, &listed)
+            || name == header::AUTHORIZATION
+            || filter.identity_headers.contains(&name.as_str())
+            || (filter.passive && name == header::ACCEPT_ENCODING)
+        {
+            continue;
+        }
+        if name == header::COOKIE {
+            let kept = value
+                .to_str()
+                .ok()
+                .and_then(|v| cookies::without(v, filter.identity_cookies))
+                .and_then(|v| HeaderValue::from_str(&v).ok());
+            if let Some(kept) = kept {
+                dst.append(name.clone(), kept);
+            }
+            continue;
+        }
+        dst.append(name.clone(), value.clone());
+    }
+}
+
+/// Copies OpenCode's response headers for the client, every value of repeated headers
+/// (`Set-Cookie`) included.
+pub fn copy_response_headers(src: &HeaderMap, dst: &mut HeaderMap) {
+    let listed = connection_listed(src);
+    for (name, value) in src.iter() {
+        if !is_hop_by_hop(name, &listed) {
+            dst.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// `X-Forwarded-For`, `-Proto` and `-Host` for OpenCode, extending what a load balancer in
+/// front of the gateway already set.
+pub fn add_forwarded(req: &HttpRequest, dst: &mut HeaderMap) {
+    let info = req.connection_info();
+    if let Some(peer) = req.peer_addr() {
+        let chain = match req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prior) => format!("{prior}, {}", peer.ip()),
+            None => peer.ip().to_string(),
+        };
+        if let Ok(value) = HeaderValue::from_str(&chain) {
+            dst.insert(HeaderName::from_static("x-forwarded-for"), value);
+        }
+    }
+    if let Ok(value) = HeaderValue::from_str(info.scheme()) {
+        dst.insert(HeaderName::from_static("x-forwarded-proto"), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(info.host()) {
+        dst.insert(HeaderName::from_static("x-forwarded-host"), value);
+    }
+}
+
+/// A websocket handshake.
+pub fn is_upgrade(req: &HttpRequest) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// A server-push event stream: its requests are passive (see `gateway::Access`).
+pub fn is_event_stream(req: &HttpRequest) -> bool {
+    let accepts_events = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    accepts_events || is_event_path(req.path())
+}
+
+/// OpenCode's event stream endpoints.
+fn is_event_path(path: &str) -> bool {
+    matches!(path, "/event" | "/global/event" | "/api/event")
+        || (path.starts_with("/api/session/") && path.ends_with("/event"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    const FILTER: RequestFilter<'static> = RequestFilter {
+        identity_headers: &["x-chamberlain-dev-user"],
+        identity_cookies: &["chamberlain_dev_user"],
+        passive: false,
+    };
+
+    #[test]
+    fn request_drops_hop_by_hop_identity_and_authorization() {
+        let src = map(&[
+            ("connection", "keep-alive, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("host", "gateway"),
+            ("content-length", "3"),
+            ("authorization", "Bearer user-token"),
+            ("x-chamberlain-dev-user", "alice"),
+            ("cookie", "chamberlain_dev_user=alice; theme=dark"),
+            ("accept-encoding", "gzip"),
+            ("x-custom", "a"),
+            ("x-custom", "b"),
+        ]);
+        let mut dst = HeaderMap::new();
+        copy_request_headers(&src, &mut dst, &FILTER);
+        let names: Vec<&str> = dst.keys().map(|k| k.as_str()).collect();
+        for gone in [
+            "connection",
+            "x-secret-hop",
+            "keep-alive",
+            "te",
+            "host",
+            "content-length",
+            "authorization",
+            "x-chamberlain-dev-user",
+        ] {
+            assert!(!names.contains(&gone), "{gone} forwarded");
+        }
+        assert_eq!(dst.get("cookie").unwrap(), "theme=dark");
+        assert_eq!(dst.get("accept-encoding").unwrap(), "gzip");
+        assert_eq!(dst.get_all("x-custom").count(), 2);
+    }
+
+    #[test]
+    fn passive_requests_ask_for_no_compression_and_lone_gateway_cookie_vanishes() {
+        let src = map(&[
+            ("accept-encoding", "gzip, br"),
+            ("cookie", "chamberlain_dev_user=alice"),
+        ]);
+        let mut dst = HeaderMap::new();
+        let filter = RequestFilter {
+            passive: true,
+            ..FILTER
+        };
+        copy_request_headers(&src, &mut dst, &filter);
+        assert!(dst.is_empty());
+    }
+
+    #[test]
+    fn response_keeps_every_set_cookie_and_drops_framing() {
+        let src = map(&[
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "10"),
+            ("content-encoding", "gzip"),
+            ("location", "/elsewhere"),
+        ]);
+        let mut dst = HeaderMap::new();
+        copy_response_headers(&src, &mut dst);
+        assert_eq!(dst.get_all("set-cookie").count(), 2);
+        assert!(dst.get("transfer-encoding").is_none());
+        assert!(dst.get("content-length").is_none());
+        assert_eq!(dst.get("content-encoding").unwrap(), "gzip");
+        assert_eq!(dst.get("location").unwrap(), "/elsewhere");
+    }
+
+    #[test]
+    fn classifies_event_streams_and_upgrades() {
+        let sse = TestRequest::get()
+            .uri("/whatever")
+            .insert_header(("accept", "text/event-stream"))
+            .to_http_request();
+        assert!(is_event_stream(&sse));
+        for path in [
+            "/event",
+            "/global/event",
+            "/api/event",
+            "/api/session/ses_1/event",
+        ] {
+            let req = TestRequest::get().uri(path).to_http_request();
+            assert!(is_event_stream(&req), "{path}");
+        }
+        for path in [
+            "/session",
+            "/events",
+            "/api/session/x/message",
+            "/eventually",
+        ] {
+            let req = TestRequest::get().uri(path).to_http_request();
+            assert!(!is_event_stream(&req), "{path}");
+        }
+        let ws = TestRequest::get()
+            .insert_header(("upgrade", "WebSocket"))
+            .to_http_request();
+        assert!(is_upgrade(&ws));
+    }
+
+    #[test]
+    fn forwarded_headers_extend_the_chain() {
+        let req = TestRequest::get()
+            .peer_addr("10.1.2.3:5000".parse().unwrap())
+            .insert_header(("x-forwarded-for", "203.0.113.9"))
+            .insert_header(("host", "gw.example"))
+            .to_http_request();
+        let mut dst = HeaderMap::new();
+        add_forwarded(&req, &mut dst);
+        assert_eq!(dst.get("x-forwarded-for").unwrap(), "203.0.113.9, 10.1.2.3");
+        assert_eq!(dst.get("x-forwarded-host").unwrap(), "gw.example");
+        assert_eq!(dst.get("x-forwarded-proto").unwrap(), "http");
+    }
+}

@@ -1,0 +1,104 @@
+//! Everything outside `/-/` goes to the caller's own OpenCode.
+
+mod forward;
+pub mod headers;
+pub mod streams;
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use chamberlain_actors::{InstanceState, WakeReply};
+
+use crate::errors::{self, GatewayError};
+use crate::gateway::{Access, Gateway};
+use crate::identity::Identity;
+use crate::pages;
+pub use forward::client;
+use forward::Forward;
+use headers::RequestFilter;
+
+pub async fn handle(
+    req: HttpRequest,
+    payload: web::Payload,
+    gateway: web::Data<Gateway>,
+    client: web::Data<awc::Client>,
+) -> HttpResponse {
+    match proxy(&req, payload, &gateway, &client).await {
+        Ok(response) => response,
+        Err(err) => {
+            if err.status().is_server_error() {
+                tracing::warn!(path = req.path(), error = %err, "proxy request failed");
+            }
+            err.respond(&req)
+        }
+    }
+}
+
+async fn proxy(
+    req: &HttpRequest,
+    payload: web::Payload,
+    gateway: &Gateway,
+    client: &awc::Client,
+) -> Result<HttpResponse, GatewayError> {
+    let identity = gateway.identify(req).await?;
+    if headers::is_upgrade(req) {
+        return Err(GatewayError::NotImplemented(
+            "websocket upgrades are not bridged yet".to_owned(),
+        ));
+    }
+    let access = if headers::is_event_stream(req) {
+        Access::Passive
+    } else {
+        Access::Wake
+    };
+    if access == Access::Wake && errors::is_navigation(req) {
+        if let Some(page) = starting_page(gateway, &identity).await? {
+            return Ok(page);
+        }
+    }
+    let (handle, upstream) = gateway.upstream(&identity, access).await?;
+    let activity = (access == Access::Wake).then(|| handle.activity.begin());
+    Forward {
+        client,
+        upstream: &upstream,
+        filter: RequestFilter {
+            identity_headers: gateway.auth.identity_headers(),
+            identity_cookies: gateway.auth.identity_cookies(),
+            passive: access == Access::Passive,
+        },
+        timeout: gateway.cfg.upstream_timeout,
+        sse_keepalive: gateway.cfg.sse_keepalive,
+        metrics: &gateway.metrics,
+        activity,
+    }
+    .send(req, payload)
+    .await
+}
+
+/// A browser loading a page while the instance is not ready gets the "starting your
+/// workspace" page at once (the start is set off), instead of a blank wait.
+async fn starting_page(
+    gateway: &Gateway,
+    identity: &Identity,
+) -> Result<Option<HttpResponse>, GatewayError> {
+    if let Some(handle) = gateway.peek(identity) {
+        if handle.status.borrow().state == InstanceState::Ready {
+            return Ok(None);
+        }
+    }
+    let (_, reply) = gateway.wake(identity, false).await?;
+    if matches!(reply, WakeReply::Ready(_)) {
+        return Ok(None);
+    }
+    Ok(Some(
+        HttpResponse::ServiceUnavailable()
+            .insert_header((
+                header::RETRY_AFTER,
+                Duration::from_secs(2).as_secs().to_string(),
+            ))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .content_type("text/html; charset=utf-8")
+            .body(pages::starting()),
+    ))
+}

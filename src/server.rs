@@ -1,0 +1,312 @@
+//! Putting the gateway together: data directory, actors, both listeners, and an orderly
+//! shutdown on SIGTERM or SIGINT.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use actix_web::dev::{ServerHandle, Service};
+use actix_web::{web, App, HttpMessage, HttpServer};
+use anyhow::{bail, Context};
+use chamberlain_actors::{
+    InstanceConfig, InstanceMetrics, InstanceShared, LaunchConfig, Launcher, Registry,
+    RegistryConfig, Shutdown, UsersRoot,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::admin::{self, Admin};
+use crate::cli::{AuthMode, ServeArgs};
+use crate::gateway::{Gateway, GatewayConfig};
+use crate::identity::{Authenticator, Identity};
+use crate::metrics::{HttpMetrics, Metrics};
+use crate::{api, proxy};
+
+/// How long in-flight HTTP connections get to finish once every instance has stopped.
+const HTTP_DRAIN: u64 = 5;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    if args.auth == AuthMode::Dev && !args.listen.ip().is_loopback() && !args.allow_insecure_dev {
+        bail!(
+            "refusing to serve dev identity on {}: anyone who can reach it could sign in as anyone. \
+             Listen on a loopback address, choose another --auth, or pass --allow-insecure-dev",
+            args.listen
+        );
+    }
+    let program = resolve_opencode(args.opencode_bin.as_deref())?;
+    let data_dir = prepare_data_dir(&args.data_dir)?;
+    let users = UsersRoot::new(data_dir.join("users"));
+    match users.sweep_partial() {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            removed = n,
+            "removed half-created user homes from an earlier crash"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot sweep half-created user homes"),
+    }
+
+    let instance_metrics = InstanceMetrics::new();
+    let metrics = Arc::new(Metrics::new(&instance_metrics));
+    let shared = InstanceShared {
+        cfg: InstanceConfig {
+            start_timeout: args.start_timeout,
+            health_interval: args.health_interval,
+            health_failures: args.health_failures,
+            health_timeout: args.health_interval.min(Duration::from_secs(5)),
+            stop_grace: args.stop_grace,
+            idle_timeout: args.idle_timeout,
+            ..InstanceConfig::default()
+        },
+        launcher: Launcher::new(LaunchConfig {
+            program: program.clone(),
+            extra_args: args.opencode_args.clone(),
+            env_allow: chamberlain_actors::launcher::DEFAULT_ENV_ALLOW
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        }),
+        users: users.clone(),
+        start_slots: Arc::new(tokio::sync::Semaphore::new(
+            args.max_concurrent_starts as usize,
+        )),
+        metrics: instance_metrics,
+        account: account_name(),
+    };
+    let registry = Registry::new(
+        RegistryConfig {
+            max_instances: args.max_instances as usize,
+            max_concurrent_starts: args.max_concurrent_starts as usize,
+            evict_min_idle: args.evict_min_idle,
+            retire_after: args.idle_timeout.max(Duration::from_secs(3600)),
+        },
+        shared,
+    );
+    let routes = registry.routes();
+    let registry = registry.start();
+
+    let gateway = web::Data::new(Gateway::new(
+        Authenticator::new(args.auth),
+        registry.clone(),
+        routes,
+        users,
+        GatewayConfig {
+            wait_timeout: args.wait_timeout,
+            upstream_timeout: args.upstream_timeout,
+            sse_keepalive: args.sse_keepalive,
+        },
+        metrics.http.clone(),
+    ));
+
+    let public = {
+        let gateway = gateway.clone();
+        let upstream_timeout = args.upstream_timeout;
+        HttpServer::new(move || {
+            let http_metrics = gateway.metrics.clone();
+            App::new()
+                .app_data(gateway.clone())
+                .app_data(web::Data::new(proxy::client(upstream_timeout)))
+                .wrap_fn(move |req, srv| access_log(req, srv, http_metrics.clone()))
+                .service(web::scope("/-").configure(api::configure))
+                .default_service(web::to(proxy::handle))
+        })
+        .disable_signals()
+        .shutdown_timeout(HTTP_DRAIN)
+        .bind(args.listen)
+        .with_context(|| format!("cannot listen on {}", args.listen))?
+    };
+    let public_addrs = public.addrs();
+    let public = public.run();
+
+    let admin_state = web::Data::new(Admin {
+        registry: registry.clone(),
+        metrics: Arc::clone(&metrics),
+    });
+    let admin = HttpServer::new(move || {
+        App::new()
+            .app_data(admin_state.clone())
+            .configure(admin::configure)
+    })
+    .workers(1)
+    .disable_signals()
+    .shutdown_timeout(1)
+    .bind(args.admin_listen)
+    .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
+    let admin_addrs = admin.addrs();
+    let admin = admin.run();
+
+    let (public_handle, admin_handle) = (public.handle(), admin.handle());
+    let public_task = actix_web::rt::spawn(public);
+    let admin_task = actix_web::rt::spawn(admin);
+
+    tracing::info!(
+        public = %format_addrs(&public_addrs),
+        admin = %format_addrs(&admin_addrs),
+        data_dir = %data_dir.display(),
+        opencode = %program.display(),
+        auth = ?args.auth,
+        max_instances = args.max_instances,
+        "chamberlain listening"
+    );
+
+    let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
+    let signal_name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        result = public_task => bail!("public listener stopped unexpectedly: {result:?}"),
+        result = admin_task => bail!("admin listener stopped unexpectedly: {result:?}"),
+    };
+    shutdown(
+        signal_name,
+        &gateway,
+        &registry,
+        public_handle,
+        admin_handle,
+        args.stop_grace,
+    )
+    .await;
+    Ok(())
+}
+
+async fn shutdown(
+    signal_name: &str,
+    gateway: &Gateway,
+    registry: &actix::Addr<Registry>,
+    public: ServerHandle,
+    admin: ServerHandle,
+    stop_grace: Duration,
+) {
+    let started = Instant::now();
+    tracing::info!(
+        signal = signal_name,
+        "shutting down: no new starts, stopping every instance"
+    );
+    gateway.begin_shutdown();
+    public.pause().await;
+    // Each instance gets SIGTERM, then SIGKILL after the grace; allow a margin on top.
+    let deadline = stop_grace + Duration::from_secs(5);
+    if tokio::time::timeout(deadline, registry.send(Shutdown))
+        .await
+        .is_err()
+    {
+        tracing::error!("instances did not all stop within {}s", deadline.as_secs());
+    }
+    public.stop(true).await;
+    admin.stop(true).await;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "shutdown complete"
+    );
+}
+
+/// Logs each request once it is answered and counts it by status class.
+fn access_log<S, B>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+    metrics: HttpMetrics,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
+where
+    S: Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+{
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let response = srv.call(req);
+    async move {
+        let response = response.await?;
+        let status = response.status().as_u16();
+        metrics.request(status);
+        let user = response
+            .request()
+            .extensions()
+            .get::<Identity>()
+            .map(|i| i.user_id.clone())
+            .unwrap_or_default();
+        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        if status >= 400 {
+            tracing::info!(%method, %path, status, user, elapsed_ms, "request");
+        } else {
+            tracing::debug!(%method, %path, status, user, elapsed_ms, "request");
+        }
+        Ok(response)
+    }
+}
+
+fn format_addrs(addrs: &[std::net::SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(|a| format!("http://{a}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `--opencode-bin`, or `opencode` on PATH, or `./node_modules/.bin/opencode`; always made
+/// absolute because children run with their workspace as the working directory.
+fn resolve_opencode(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let candidate = match configured {
+        Some(path) if path.components().count() > 1 => Some(path.to_owned()),
+        Some(name) => find_on_path(name),
+        None => find_on_path(Path::new("opencode"))
+            .or_else(|| Some(PathBuf::from("node_modules/.bin/opencode")).filter(|p| p.exists())),
+    };
+    let Some(path) = candidate else {
+        bail!(
+            "OpenCode not found: install it with `npm ci` in the repository (see README) or pass \
+             --opencode-bin"
+        );
+    };
+    let absolute = std::fs::canonicalize(&path)
+        .with_context(|| format!("OpenCode binary {} is not usable", path.display()))?;
+    let meta = std::fs::metadata(&absolute)
+        .with_context(|| format!("OpenCode binary {} is not usable", absolute.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+        bail!(
+            "OpenCode binary {} is not an executable file",
+            absolute.display()
+        );
+    }
+    Ok(absolute)
+}
+
+fn find_on_path(name: &Path) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Creates the data directory layout (idempotent) and returns its absolute path.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    for sub in [
+        "users",
+        "state",
+        "shared/repos",
+        "shared/auth",
+        "shared/config",
+    ] {
+        let path = dir.join(sub);
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create data directory {}", path.display()))?;
+    }
+    let absolute = std::fs::canonicalize(dir)
+        .with_context(|| format!("cannot resolve data directory {}", dir.display()))?;
+    let probe = absolute.join("state/.write-probe");
+    std::fs::write(&probe, b"ok")
+        .with_context(|| format!("data directory {} is not writable", absolute.display()))?;
+    let _ = std::fs::remove_file(probe);
+    Ok(absolute)
+}
+
+fn account_name() -> String {
+    let uid = nix::unistd::getuid();
+    nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
+}
