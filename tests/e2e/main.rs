@@ -1,0 +1,9 @@
+//! End-to-end tests: each starts the real `chamberlain` binary and talks HTTP and SSE to it as
+//! a client would, in front of either the fake OpenCode (fault injection) or the real,
+//! pinned OpenCode.
+
+mod input;
+mod lifecycle;
+mod proxy;
+mod real_opencode;
+mod support;

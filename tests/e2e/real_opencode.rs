@@ -1,0 +1,191 @@
+//! The gateway in front of the real, pinned OpenCode.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use futures_util::StreamExt;
+
+use crate::support::{as_u64, client, real_opencode, Gateway};
+
+#[actix_web::test]
+async fn each_user_gets_their_own_process_and_sessions() {
+    let gw = Gateway::real(&[]);
+    let (a, b) =
+        futures_util::future::join(gw.get("alice", "/session"), gw.get("bob", "/session")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(b.status, StatusCode::OK, "{}", b.text());
+
+    let created = gw.post("alice", "/session").await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let home = gw
+        .data
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("users/alice/workspace");
+    assert_eq!(created.json()["directory"], home.display().to_string());
+
+    let alice_list = gw.get("alice", "/session").await.json();
+    assert!(alice_list.as_array().unwrap().iter().any(|s| s["id"] == id));
+    let bob_list = gw.get("bob", "/session").await.json();
+    assert!(
+        !bob_list.as_array().unwrap().iter().any(|s| s["id"] == id),
+        "bob sees alice's session: {bob_list}"
+    );
+    let bob_direct = gw.get("bob", &format!("/session/{id}")).await;
+    assert_ne!(
+        bob_direct.status,
+        StatusCode::OK,
+        "bob can open alice's session by id"
+    );
+
+    let alice = gw.user("alice").await.unwrap();
+    let bob = gw.user("bob").await.unwrap();
+    assert_ne!(as_u64(&alice["pid"]), as_u64(&bob["pid"]));
+    assert_ne!(as_u64(&alice["port"]), as_u64(&bob["port"]));
+    assert!(as_u64(&alice["rssBytes"]) > 0);
+}
+
+#[actix_web::test]
+async fn events_arrive_through_the_proxy() {
+    let gw = Gateway::real(&[]);
+    assert_eq!(gw.get("alice", "/session").await.status, StatusCode::OK);
+    let mut events = gw
+        .client
+        .get(gw.url("/event"))
+        .insert_header(("x-chamberlain-dev-user", "alice"))
+        .send()
+        .await
+        .expect("event stream");
+    assert_eq!(events.status(), StatusCode::OK);
+    let mut seen = String::new();
+    while !seen.contains("server.connected") {
+        seen.push_str(&next_text(&mut events).await);
+    }
+    let created = gw.post("alice", "/session").await.json();
+    let id = created["id"].as_str().unwrap().to_owned();
+    while !(seen.contains("session.created") && seen.contains(&id)) {
+        seen.push_str(&next_text(&mut events).await);
+    }
+}
+
+async fn next_text<S>(events: &mut awc::ClientResponse<S>) -> String
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let chunk = actix_web::rt::time::timeout(Duration::from_secs(30), events.next())
+        .await
+        .expect("an event within 30s")
+        .expect("stream open")
+        .expect("chunk");
+    String::from_utf8_lossy(&chunk).into_owned()
+}
+
+struct Direct {
+    child: Child,
+    port: u16,
+    _home: tempfile::TempDir,
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The same OpenCode started directly, to compare what the gateway serves with the original.
+fn direct_opencode() -> Direct {
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join("ws")).unwrap();
+    let mut child = Command::new(real_opencode())
+        .args(["serve", "--hostname", "127.0.0.1", "--port", "0", "--pure"])
+        .current_dir(home.path().join("ws"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("OPENCODE_SERVER_PASSWORD", "direct")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let port = loop {
+        let line = lines.next().expect("start line").unwrap();
+        if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
+            break rest.trim().trim_end_matches('/').parse().unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Direct {
+        child,
+        port,
+        _home: home,
+    }
+}
+
+async fn direct_get(direct: &Direct, path: &str) -> (StatusCode, bytes::Bytes) {
+    let mut resp = client()
+        .get(format!("http://127.0.0.1:{}{path}", direct.port))
+        .basic_auth("opencode", "direct")
+        .send()
+        .await
+        .unwrap();
+    let body = resp.body().limit(64 * 1024 * 1024).await.unwrap();
+    (resp.status(), body)
+}
+
+#[actix_web::test]
+async fn web_ui_loads_byte_identical_through_the_gateway() {
+    let gw = Gateway::real(&[]);
+    let direct = direct_opencode();
+    let (status, index_direct) = direct_get(&direct, "/").await;
+    assert_eq!(status, StatusCode::OK);
+    let index = gw.get("alice", "/").await;
+    assert_eq!(index.status, StatusCode::OK);
+    assert_eq!(index.body, index_direct, "index.html differs");
+
+    let html = String::from_utf8_lossy(&index.body).into_owned();
+    let script = html
+        .split("src=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .find(|src| src.ends_with(".js") && src.starts_with('/'))
+        .unwrap_or_else(|| panic!("no script in index.html:\n{html}"))
+        .to_owned();
+    let (status, js_direct) = direct_get(&direct, &script).await;
+    assert_eq!(status, StatusCode::OK);
+    let js = gw.get("alice", &script).await;
+    assert_eq!(js.status, StatusCode::OK);
+    assert!(js.body.len() > 1000, "{script} is {} bytes", js.body.len());
+    assert_eq!(js.body, js_direct, "{script} differs");
+}
+
+#[actix_web::test]
+async fn progress_follows_a_real_start_to_ready() {
+    let gw = Gateway::real(&[]);
+    let start = gw.post("dana", "/-/api/instance/start").await;
+    assert_eq!(start.status, StatusCode::ACCEPTED);
+    let mut progress = gw
+        .client
+        .get(gw.url("/-/api/instance/progress"))
+        .insert_header(("x-chamberlain-dev-user", "dana"))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    while let Some(chunk) = actix_web::rt::time::timeout(Duration::from_secs(90), progress.next())
+        .await
+        .expect("progress ends")
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+    }
+    assert!(text.contains("\"state\":\"ready\""), "{text}");
+    let me = gw.get("dana", "/-/api/me").await.json();
+    assert_eq!(me["instance"]["state"], "ready");
+    assert_eq!(me["isInitialized"], true);
+}

@@ -1,0 +1,378 @@
+//! Starting a real `chamberlain` process for a test and talking to it as a client would.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use awc::http::header::HeaderMap;
+use awc::http::{Method, StatusCode};
+use bytes::Bytes;
+use serde_json::Value;
+
+pub const FAKE: &str = env!("CARGO_BIN_EXE_fake-opencode");
+const GATEWAY: &str = env!("CARGO_BIN_EXE_chamberlain");
+
+/// The pinned real OpenCode: `CHAMBERLAIN_TEST_OPENCODE`, else the repository's
+/// `node_modules/.bin/opencode` (installed by `npm ci`). Missing is a test failure, not a skip.
+pub fn real_opencode() -> PathBuf {
+    if let Some(path) = std::env::var_os("CHAMBERLAIN_TEST_OPENCODE") {
+        return PathBuf::from(path);
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("node_modules/.bin/opencode");
+    assert!(
+        path.exists(),
+        "the real OpenCode is required for these tests: run `npm ci` in the repository \
+         (or set CHAMBERLAIN_TEST_OPENCODE); looked for {}",
+        path.display()
+    );
+    path
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}), status {}: {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+pub struct Gateway {
+    child: Option<Child>,
+    pub pid: u32,
+    pub base: String,
+    pub admin: String,
+    pub data: tempfile::TempDir,
+    log: Arc<Mutex<String>>,
+    pub client: awc::Client,
+}
+
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .disable_redirects()
+        .finish()
+}
+
+impl Gateway {
+    /// A gateway in front of the fake OpenCode; `args` go to `chamberlain serve`.
+    pub fn fake(args: &[&str]) -> Gateway {
+        Gateway::start(Path::new(FAKE), args, &[])
+    }
+
+    /// A gateway in front of the real, pinned OpenCode (started with `--pure`).
+    pub fn real(args: &[&str]) -> Gateway {
+        let mut all = vec!["--opencode-arg=--pure"];
+        all.extend_from_slice(args);
+        Gateway::start(&real_opencode(), &all, &[])
+    }
+
+    pub fn start(opencode: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let data = tempfile::tempdir().expect("temp dir");
+        let (child, log, lines) = spawn_gateway(opencode, data.path(), args, env);
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (base, admin) = loop {
+            match lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(addrs) => break addrs,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
+                Err(_) => panic!(
+                    "gateway did not start; log:\n{}",
+                    log.lock().map(|l| l.clone()).unwrap_or_default()
+                ),
+            }
+        };
+        Gateway {
+            child: Some(child),
+            pid,
+            base,
+            admin,
+            data,
+            log,
+            client: client(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        user: Option<&str>,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Response {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(user) = user {
+            req = req.insert_header(("x-chamberlain-dev-user", user));
+        }
+        for (k, v) in headers {
+            req = req.append_header((*k, *v));
+        }
+        let sent = match body {
+            Some(b) => req.send_body(b).await,
+            None => req.send().await,
+        };
+        let mut resp = sent.unwrap_or_else(|e| panic!("{path}: request failed: {e}"));
+        let body = resp
+            .body()
+            .limit(256 * 1024 * 1024)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: body failed: {e}"));
+        Response {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body,
+        }
+    }
+
+    pub async fn get(&self, user: &str, path: &str) -> Response {
+        self.request(Method::GET, Some(user), path, &[], None).await
+    }
+
+    pub async fn post(&self, user: &str, path: &str) -> Response {
+        self.request(
+            Method::POST,
+            Some(user),
+            path,
+            &[("content-type", "application/json")],
+            Some(Bytes::from_static(b"{}")),
+        )
+        .await
+    }
+
+    pub async fn admin_request(&self, method: Method, path: &str) -> Response {
+        let mut resp = self
+            .client
+            .request(method, format!("{}{path}", self.admin))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("admin {path}: {e}"));
+        let body = resp
+            .body()
+            .limit(16 * 1024 * 1024)
+            .await
+            .expect("admin body");
+        Response {
+            status: resp.status(),
+            headers: resp.headers().clone(),
+            body,
+        }
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.admin_request(Method::GET, "/stats").await.json()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.admin_request(Method::GET, "/metrics").await.text()
+    }
+
+    pub async fn user(&self, user: &str) -> Option<Value> {
+        self.stats().await["users"]
+            .as_array()
+            .and_then(|users| users.iter().find(|u| u["userId"] == user).cloned())
+    }
+
+    pub async fn state(&self, user: &str) -> String {
+        self.user(user)
+            .await
+            .map(|u| u["state"].as_str().unwrap_or_default().to_owned())
+            .unwrap_or_else(|| "absent".to_owned())
+    }
+
+    /// Polls `/stats` until `check` holds for the user's entry (an upper bound, not a timing
+    /// assertion: it only fails when the state is never reached).
+    pub async fn wait_user(&self, user: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(entry) = self.user(user).await {
+                if check(&entry) {
+                    return entry;
+                }
+                if Instant::now() > deadline {
+                    panic!("{user}: never {what}; last: {entry}\nlog:\n{}", self.log());
+                }
+            } else if Instant::now() > deadline {
+                panic!("{user}: never {what}; no such user\nlog:\n{}", self.log());
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn wait_state(&self, user: &str, state: &str) -> Value {
+        self.wait_user(user, &format!("reached {state}"), |u| u["state"] == state)
+            .await
+    }
+
+    /// Sends SIGTERM and waits for the gateway to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
+        let mut child = self.child.take().expect("gateway still running");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("gateway did not exit after {signal}; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) until the log shows at least `n` spawned processes; returns them.
+    pub async fn wait_spawned(&self, n: usize) -> Vec<u32> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pids = self.spawned_pids();
+            if pids.len() >= n {
+                return pids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never spawned {n} processes:\n{}",
+                self.log()
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Pids of OpenCode processes the gateway spawned, from its log.
+    pub fn spawned_pids(&self) -> Vec<u32> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("spawned OpenCode"))
+            .filter_map(|l| field(l, "pid="))
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.terminate()));
+        }
+    }
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let start = line.find(name)? + name.len();
+    line[start..].split_whitespace().next()
+}
+
+type Spawned = (Child, Arc<Mutex<String>>, mpsc::Receiver<(String, String)>);
+
+fn spawn_gateway(opencode: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+    let mut cmd = Command::new(GATEWAY);
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .arg("--data-dir")
+    .arg(data)
+    .arg("--opencode-bin")
+    .arg(opencode)
+    .args(["--log", "info,chamberlain=debug,chamberlain_actors=debug"])
+    .args(args)
+    .envs(env.iter().copied())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start chamberlain");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let sink = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("chamberlain listening") {
+                if let (Some(public), Some(admin)) =
+                    (field(&line, "public="), field(&line, "admin="))
+                {
+                    let _ = tx.send((public.to_owned(), admin.to_owned()));
+                }
+            }
+            if let Ok(mut log) = sink.lock() {
+                log.push_str(&line);
+                log.push('\n');
+            }
+        }
+    });
+    (child, log, rx)
+}
+
+/// Whether `pid` is a live (not zombie) process.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+/// Waits (bounded) for `pid` to be gone.
+pub async fn wait_gone(pid: u32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+pub fn as_u64(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// The value of one sample line in Prometheus text, or 0 if absent.
+pub fn metric(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .unwrap_or(0.0)
+}
