@@ -124,6 +124,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAMBERLAIN_SSE_KEEPALIVE", default_value = "15s", value_parser = duration)]
     pub sse_keepalive: Duration,
 
+    /// HTTP worker threads for the public listener (default: the CPUs available to the
+    /// process, cgroup quotas included).
+    #[arg(long, env = "CHAMBERLAIN_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub workers: Option<u32>,
+
     /// Log format.
     #[arg(long, env = "CHAMBERLAIN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

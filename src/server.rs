@@ -100,6 +100,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let public = {
         let gateway = gateway.clone();
         let upstream_timeout = args.upstream_timeout;
+        let workers = args.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n as usize,
+        );
         HttpServer::new(move || {
             let http_metrics = gateway.metrics.clone();
             App::new()
@@ -109,6 +113,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .service(web::scope("/-").configure(api::configure))
                 .default_service(web::to(proxy::handle))
         })
+        .workers(workers)
         .disable_signals()
         .shutdown_timeout(HTTP_DRAIN)
         .bind(args.listen)

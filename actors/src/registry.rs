@@ -355,3 +355,236 @@ impl Handler<Shutdown> for Registry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The registry and instances with stand-in `opencode` shell scripts.
+
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::InstanceConfig;
+    use crate::instance::{Wake, WakeReply};
+    use crate::launcher::{LaunchConfig, Launcher};
+    use crate::metrics::InstanceMetrics;
+    use crate::workspace::{UserKey, UsersRoot};
+
+    /// Prints the start line (for a port nothing listens on) and sleeps.
+    const LISTENS: &str =
+        "echo 'opencode server listening on http://127.0.0.1:9'\nexec sleep 1000\n";
+    const NEVER_LISTENS: &str = "echo 'stuck before listening' >&2\nexec sleep 1000\n";
+    const CRASHES: &str =
+        "echo 'opencode server listening on http://127.0.0.1:9'\necho 'oh no' >&2\nexit 7\n";
+
+    struct Setup {
+        dir: tempfile::TempDir,
+        registry: Addr<Registry>,
+        routes: Routes,
+    }
+
+    fn setup(script: &str, reg: RegistryConfig, inst: InstanceConfig) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("opencode");
+        std::fs::write(&program, format!("#!/bin/sh\n{script}")).unwrap();
+        std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let users = dir.path().join("users");
+        std::fs::create_dir(&users).unwrap();
+        let shared = InstanceShared {
+            cfg: inst,
+            launcher: Launcher::new(LaunchConfig {
+                program,
+                extra_args: vec![],
+                env_allow: vec!["PATH".into()],
+            }),
+            users: UsersRoot::new(&users),
+            start_slots: Arc::new(tokio::sync::Semaphore::new(reg.max_concurrent_starts)),
+            metrics: InstanceMetrics::new(),
+            account: "test".into(),
+        };
+        let registry = Registry::new(reg, shared);
+        let routes = registry.routes();
+        Setup {
+            dir,
+            registry: registry.start(),
+            routes,
+        }
+    }
+
+    fn quiet() -> InstanceConfig {
+        InstanceConfig {
+            health_interval: Duration::from_secs(3600),
+            stop_grace: Duration::from_secs(2),
+            ..InstanceConfig::default()
+        }
+    }
+
+    fn spec(user: &str) -> UserSpec {
+        UserSpec {
+            user_id: user.into(),
+            key: UserKey::derive(user),
+            email: format!("{user}@localhost"),
+            name: None,
+        }
+    }
+
+    async fn settle(handle: &InstanceHandle, states: &[InstanceState]) -> InstanceStatus {
+        let mut rx = handle.status.clone();
+        let status = tokio::time::timeout(
+            Duration::from_secs(30),
+            rx.wait_for(|s| states.contains(&s.state)),
+        )
+        .await
+        .expect("state reached in time")
+        .expect("instance alive");
+        status.clone()
+    }
+
+    fn alive(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    }
+
+    #[actix::test]
+    async fn wake_starts_a_process_and_stop_ends_it() {
+        let s = setup(LISTENS, RegistryConfig::default(), quiet());
+        let handle = s.registry.send(Open(spec("alice"))).await.unwrap();
+        assert!(s.routes.contains_key("alice"));
+        assert!(matches!(
+            handle.addr.send(Wake { explicit: false }).await.unwrap(),
+            WakeReply::Pending
+        ));
+        let ready = settle(&handle, &[InstanceState::Ready]).await;
+        let pid = ready.pid.unwrap();
+        assert!(alive(pid));
+        assert_eq!(ready.port(), Some(9));
+        assert!(Path::new(&s.dir.path().join("users/alice/workspace")).is_dir());
+        assert!(matches!(
+            handle.addr.send(Wake { explicit: false }).await.unwrap(),
+            WakeReply::Ready(_)
+        ));
+
+        handle
+            .addr
+            .send(Stop {
+                reason: StopReason::Person,
+            })
+            .await
+            .unwrap();
+        let stopped = handle.status.borrow().clone();
+        assert_eq!(stopped.state, InstanceState::Stopped);
+        assert!(stopped.upstream.is_none());
+        // `sleep` replaced the shell; SIGTERM to the group ended it.
+        for _ in 0..200 {
+            if !alive(pid) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!alive(pid));
+        let stats = s.registry.send(Stats).await.unwrap();
+        assert_eq!(stats.instances, 0, "room given back");
+        assert_eq!(stats.by_state["stopped"], 1);
+    }
+
+    #[actix::test]
+    async fn full_registry_refuses_until_an_instance_is_idle_enough_to_evict() {
+        let reg = RegistryConfig {
+            max_instances: 1,
+            evict_min_idle: Duration::from_millis(300),
+            ..RegistryConfig::default()
+        };
+        let s = setup(LISTENS, reg, quiet());
+        let alice = s.registry.send(Open(spec("alice"))).await.unwrap();
+        alice.addr.send(Wake { explicit: false }).await.unwrap();
+        settle(&alice, &[InstanceState::Ready]).await;
+
+        let bob = s.registry.send(Open(spec("bob"))).await.unwrap();
+        bob.addr.send(Wake { explicit: false }).await.unwrap();
+        let refused = settle(&bob, &[InstanceState::Stopped]).await;
+        assert!(
+            matches!(refused.refusal, Some(Refusal::Capacity { retry_after }) if retry_after >= Duration::from_secs(1)),
+            "{refused:?}"
+        );
+
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        bob.addr.send(Wake { explicit: false }).await.unwrap();
+        settle(&bob, &[InstanceState::Ready]).await;
+        let evicted = settle(&alice, &[InstanceState::Stopped]).await;
+        assert!(evicted.message.unwrap_or_default().contains("make room"));
+        assert_eq!(s.registry.send(Stats).await.unwrap().instances, 1);
+    }
+
+    #[actix::test]
+    async fn a_crash_is_noticed_and_the_stderr_tail_kept() {
+        let s = setup(CRASHES, RegistryConfig::default(), quiet());
+        let handle = s.registry.send(Open(spec("carol"))).await.unwrap();
+        handle.addr.send(Wake { explicit: false }).await.unwrap();
+        let crashed = settle(&handle, &[InstanceState::Stopped, InstanceState::Failed]).await;
+        let message = crashed.message.unwrap_or_default();
+        assert!(message.contains("exit status: 7"), "{message}");
+        assert!(message.contains("oh no"), "{message}");
+        assert_eq!(
+            crashed.state,
+            InstanceState::Stopped,
+            "one crash is not a crash loop"
+        );
+    }
+
+    #[actix::test]
+    async fn a_start_without_a_listening_line_fails_at_the_timeout() {
+        let inst = InstanceConfig {
+            start_timeout: Duration::from_millis(500),
+            ..quiet()
+        };
+        let s = setup(NEVER_LISTENS, RegistryConfig::default(), inst);
+        let handle = s.registry.send(Open(spec("dave"))).await.unwrap();
+        handle.addr.send(Wake { explicit: false }).await.unwrap();
+        let starting = settle(&handle, &[InstanceState::Starting]).await;
+        let failed = settle(&handle, &[InstanceState::Failed]).await;
+        let message = failed.message.unwrap_or_default();
+        assert!(message.contains("did not report listening"), "{message}");
+        assert!(message.contains("stuck before listening"), "{message}");
+        if let Some(pid) = starting.pid {
+            assert!(!alive(pid));
+        }
+        // A request does not restart a failed instance; an explicit start does.
+        assert!(matches!(
+            handle.addr.send(Wake { explicit: false }).await.unwrap(),
+            WakeReply::Failed(_)
+        ));
+        assert!(matches!(
+            handle.addr.send(Wake { explicit: true }).await.unwrap(),
+            WakeReply::Pending
+        ));
+    }
+
+    #[actix::test]
+    async fn shutdown_stops_everything_and_refuses_new_starts() {
+        let s = setup(LISTENS, RegistryConfig::default(), quiet());
+        let mut pids = Vec::new();
+        for user in ["a", "b", "c"] {
+            let h = s.registry.send(Open(spec(user))).await.unwrap();
+            h.addr.send(Wake { explicit: false }).await.unwrap();
+            pids.push(settle(&h, &[InstanceState::Ready]).await.pid.unwrap());
+        }
+        s.registry.send(Shutdown).await.unwrap();
+        for entry in s.routes.iter() {
+            assert_eq!(entry.status.borrow().state, InstanceState::Stopped);
+        }
+        for pid in pids {
+            for _ in 0..200 {
+                if !alive(pid) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(!alive(pid), "pid {pid} outlived the shutdown");
+        }
+        let late = s.registry.send(Open(spec("late"))).await.unwrap();
+        late.addr.send(Wake { explicit: false }).await.unwrap();
+        let refused = settle(&late, &[InstanceState::Stopped]).await;
+        assert_eq!(refused.refusal, Some(Refusal::ShuttingDown));
+    }
+}

@@ -1,1 +1,274 @@
-fn main() {}
+//! `chamberlain-bench`: what the gateway costs compared with talking to OpenCode directly.
+//!
+//! 1. Small GETs: requests/s and p50/p99 latency, direct vs through the gateway.
+//! 2. Event-stream delivery latency (upstream timestamp → client), direct vs gateway.
+//! 3. Start overhead: time from a user's first request to its answer, minus the upstream's
+//!    own start time as it reports it.
+//!
+//! Build first: `cargo build --release --bins` (the gateway and the fake OpenCode), then
+//! `cargo run --release -p chamberlain-bench -- [--upstream fake|opencode] [--seconds N]
+//! [--connections N]`. With `--upstream opencode` the real OpenCode from
+//! `node_modules/.bin/opencode` is the upstream for the throughput test.
+//! The load generator is a minimal HTTP/1.1 keep-alive client on one thread so that it costs
+//! as little CPU as possible on small machines.
+
+mod http;
+mod procs;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use procs::{Gateway, Upstream};
+
+struct Options {
+    upstream: String,
+    seconds: u64,
+    connections: usize,
+    starts: usize,
+    events: usize,
+}
+
+fn parse_options() -> anyhow::Result<Options> {
+    let mut opts = Options {
+        upstream: "fake".to_owned(),
+        seconds: 10,
+        connections: 32,
+        starts: 20,
+        events: 400,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().context("missing value");
+        match arg.as_str() {
+            "--upstream" => opts.upstream = value()?,
+            "--seconds" => opts.seconds = value()?.parse()?,
+            "--connections" => opts.connections = value()?.parse()?,
+            "--starts" => opts.starts = value()?.parse()?,
+            "--events" => opts.events = value()?.parse()?,
+            "-h" | "--help" => {
+                println!(
+                    "chamberlain-bench [--upstream fake|opencode] [--seconds N] [--connections N] \
+                     [--starts N] [--events N]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}"),
+        }
+    }
+    if !matches!(opts.upstream.as_str(), "fake" | "opencode") {
+        bail!("--upstream is fake or opencode");
+    }
+    Ok(opts)
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+struct Load {
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    requests: usize,
+}
+
+async fn load(addr: SocketAddr, request: Vec<u8>, opts: &Options) -> anyhow::Result<Load> {
+    // Warm the connection pools on both sides first.
+    http::hammer(addr, &request, 4, Duration::from_millis(500)).await?;
+    let started = Instant::now();
+    let mut latencies = http::hammer(
+        addr,
+        &request,
+        opts.connections,
+        Duration::from_secs(opts.seconds),
+    )
+    .await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    Ok(Load {
+        rps: latencies.len() as f64 / elapsed,
+        p50_us: percentile(&latencies, 50.0),
+        p99_us: percentile(&latencies, 99.0),
+        requests: latencies.len(),
+    })
+}
+
+fn get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+async fn sse_latency(
+    addr: SocketAddr,
+    request: Vec<u8>,
+    events: usize,
+) -> anyhow::Result<(u64, u64)> {
+    let mut lat = http::event_latencies(addr, &request, events, now_us).await?;
+    lat.sort_unstable();
+    Ok((percentile(&lat, 50.0), percentile(&lat, 99.0)))
+}
+
+async fn start_overhead(gw: &Gateway, starts: usize) -> anyhow::Result<Value> {
+    let mut overheads = Vec::new();
+    let mut totals = Vec::new();
+    for i in 0..starts {
+        let user = format!("start{i}");
+        let req = get(
+            "/env",
+            &[("X-Chamberlain-Dev-User", &user), ("Connection", "close")],
+        );
+        let t0 = Instant::now();
+        let body = http::fetch(gw.public, &req).await?;
+        let total = t0.elapsed().as_micros() as u64;
+        let env: Value = serde_json::from_slice(&body).context("env JSON")?;
+        let own =
+            env["listeningAtUs"].as_u64().unwrap_or(0) - env["startedAtUs"].as_u64().unwrap_or(0);
+        overheads.push(total.saturating_sub(own));
+        totals.push(total);
+    }
+    overheads.sort_unstable();
+    totals.sort_unstable();
+    Ok(json!({
+        "starts": starts,
+        "totalP50Us": percentile(&totals, 50.0),
+        "overheadP50Us": percentile(&overheads, 50.0),
+        "overheadP99Us": percentile(&overheads, 99.0),
+        "overheadMaxUs": overheads.last(),
+    }))
+}
+
+fn report_load(name: &str, direct: &Load, gateway: &Load) -> Value {
+    let ratio = gateway.rps / direct.rps;
+    println!(
+        "{name:<28} direct {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs",
+        direct.rps, direct.p50_us, direct.p99_us
+    );
+    println!(
+        "{:<28} gateway {:>8.0} req/s  p50 {:>6} µs  p99 {:>6} µs  ({:.0}% of direct)",
+        "",
+        gateway.rps,
+        gateway.p50_us,
+        gateway.p99_us,
+        ratio * 100.0
+    );
+    json!({
+        "direct": {"rps": direct.rps, "p50Us": direct.p50_us, "p99Us": direct.p99_us, "requests": direct.requests},
+        "gateway": {"rps": gateway.rps, "p50Us": gateway.p50_us, "p99Us": gateway.p99_us, "requests": gateway.requests},
+        "throughputRatio": ratio,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let opts = parse_options()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(opts))
+}
+
+async fn run(opts: Options) -> anyhow::Result<()> {
+    let bins = procs::Binaries::locate()?;
+    println!(
+        "chamberlain-bench: {} connections, {}s per run, upstream {} ({} cores)",
+        opts.connections,
+        opts.seconds,
+        opts.upstream,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let mut results = json!({});
+
+    // 1. Small GETs.
+    let (upstream_bin, upstream_args, path): (_, &[&str], _) = if opts.upstream == "fake" {
+        (bins.fake.clone(), &[][..], "/small")
+    } else {
+        (bins.opencode()?, &["--pure"][..], "/global/health")
+    };
+    let direct = Upstream::start(&upstream_bin, upstream_args, "bench")?;
+    let gw = Gateway::start(&bins.gateway, &upstream_bin, upstream_args)?;
+    let auth = direct.authorization();
+    let direct_load = load(direct.addr, get(path, &[("Authorization", &auth)]), &opts).await?;
+    http::fetch(
+        gw.public,
+        &get(
+            path,
+            &[("X-Chamberlain-Dev-User", "bench"), ("Connection", "close")],
+        ),
+    )
+    .await
+    .context("first request through the gateway")?;
+    let gateway_load = load(
+        gw.public,
+        get(path, &[("X-Chamberlain-Dev-User", "bench")]),
+        &opts,
+    )
+    .await?;
+    results["smallGet"] = report_load(&format!("GET {path}"), &direct_load, &gateway_load);
+    drop(gw);
+    drop(direct);
+
+    // 2 and 3 use the fake: it timestamps its events and reports its own start time.
+    let direct = Upstream::start(&bins.fake, &[], "bench")?;
+    let gw = Gateway::start(&bins.gateway, &bins.fake, &[])?;
+    http::fetch(
+        gw.public,
+        &get(
+            "/small",
+            &[("X-Chamberlain-Dev-User", "bench"), ("Connection", "close")],
+        ),
+    )
+    .await?;
+    let auth = direct.authorization();
+    let (d50, d99) = sse_latency(
+        direct.addr,
+        get("/event?tick_ms=5", &[("Authorization", &auth)]),
+        opts.events,
+    )
+    .await?;
+    let (g50, g99) = sse_latency(
+        gw.public,
+        get("/event?tick_ms=5", &[("X-Chamberlain-Dev-User", "bench")]),
+        opts.events,
+    )
+    .await?;
+    println!(
+        "{:<28} direct p50 {d50:>6} µs  p99 {d99:>6} µs | gateway p50 {g50:>6} µs  p99 {g99:>6} µs  (added p99 {} µs)",
+        "SSE delivery",
+        g99 as i64 - d99 as i64
+    );
+    results["sse"] = json!({
+        "events": opts.events,
+        "direct": {"p50Us": d50, "p99Us": d99},
+        "gateway": {"p50Us": g50, "p99Us": g99},
+        "addedP50Us": g50 as i64 - d50 as i64,
+        "addedP99Us": g99 as i64 - d99 as i64,
+    });
+
+    let starts = start_overhead(&gw, opts.starts).await?;
+    println!(
+        "{:<28} p50 {} µs  p99 {} µs  (first request answered after p50 {} µs)",
+        "start overhead", starts["overheadP50Us"], starts["overheadP99Us"], starts["totalP50Us"]
+    );
+    results["startOverhead"] = starts;
+    println!("{}", serde_json::to_string_pretty(&results)?);
+    Ok(())
+}
