@@ -260,7 +260,7 @@ fn resolve_opencode(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     };
     let Some(path) = candidate else {
         bail!(
-            "OpenCode not found: install it with `npm ci` in the repository (see README) or pass \
+            "OpenCode not found: install it with `npm install` in the repository (see README) or pass \
              --opencode-bin"
         );
     };

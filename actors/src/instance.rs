@@ -705,7 +705,9 @@ impl UserInstance {
                     }
                     AfterStop::Fail(message) => self.rest(InstanceState::Failed, Some(message)),
                     AfterStop::Restart => {
-                        self.rest(InstanceState::Stopped, None);
+                        // Straight from stopping to queued: waiters must never see a
+                        // `stopped` in between and take it for the outcome.
+                        self.release_slot();
                         self.begin_queued(Duration::ZERO, ctx);
                     }
                 }
@@ -840,14 +842,20 @@ impl UserInstance {
         }
     }
 
-    /// Enters `stopped` or `failed` and gives the instance's room back to the registry.
-    fn rest(&mut self, state: InstanceState, message: Option<String>) {
+    /// Gives the instance's room under the limit back to the registry. Sent before any new
+    /// `Admit` from this instance, so the registry sees them in order.
+    fn release_slot(&mut self) {
         if self.slot_requested {
             self.slot_requested = false;
             self.registry.do_send(Released {
                 user: self.user.user_id.clone(),
             });
         }
+    }
+
+    /// Enters `stopped` or `failed` and gives the instance's room back to the registry.
+    fn rest(&mut self, state: InstanceState, message: Option<String>) {
+        self.release_slot();
         self.message = message;
         self.phase = if state == InstanceState::Failed {
             Phase::Failed

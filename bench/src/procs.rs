@@ -43,7 +43,7 @@ impl Binaries {
     pub fn opencode(&self) -> anyhow::Result<PathBuf> {
         let path = self.root.join("node_modules/.bin/opencode");
         if !path.exists() {
-            bail!("{} not found; run `npm ci` first", path.display());
+            bail!("{} not found; run `npm install` first", path.display());
         }
         Ok(path)
     }

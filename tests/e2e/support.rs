@@ -24,7 +24,7 @@ pub fn real_opencode() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("node_modules/.bin/opencode");
     assert!(
         path.exists(),
-        "the real OpenCode is required for these tests: run `npm ci` in the repository \
+        "the real OpenCode is required for these tests: run `npm install` in the repository \
          (or set CHAMBERLAIN_TEST_OPENCODE); looked for {}",
         path.display()
     );
