@@ -155,9 +155,3 @@ impl Forward<'_> {
         Ok(out)
     }
 }
-
-impl actix_web::ResponseError for GatewayError {
-    fn status_code(&self) -> StatusCode {
-        self.status()
-    }
-}
