@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use awc::http::{Method, StatusCode};
-use futures_util::StreamExt;
 use nix::sys::signal::Signal;
 
 use crate::support::{alive, as_u64, metric, wait_gone, Gateway};
@@ -202,25 +201,15 @@ async fn idle_instances_are_culled_and_event_streams_do_not_wake_them() {
 
     // An open event stream does not keep it alive, and ends when it is culled.
     let mut events = gw
-        .client
-        .get(gw.url("/event"))
-        .insert_header(("x-chamberlain-dev-user", "alice"))
-        .insert_header(("accept", "text/event-stream"))
-        .send()
-        .await
-        .expect("event stream");
+        .stream("alice", "/event", &[("accept", "text/event-stream")])
+        .await;
     assert_eq!(events.status(), StatusCode::OK);
     let entry = gw.wait_state("alice", "stopped").await;
     assert!(entry["message"]
         .as_str()
         .unwrap_or_default()
         .contains("without activity"));
-    while let Some(chunk) = actix_web::rt::time::timeout(Duration::from_secs(30), events.next())
-        .await
-        .expect("the event stream ends after the cull")
-    {
-        chunk.expect("the event stream ends cleanly");
-    }
+    events.read_to_end().await;
     assert_eq!(
         metric(
             &gw.metrics().await,
@@ -411,29 +400,12 @@ async fn navigation_gets_the_starting_page_and_progress_follows() {
     assert!(page.text().contains("Starting your workspace"));
     assert_eq!(page.header("cache-control").as_deref(), Some("no-store"));
 
-    let mut progress = gw
-        .client
-        .get(gw.url("/-/api/instance/progress"))
-        .insert_header(("x-chamberlain-dev-user", "alice"))
-        .send()
-        .await
-        .expect("progress");
+    let mut progress = gw.stream("alice", "/-/api/instance/progress", &[]).await;
     assert_eq!(
-        progress
-            .headers()
-            .get("content-type")
-            .unwrap()
-            .to_str()
-            .unwrap(),
-        "text/event-stream"
+        progress.header("content-type").as_deref(),
+        Some("text/event-stream")
     );
-    let mut text = String::new();
-    while let Some(chunk) = actix_web::rt::time::timeout(Duration::from_secs(60), progress.next())
-        .await
-        .expect("progress ends")
-    {
-        text.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
-    }
+    let text = progress.read_to_end().await;
     assert!(text.contains("\"state\":\"starting\""), "{text}");
     assert!(
         text.trim_end().ends_with('}') && text.contains("\"state\":\"ready\""),

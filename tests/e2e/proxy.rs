@@ -308,17 +308,6 @@ async fn waiting_longer_than_the_wait_timeout_is_a_503_with_retry_after() {
     assert_eq!(gw.get("alice", "/small").await.status, StatusCode::OK);
 }
 
-async fn next_chunk(
-    resp: &mut awc::ClientResponse<
-        impl futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
-    >,
-) -> Option<String> {
-    actix_web::rt::time::timeout(Duration::from_secs(30), resp.next())
-        .await
-        .expect("no chunk within 30s")
-        .map(|c| String::from_utf8_lossy(&c.expect("chunk")).into_owned())
-}
-
 /// Events arrive one by one; silence gets keep-alive comments (never inside a line); the
 /// stream ends cleanly when the instance stops.
 #[actix_web::test]
@@ -326,43 +315,30 @@ async fn event_streams_are_relayed_event_by_event() {
     let gw = Gateway::fake(&["--sse-keepalive", "300ms"]);
     assert_eq!(gw.get("alice", "/small").await.status, StatusCode::OK);
     let mut events = gw
-        .client
-        .get(gw.url("/event"))
-        .insert_header(("x-chamberlain-dev-user", "alice"))
-        .insert_header(("accept-encoding", "gzip"))
-        .send()
-        .await
-        .expect("event stream");
+        .stream("alice", "/event", &[("accept-encoding", "gzip")])
+        .await;
     assert_eq!(events.status(), StatusCode::OK);
-    assert_eq!(events.headers().get("x-accel-buffering").unwrap(), "no");
-    assert!(events.headers().get("content-encoding").is_none());
-    let first = next_chunk(&mut events).await.unwrap();
+    assert_eq!(events.header("x-accel-buffering").as_deref(), Some("no"));
+    assert!(events.header("content-encoding").is_none());
+    let first = events.next_chunk().await.unwrap();
     assert!(first.contains("server.connected"), "{first}");
 
     let created = gw.post("alice", "/session").await.json();
-    let mut seen = String::new();
-    while !seen.contains(created["id"].as_str().unwrap()) {
-        seen.push_str(&next_chunk(&mut events).await.expect("event"));
-    }
-    assert!(seen.contains("session.created"));
-    let keepalive = next_chunk(&mut events).await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    events.read_until(&["session.created", id]).await;
+    let keepalive = events.next_chunk().await.unwrap();
     assert_eq!(keepalive, ": keepalive\n", "a comment after silence");
     let open = crate::support::metric(&gw.metrics().await, "chamberlain_open_streams");
     assert_eq!(open, 1.0);
 
     // Half a line, then silence: nothing may be injected into the line.
-    let mut partial = gw
-        .client
-        .get(gw.url("/event?partial=1"))
-        .insert_header(("x-chamberlain-dev-user", "alice"))
-        .send()
-        .await
-        .expect("partial stream");
+    let mut partial = gw.stream("alice", "/event?partial=1", &[]).await;
     assert_eq!(
-        next_chunk(&mut partial).await.unwrap(),
+        partial.next_chunk().await.unwrap(),
         "data: {\"type\":\"partial\","
     );
-    let silent = actix_web::rt::time::timeout(Duration::from_millis(1500), partial.next()).await;
+    let silent =
+        actix_web::rt::time::timeout(Duration::from_millis(1500), partial.next_chunk()).await;
     assert!(
         silent.is_err(),
         "nothing may be sent inside an unfinished line"
@@ -373,15 +349,12 @@ async fn event_streams_are_relayed_event_by_event() {
         .await;
     assert_eq!(stop.status, StatusCode::OK);
     for stream in [&mut events, &mut partial] {
-        loop {
-            match next_chunk(stream).await {
-                None => break,
-                Some(text) => assert!(
-                    text.starts_with(": keepalive") || text.starts_with("data:"),
-                    "{text}"
-                ),
-            }
-        }
+        // Ends (cleanly) after at most a few more keep-alives.
+        let rest = stream.read_to_end().await;
+        assert!(
+            rest.lines().all(|l| l.is_empty() || l.starts_with(':')),
+            "{rest}"
+        );
     }
     let open = crate::support::metric(&gw.metrics().await, "chamberlain_open_streams");
     assert_eq!(open, 0.0);

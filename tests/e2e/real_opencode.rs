@@ -2,10 +2,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use awc::http::StatusCode;
-use futures_util::StreamExt;
 
 use crate::support::{as_u64, client, real_opencode, Gateway};
 
@@ -53,35 +51,12 @@ async fn each_user_gets_their_own_process_and_sessions() {
 async fn events_arrive_through_the_proxy() {
     let gw = Gateway::real(&[]);
     assert_eq!(gw.get("alice", "/session").await.status, StatusCode::OK);
-    let mut events = gw
-        .client
-        .get(gw.url("/event"))
-        .insert_header(("x-chamberlain-dev-user", "alice"))
-        .send()
-        .await
-        .expect("event stream");
+    let mut events = gw.stream("alice", "/event", &[]).await;
     assert_eq!(events.status(), StatusCode::OK);
-    let mut seen = String::new();
-    while !seen.contains("server.connected") {
-        seen.push_str(&next_text(&mut events).await);
-    }
+    events.read_until(&["server.connected"]).await;
     let created = gw.post("alice", "/session").await.json();
     let id = created["id"].as_str().unwrap().to_owned();
-    while !(seen.contains("session.created") && seen.contains(&id)) {
-        seen.push_str(&next_text(&mut events).await);
-    }
-}
-
-async fn next_text<S>(events: &mut awc::ClientResponse<S>) -> String
-where
-    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>> + Unpin,
-{
-    let chunk = actix_web::rt::time::timeout(Duration::from_secs(30), events.next())
-        .await
-        .expect("an event within 30s")
-        .expect("stream open")
-        .expect("chunk");
-    String::from_utf8_lossy(&chunk).into_owned()
+    events.read_until(&["session.created", &id]).await;
 }
 
 struct Direct {
@@ -170,20 +145,11 @@ async fn progress_follows_a_real_start_to_ready() {
     let gw = Gateway::real(&[]);
     let start = gw.post("dana", "/-/api/instance/start").await;
     assert_eq!(start.status, StatusCode::ACCEPTED);
-    let mut progress = gw
-        .client
-        .get(gw.url("/-/api/instance/progress"))
-        .insert_header(("x-chamberlain-dev-user", "dana"))
-        .send()
+    let text = gw
+        .stream("dana", "/-/api/instance/progress", &[])
         .await
-        .unwrap();
-    let mut text = String::new();
-    while let Some(chunk) = actix_web::rt::time::timeout(Duration::from_secs(90), progress.next())
-        .await
-        .expect("progress ends")
-    {
-        text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-    }
+        .read_to_end()
+        .await;
     assert!(text.contains("\"state\":\"ready\""), "{text}");
     let me = gw.get("dana", "/-/api/me").await.json();
     assert_eq!(me["instance"]["state"], "ready");

@@ -376,3 +376,66 @@ pub fn metric(text: &str, sample: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// A response being read chunk by chunk (event streams, progress).
+pub struct Stream {
+    response: awc::ClientResponse,
+}
+
+impl Stream {
+    pub fn status(&self) -> StatusCode {
+        self.response.status()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.response
+            .headers()
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+
+    /// The next chunk as text, `None` at the end; fails if nothing arrives within 60 s.
+    pub async fn next_chunk(&mut self) -> Option<String> {
+        use futures_util::StreamExt;
+        actix_web::rt::time::timeout(Duration::from_secs(60), self.response.next())
+            .await
+            .expect("no chunk within 60s")
+            .map(|c| String::from_utf8_lossy(&c.expect("chunk")).into_owned())
+    }
+
+    /// Everything until the stream ends.
+    pub async fn read_to_end(&mut self) -> String {
+        let mut text = String::new();
+        while let Some(chunk) = self.next_chunk().await {
+            text.push_str(&chunk);
+        }
+        text
+    }
+
+    /// Reads until the text so far contains every one of `needles`.
+    pub async fn read_until(&mut self, needles: &[&str]) -> String {
+        let mut text = String::new();
+        while !needles.iter().all(|n| text.contains(n)) {
+            let chunk = self.next_chunk().await;
+            text.push_str(
+                &chunk.unwrap_or_else(|| panic!("stream ended before {needles:?}: {text}")),
+            );
+        }
+        text
+    }
+}
+
+impl Gateway {
+    /// Opens a streaming GET as `user` with extra `headers`.
+    pub async fn stream(&self, user: &str, path: &str, headers: &[(&str, &str)]) -> Stream {
+        let mut req = self
+            .client
+            .get(self.url(path))
+            .insert_header(("x-chamberlain-dev-user", user));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let response = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        Stream { response }
+    }
+}
