@@ -221,13 +221,7 @@ async fn idle_instances_are_culled_and_event_streams_do_not_wake_them() {
     // A reconnecting event stream gets 503 + Retry-After and does not start the instance.
     let spawned = gw.spawned_pids().len();
     let resp = gw
-        .request(
-            Method::GET,
-            Some("alice"),
-            "/event",
-            &[("accept", "text/event-stream")],
-            None,
-        )
+        .get_with("alice", "/event", &[("accept", "text/event-stream")])
         .await;
     assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(resp.header("retry-after").is_some());
@@ -383,15 +377,7 @@ async fn killed_gateway_takes_its_instances_along() {
 #[actix_web::test]
 async fn navigation_gets_the_starting_page_and_progress_follows() {
     let gw = Gateway::fake(&["--opencode-arg=--fake-start-delay-ms=1500"]);
-    let page = gw
-        .request(
-            Method::GET,
-            Some("alice"),
-            "/",
-            &[("accept", "text/html")],
-            None,
-        )
-        .await;
+    let page = gw.get_with("alice", "/", &[("accept", "text/html")]).await;
     assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(page
         .header("content-type")
@@ -412,14 +398,6 @@ async fn navigation_gets_the_starting_page_and_progress_follows() {
         "{text}"
     );
 
-    let after = gw
-        .request(
-            Method::GET,
-            Some("alice"),
-            "/",
-            &[("accept", "text/html")],
-            None,
-        )
-        .await;
+    let after = gw.get_with("alice", "/", &[("accept", "text/html")]).await;
     assert_eq!(after.status, StatusCode::OK, "ready: proxied");
 }

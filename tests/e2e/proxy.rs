@@ -112,13 +112,7 @@ async fn responses_pass_through_unchanged() {
     assert_eq!(redirect.header("location").as_deref(), Some("/elsewhere"));
 
     let gzip = gw
-        .request(
-            Method::GET,
-            Some("alice"),
-            "/gzip",
-            &[("accept-encoding", "gzip")],
-            None,
-        )
+        .get_with("alice", "/gzip", &[("accept-encoding", "gzip")])
         .await;
     assert_eq!(gzip.header("content-encoding").as_deref(), Some("gzip"));
     assert_eq!(

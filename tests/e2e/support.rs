@@ -159,6 +159,11 @@ impl Gateway {
         self.request(Method::GET, Some(user), path, &[], None).await
     }
 
+    pub async fn get_with(&self, user: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        self.request(Method::GET, Some(user), path, headers, None)
+            .await
+    }
+
     pub async fn post(&self, user: &str, path: &str) -> Response {
         self.request(
             Method::POST,
