@@ -41,6 +41,7 @@ use crate::config::InstanceConfig;
 use crate::health;
 use crate::launcher::{self, ChildSpec, Launcher, StderrTail};
 use crate::metrics::{CullReason, InstanceMetrics, StartOutcome};
+use crate::proctree::Descendants;
 use crate::registry::{Admission, Admit, Registry, Released};
 use crate::status::{InstanceState, InstanceStatus, Refusal, Upstream};
 use crate::workspace::{UserKey, UsersRoot, Workspace, WorkspaceError};
@@ -127,6 +128,24 @@ struct Process {
     spawned_at: Instant,
     stopping: CancellationToken,
     password: String,
+    /// Processes below it last time we looked (terminal shells live outside its group).
+    descendants: Descendants,
+}
+
+impl Process {
+    /// Remembers processes started below OpenCode since the last look. Only meaningful while
+    /// OpenCode itself is alive: once it exits, its orphans are no longer below it.
+    fn look_for_descendants(&mut self) {
+        self.descendants.merge(Descendants::of(self.pid));
+    }
+
+    /// Signals OpenCode's process group and every remembered descendant.
+    fn signal_all(&self, user: &str, signal: Signal) {
+        if let Err(e) = launcher::signal_group(self.pid, signal) {
+            tracing::error!(user, pid = self.pid.as_raw(), %signal, error = %e, "cannot signal OpenCode");
+        }
+        self.descendants.signal(signal);
+    }
 }
 
 enum AfterStop {
@@ -481,6 +500,7 @@ impl UserInstance {
                 spawned_at: Instant::now(),
                 stopping: CancellationToken::new(),
                 password,
+                descendants: Descendants::default(),
             });
         }
         self.publish();
@@ -510,12 +530,13 @@ impl UserInstance {
         }
         ctx.cancel_future(*timeout);
         let Phase::Starting {
-            process: Some(process),
+            process: Some(mut process),
             ..
         } = std::mem::replace(&mut self.phase, Phase::Stopped)
         else {
             return;
         };
+        process.look_for_descendants();
         let spawn_time = process.spawned_at.elapsed();
         self.shared.metrics.spawn_duration(spawn_time.as_secs_f64());
         self.shared.metrics.start(StartOutcome::Ready);
@@ -548,7 +569,7 @@ impl UserInstance {
         let secs = self.cfg().start_timeout.as_secs_f64();
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Starting {
-                process: Some(process),
+                process: Some(mut process),
                 ..
             } => {
                 self.shared.metrics.start(StartOutcome::Timeout);
@@ -558,7 +579,8 @@ impl UserInstance {
                 );
                 tracing::error!(user = %self.user.user_id, error = %message, "instance start timed out");
                 process.stopping.cancel();
-                kill_group(&self.user.user_id, process.pid, Signal::SIGKILL);
+                process.look_for_descendants();
+                process.signal_all(&self.user.user_id, Signal::SIGKILL);
                 self.message = Some("stopping OpenCode after a failed start".to_owned());
                 self.phase = Phase::Stopping {
                     process,
@@ -587,11 +609,17 @@ impl UserInstance {
 
     fn on_health_tick(&mut self, ctx: &mut Context<Self>) {
         let Phase::Ready {
-            upstream, probing, ..
+            process,
+            upstream,
+            probing,
+            ..
         } = &mut self.phase
         else {
             return;
         };
+        // Keep the list of terminals and tools current, so that even a crash (after which
+        // they are orphans no longer below OpenCode) leaves nothing behind.
+        process.look_for_descendants();
         if *probing {
             return;
         }
@@ -696,8 +724,8 @@ impl UserInstance {
                 if let Some(timer) = kill_timer {
                     ctx.cancel_future(timer);
                 }
-                // The leader is gone; anything left in its group is an orphan.
-                kill_group(&self.user.user_id, process.pid, Signal::SIGKILL);
+                // OpenCode is gone; whatever is left of its group or below it is an orphan.
+                process.signal_all(&self.user.user_id, Signal::SIGKILL);
                 match then {
                     AfterStop::Rest => {
                         let message = self.message.take();
@@ -719,7 +747,7 @@ impl UserInstance {
     fn crash(&mut self, process: Process, what: String) {
         self.shared.metrics.crash();
         process.stopping.cancel();
-        kill_group(&self.user.user_id, process.pid, Signal::SIGKILL);
+        process.signal_all(&self.user.user_id, Signal::SIGKILL);
         let message = with_output(what, &process.stderr);
         self.crashes.push_back(Instant::now());
         self.prune_crashes();
@@ -799,7 +827,7 @@ impl UserInstance {
 
     /// SIGTERM to the whole process group now, SIGKILL after the grace period.
     fn begin_stopping(&mut self, then: AfterStop, ctx: &mut Context<Self>) {
-        let process = match std::mem::replace(&mut self.phase, Phase::Stopped) {
+        let mut process = match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Starting {
                 process: Some(process),
                 ..
@@ -811,7 +839,14 @@ impl UserInstance {
             }
         };
         process.stopping.cancel();
-        kill_group(&self.user.user_id, process.pid, Signal::SIGTERM);
+        process.look_for_descendants();
+        tracing::info!(
+            user = %self.user.user_id,
+            pid = process.pid.as_raw(),
+            descendants = process.descendants.len(),
+            "stopping OpenCode"
+        );
+        process.signal_all(&self.user.user_id, Signal::SIGTERM);
         let generation = process.generation;
         let grace = self.cfg().stop_grace;
         let kill_timer = ctx.run_later(grace, move |act, _| act.on_grace_expired(generation));
@@ -837,7 +872,8 @@ impl UserInstance {
                     pid = process.pid.as_raw(),
                     "OpenCode did not stop within the grace period; sending SIGKILL"
                 );
-                kill_group(&self.user.user_id, process.pid, Signal::SIGKILL);
+                process.look_for_descendants();
+                process.signal_all(&self.user.user_id, Signal::SIGKILL);
             }
         }
     }
@@ -885,12 +921,6 @@ fn with_output(message: String, stderr: &StderrTail) -> String {
     }
 }
 
-fn kill_group(user: &str, pid: Pid, signal: Signal) {
-    if let Err(e) = launcher::signal_group(pid, signal) {
-        tracing::error!(user, pid = pid.as_raw(), %signal, error = %e, "cannot signal OpenCode");
-    }
-}
-
 impl Actor for UserInstance {
     type Context = Context<Self>;
 
@@ -906,7 +936,7 @@ impl Actor for UserInstance {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         // Only retired (stopped) instances end; this is a safety net, not the way to stop.
         if let Some(process) = self.process() {
-            kill_group(&self.user.user_id, process.pid, Signal::SIGKILL);
+            process.signal_all(&self.user.user_id, Signal::SIGKILL);
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod clock;
 mod procfs;
+mod proctree;
 
 pub mod activity;
 pub mod config;

@@ -164,12 +164,20 @@ async fn hung_health_checks_restart_the_instance() {
     assert!(gw.log().contains("health check failed"));
 }
 
-/// A child that ignores SIGTERM is killed once the grace period is over.
+/// A child that ignores SIGTERM is killed once the grace period is over, together with what
+/// it started, even outside its process group (a terminal's shell).
 #[actix_web::test]
 async fn sigterm_ignoring_child_is_killed_after_the_grace() {
-    let gw = Gateway::fake(&["--opencode-arg=--fake-ignore-sigterm", "--stop-grace", "1s"]);
-    assert_eq!(gw.get("alice", "/small").await.status, StatusCode::OK);
-    let pid = as_u64(&gw.user("alice").await.unwrap()["pid"]) as u32;
+    let gw = Gateway::fake(&[
+        "--opencode-arg=--fake-ignore-sigterm",
+        "--opencode-arg=--fake-spawn-session-child",
+        "--stop-grace",
+        "1s",
+    ]);
+    let env = gw.get("alice", "/env").await.json();
+    let pid = as_u64(&env["pid"]) as u32;
+    let terminal = as_u64(&env["sessionChildPid"]) as u32;
+    assert!(alive(terminal));
     let started = Instant::now();
     let stop = gw
         .admin_request(Method::POST, "/instances/alice/stop")
@@ -180,8 +188,32 @@ async fn sigterm_ignoring_child_is_killed_after_the_grace() {
         "SIGKILL only after the grace"
     );
     assert!(wait_gone(pid).await);
+    assert!(
+        wait_gone(terminal).await,
+        "the terminal-like process outlived its instance"
+    );
     assert_eq!(gw.state("alice").await, "stopped");
     assert!(gw.log().contains("did not stop within the grace period"));
+}
+
+/// A crash leaves no orphan behind either: what ran below OpenCode is remembered and killed.
+#[actix_web::test]
+async fn a_crashed_instance_leaves_no_orphans() {
+    let gw = Gateway::fake(&[
+        "--opencode-arg=--fake-spawn-child",
+        "--opencode-arg=--fake-spawn-session-child",
+        "--opencode-arg=--fake-crash-after-ms=500",
+    ]);
+    let env = gw.get("alice", "/env").await.json();
+    let orphans = [
+        as_u64(&env["childPid"]) as u32,
+        as_u64(&env["sessionChildPid"]) as u32,
+    ];
+    gw.wait_user("alice", "crashed", |u| u["state"] == "stopped")
+        .await;
+    for pid in orphans {
+        assert!(wait_gone(pid).await, "pid {pid} outlived the crash");
+    }
 }
 
 /// Idle instances are stopped; a running request is activity; an event stream is not, and
@@ -343,6 +375,7 @@ async fn concurrent_starts_are_limited() {
 async fn gateway_sigterm_leaves_no_process_behind() {
     let mut gw = Gateway::fake(&[
         "--opencode-arg=--fake-spawn-child",
+        "--opencode-arg=--fake-spawn-session-child",
         "--opencode-arg=--fake-ignore-sigterm",
         "--stop-grace",
         "1s",
@@ -350,8 +383,9 @@ async fn gateway_sigterm_leaves_no_process_behind() {
     let mut pids = Vec::new();
     for user in ["alice", "bob"] {
         let env = gw.get(user, "/env").await.json();
-        pids.push(as_u64(&env["pid"]) as u32);
-        pids.push(as_u64(&env["childPid"]) as u32);
+        for key in ["pid", "childPid", "sessionChildPid"] {
+            pids.push(as_u64(&env[key]) as u32);
+        }
     }
     assert!(pids.iter().all(|p| alive(*p)));
     let status = gw.terminate();

@@ -47,6 +47,61 @@ async fn each_user_gets_their_own_process_and_sessions() {
     assert!(as_u64(&alice["rssBytes"]) > 0);
 }
 
+/// A terminal (PTY) runs its shell in a session of its own, outside OpenCode's process group;
+/// stopping the instance still ends it and what it started.
+#[actix_web::test]
+async fn stopping_an_instance_ends_its_terminals() {
+    let gw = Gateway::real(&[]);
+    let pty = gw
+        .request(
+            awc::http::Method::POST,
+            Some("alice"),
+            "/pty",
+            &[("content-type", "application/json")],
+            Some(bytes::Bytes::from_static(
+                br#"{"command":"/bin/sh","args":["-c","sleep 1000 & sleep 1000"]}"#,
+            )),
+        )
+        .await;
+    assert_eq!(pty.status, StatusCode::OK, "{}", pty.text());
+    let shell = as_u64(&pty.json()["pid"]) as u32;
+    let mut below = Vec::new();
+    for _ in 0..200 {
+        below = children_of(shell);
+        if below.len() >= 2 {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(below.len(), 2, "the terminal's two sleeps are running");
+    let stop = gw
+        .admin_request(awc::http::Method::POST, "/instances/alice/stop")
+        .await;
+    assert_eq!(stop.status, StatusCode::OK);
+    for pid in std::iter::once(shell).chain(below) {
+        assert!(
+            crate::support::wait_gone(pid).await,
+            "pid {pid} outlived its instance"
+        );
+    }
+}
+
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
 #[actix_web::test]
 async fn events_arrive_through_the_proxy() {
     let gw = Gateway::real(&[]);

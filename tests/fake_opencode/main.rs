@@ -10,6 +10,7 @@
 //! `--fake-hang-health`        `/global/health` never answers
 //! `--fake-ignore-sigterm`     ignore SIGTERM (only SIGKILL stops it)
 //! `--fake-spawn-child`        start `sleep 1000` (in the same process group)
+//! `--fake-spawn-session-child` start `sleep 1000` in a session of its own, like a terminal
 //!
 //! Other arguments (`serve`, `--hostname`, `--port`, `--pure`) are accepted and ignored.
 
@@ -36,6 +37,7 @@ struct Knobs {
     hang_health: bool,
     ignore_sigterm: bool,
     spawn_child: bool,
+    spawn_session_child: bool,
 }
 
 fn parse_knobs() -> Knobs {
@@ -50,6 +52,7 @@ fn parse_knobs() -> Knobs {
             "--fake-hang-health" => knobs.hang_health = true,
             "--fake-ignore-sigterm" => knobs.ignore_sigterm = true,
             "--fake-spawn-child" => knobs.spawn_child = true,
+            "--fake-spawn-session-child" => knobs.spawn_session_child = true,
             _ => {}
         }
     }
@@ -69,6 +72,7 @@ struct State {
     started_at_us: u64,
     listening_at_us: AtomicU64,
     child_pid: Option<u32>,
+    session_child_pid: Option<u32>,
     sessions: Mutex<Vec<Value>>,
     events: broadcast::Sender<String>,
     server: Mutex<Option<ServerHandle>>,
@@ -183,6 +187,7 @@ async fn env(state: web::Data<State>) -> HttpResponse {
         "startedAtUs": state.started_at_us,
         "listeningAtUs": state.listening_at_us.load(Ordering::Relaxed),
         "childPid": state.child_pid,
+        "sessionChildPid": state.session_child_pid,
     }))
 }
 
@@ -287,13 +292,23 @@ async fn stop_listening(state: web::Data<State>) -> HttpResponse {
     HttpResponse::Ok().json(json!({"stopping": true}))
 }
 
-/// A grandchild of the gateway in the instance's process group, like a tool OpenCode runs.
-fn spawn_sleeper() -> Option<u32> {
-    std::process::Command::new("sleep")
-        .arg("1000")
-        .spawn()
-        .ok()
-        .map(|c| c.id())
+/// A grandchild of the gateway: in the instance's process group like a tool OpenCode runs,
+/// or in a session of its own like a terminal's shell.
+fn spawn_sleeper(own_session: bool) -> Option<u32> {
+    use std::os::unix::process::CommandExt as _;
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("1000");
+    if own_session {
+        // SAFETY: setsid is async-signal-safe and nothing else runs in the forked child.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()
+                    .map(|_| ())
+                    .map_err(std::io::Error::from)
+            });
+        }
+    }
+    cmd.spawn().ok().map(|c| c.id())
 }
 
 fn main() -> std::io::Result<()> {
@@ -310,11 +325,11 @@ fn main() -> std::io::Result<()> {
         }
         .map_err(std::io::Error::from)?;
     }
-    let child_pid = if knobs.spawn_child {
-        spawn_sleeper()
-    } else {
-        None
-    };
+    let child_pid = knobs.spawn_child.then(|| spawn_sleeper(false)).flatten();
+    let session_child_pid = knobs
+        .spawn_session_child
+        .then(|| spawn_sleeper(true))
+        .flatten();
     std::thread::sleep(knobs.start_delay);
     if knobs.no_listen {
         eprintln!("fake-opencode: told not to listen; waiting forever");
@@ -332,6 +347,7 @@ fn main() -> std::io::Result<()> {
         started_at_us,
         listening_at_us: AtomicU64::new(0),
         child_pid,
+        session_child_pid,
         sessions: Mutex::new(Vec::new()),
         events: event_tx,
         server: Mutex::new(None),
