@@ -23,13 +23,15 @@ pub fn client(timeout: Duration) -> awc::Client {
 
 pub async fn probe(client: &awc::Client, upstream: &Upstream) -> Result<(), HealthError> {
     let url = format!("http://{}/global/health", upstream.addr);
+    // A fresh connection per probe (every few seconds at most): a pooled one would stay open
+    // between probes and could be a stale one OpenCode already closed.
     let mut response = client
         .get(url)
         .insert_header(("authorization", &*upstream.authorization))
+        .force_close()
         .send()
         .await
         .map_err(|e| HealthError::Request(e.to_string()))?;
-    // Read the (small) body so the connection can be reused.
     let _ = response.body().limit(MAX_BODY).await;
     if response.status().is_success() {
         Ok(())
