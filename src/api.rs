@@ -82,22 +82,6 @@ fn handle_json(handle: Option<&InstanceHandle>) -> Value {
     }
 }
 
-/// Rejects state-changing requests sent by another site's page.
-fn same_origin(req: &HttpRequest) -> Result<(), GatewayError> {
-    let Some(origin) = req.headers().get(header::ORIGIN) else {
-        return Ok(());
-    };
-    let origin = origin.to_str().unwrap_or("");
-    let host = origin.split_once("://").map_or("", |(_, rest)| rest);
-    if host == req.connection_info().host() {
-        Ok(())
-    } else {
-        Err(GatewayError::Forbidden(format!(
-            "cross-origin request from {origin} refused"
-        )))
-    }
-}
-
 async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let identity = gateway
         .identify(&req)
@@ -127,7 +111,7 @@ async fn instance(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpR
 async fn start(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let fail = |e| ApiError(e, req.clone());
     let identity = gateway.identify(&req).await.map_err(fail)?;
-    same_origin(&req).map_err(fail)?;
+    crate::origin::check(&req, &gateway.cfg.allowed_origins).map_err(fail)?;
     if gateway.is_shutting_down() {
         return Err(fail(GatewayError::Unavailable {
             message: "the gateway is shutting down".to_owned(),
@@ -142,7 +126,7 @@ async fn start(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResp
 async fn stop(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let fail = |e| ApiError(e, req.clone());
     let identity = gateway.identify(&req).await.map_err(fail)?;
-    same_origin(&req).map_err(fail)?;
+    crate::origin::check(&req, &gateway.cfg.allowed_origins).map_err(fail)?;
     let handle = gateway.peek(&identity);
     if let Some(handle) = &handle {
         handle

@@ -124,6 +124,32 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAMBERLAIN_SSE_KEEPALIVE", default_value = "15s", value_parser = duration)]
     pub sse_keepalive: Duration,
 
+    /// Largest websocket frame accepted from a client or from OpenCode (e.g. 16MiB, 1048576).
+    #[arg(long, env = "CHAMBERLAIN_WS_MAX_FRAME", default_value = "16MiB", value_parser = size)]
+    pub ws_max_frame: usize,
+
+    /// Bytes a websocket may hold for a reader that does not keep up before it is closed
+    /// with 1013 (try again later). At least --ws-max-frame.
+    #[arg(long, env = "CHAMBERLAIN_WS_MAX_BUFFER", default_value = "32MiB", value_parser = size)]
+    pub ws_max_buffer: usize,
+
+    /// Ping websocket clients this often (keeps load balancers from dropping idle terminals).
+    #[arg(long, env = "CHAMBERLAIN_WS_PING_INTERVAL", default_value = "30s", value_parser = duration)]
+    pub ws_ping_interval: Duration,
+
+    /// Close a websocket whose client has sent nothing (not even a pong) for this long.
+    #[arg(long, env = "CHAMBERLAIN_WS_CLIENT_TIMEOUT", default_value = "90s", value_parser = duration)]
+    pub ws_client_timeout: Duration,
+
+    /// An origin besides the gateway's own allowed to open websockets and change state, e.g.
+    /// https://ide.example.com (repeatable; in the environment variable, comma-separated).
+    #[arg(
+        long = "allowed-origin",
+        env = "CHAMBERLAIN_ALLOWED_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
     /// HTTP worker threads for the public listener (default: the CPUs available to the
     /// process, cgroup quotas included).
     #[arg(long, env = "CHAMBERLAIN_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -136,6 +162,33 @@ pub struct ServeArgs {
     /// Log filter, e.g. `info` or `info,chamberlain=debug,opencode=debug`.
     #[arg(long, env = "CHAMBERLAIN_LOG", default_value = "info")]
     pub log: String,
+}
+
+/// Parses a byte size: `1048576`, `64KiB`, `16MiB`, `1GiB` (also `KB`/`MB`/`GB`, taken as
+/// binary units, and `K`/`M`/`G`).
+fn size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: usize = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (examples: 1048576, 64KiB, 16MiB)"))?;
+    let factor: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    let bytes = number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    if bytes == 0 {
+        return Err("must be greater than zero".to_owned());
+    }
+    Ok(bytes)
 }
 
 /// Parses `90s`, `5m`, `1h`, `1h30m`, `500ms`. Zero is rejected: every duration here is a
@@ -183,6 +236,11 @@ mod tests {
         assert_eq!(args.stop_grace, Duration::from_secs(10));
         assert_eq!(args.auth, AuthMode::Dev);
         assert_eq!(args.log_format, LogFormat::Text);
+        assert_eq!(args.ws_max_frame, 16 << 20);
+        assert_eq!(args.ws_max_buffer, 32 << 20);
+        assert_eq!(args.ws_ping_interval, Duration::from_secs(30));
+        assert_eq!(args.ws_client_timeout, Duration::from_secs(90));
+        assert!(args.allowed_origins.is_empty());
     }
 
     #[test]
@@ -194,6 +252,19 @@ mod tests {
         assert!(duration("0s").is_err());
         assert!(duration("soon").is_err());
         assert!(duration("10").is_err());
+    }
+
+    #[test]
+    fn sizes_accept_binary_units() {
+        assert_eq!(size("1048576").unwrap(), 1 << 20);
+        assert_eq!(size("64KiB").unwrap(), 64 << 10);
+        assert_eq!(size("16MiB").unwrap(), 16 << 20);
+        assert_eq!(size("2m").unwrap(), 2 << 20);
+        assert_eq!(size("1GB").unwrap(), 1 << 30);
+        assert!(size("0").is_err());
+        assert!(size("lots").is_err());
+        assert!(size("5 parsecs").is_err());
+        assert!(size("99999999999999999999GiB").is_err());
     }
 
     #[test]

@@ -38,8 +38,10 @@ pub enum GatewayError {
     UpstreamTimeout(Duration),
     #[error("OpenCode request failed: {0}")]
     Upstream(String),
-    #[error("{0}")]
-    NotImplemented(String),
+    /// OpenCode answered with an error status where the gateway cannot stream its answer
+    /// (a refused websocket handshake, e.g. 404 for an unknown terminal).
+    #[error("{message}")]
+    UpstreamStatus { status: StatusCode, message: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -63,7 +65,7 @@ impl GatewayError {
             }
             GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            GatewayError::UpstreamStatus { status, .. } => *status,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

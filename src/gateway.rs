@@ -13,7 +13,9 @@ use chamberlain_actors::{
 
 use crate::errors::GatewayError;
 use crate::identity::{Authenticator, Identity};
-use crate::metrics::HttpMetrics;
+use crate::metrics::{HttpMetrics, WsMetrics};
+use crate::websocket::WsConfig;
+use tokio_util::sync::CancellationToken;
 
 /// How long to tell a client to wait while an instance is still starting.
 const RETRY_STARTING: Duration = Duration::from_secs(2);
@@ -24,6 +26,9 @@ pub struct GatewayConfig {
     pub wait_timeout: Duration,
     pub upstream_timeout: Duration,
     pub sse_keepalive: Duration,
+    /// Origins besides the gateway's own that may open sockets and change state.
+    pub allowed_origins: Vec<String>,
+    pub ws: WsConfig,
 }
 
 pub struct Gateway {
@@ -33,7 +38,9 @@ pub struct Gateway {
     pub users: UsersRoot,
     pub cfg: GatewayConfig,
     pub metrics: HttpMetrics,
+    pub ws_metrics: WsMetrics,
     shutting_down: AtomicBool,
+    shutdown: CancellationToken,
 }
 
 /// Whether a request may start a stopped instance.
@@ -54,6 +61,7 @@ impl Gateway {
         users: UsersRoot,
         cfg: GatewayConfig,
         metrics: HttpMetrics,
+        ws_metrics: WsMetrics,
     ) -> Self {
         Self {
             auth,
@@ -62,12 +70,21 @@ impl Gateway {
             users,
             cfg,
             metrics,
+            ws_metrics,
             shutting_down: AtomicBool::new(false),
+            shutdown: CancellationToken::new(),
         }
     }
 
+    /// Refuses new work and closes every bridged websocket (1001, going away).
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutdown.cancel();
+    }
+
+    /// Cancelled when the gateway starts shutting down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     pub fn is_shutting_down(&self) -> bool {

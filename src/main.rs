@@ -8,9 +8,11 @@ mod gateway;
 mod identity;
 mod logging;
 mod metrics;
+mod origin;
 mod pages;
 mod proxy;
 mod server;
+mod websocket;
 
 use std::process::ExitCode;
 

@@ -11,6 +11,45 @@ use prometheus_client::registry::Registry;
 use chamberlain_actors::InstanceMetrics;
 
 type Label = [(&'static str, &'static str); 1];
+type CloseLabel = [(&'static str, String); 2];
+
+/// Websocket bridge metrics.
+#[derive(Clone)]
+pub struct WsMetrics {
+    open: Gauge,
+    bytes: Family<Label, Counter>,
+    closes: Family<CloseLabel, Counter>,
+}
+
+impl WsMetrics {
+    /// Counts an open socket until the returned guard is dropped.
+    pub fn open_socket(&self) -> SocketGauge {
+        self.open.inc();
+        SocketGauge(self.open.clone())
+    }
+
+    /// Data bytes relayed; `direction` is `client_to_upstream` or `upstream_to_client`.
+    pub fn bytes(&self, direction: &'static str, n: usize) {
+        self.bytes
+            .get_or_create(&[("direction", direction)])
+            .inc_by(n as u64);
+    }
+
+    /// A close frame sent to a client: its code, and who ended the socket.
+    pub fn close(&self, code: &str, by: &str) {
+        self.closes
+            .get_or_create(&[("code", code.to_owned()), ("by", by.to_owned())])
+            .inc();
+    }
+}
+
+pub struct SocketGauge(Gauge);
+
+impl Drop for SocketGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 #[derive(Clone)]
 pub struct HttpMetrics {
@@ -54,6 +93,7 @@ impl Drop for StreamGauge {
 pub struct Metrics {
     registry: Registry,
     pub http: HttpMetrics,
+    pub ws: WsMetrics,
 }
 
 impl Metrics {
@@ -80,8 +120,28 @@ impl Metrics {
             "Event streams currently open through the gateway",
             http.open_streams.clone(),
         );
+        let ws = WsMetrics {
+            open: Gauge::default(),
+            bytes: Family::default(),
+            closes: Family::default(),
+        };
+        registry.register(
+            "chamberlain_websockets_open",
+            "Websockets currently bridged to OpenCode",
+            ws.open.clone(),
+        );
+        registry.register(
+            "chamberlain_websocket_bytes",
+            "Websocket data bytes relayed, by direction",
+            ws.bytes.clone(),
+        );
+        registry.register(
+            "chamberlain_websocket_closes",
+            "Websocket close frames sent to clients, by code and by who ended the socket",
+            ws.closes.clone(),
+        );
         instances.register(&mut registry);
-        Self { registry, http }
+        Self { registry, http, ws }
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
@@ -103,6 +163,9 @@ mod tests {
         metrics.http.request(503);
         metrics.http.upstream_latency(0.002);
         let guard = metrics.http.open_stream();
+        let socket = metrics.ws.open_socket();
+        metrics.ws.bytes("upstream_to_client", 10);
+        metrics.ws.close("1013", "gateway");
         instances.set_states(|_| 0);
         let text = metrics.encode().unwrap();
         for name in [
@@ -111,10 +174,14 @@ mod tests {
             "chamberlain_upstream_latency_seconds_bucket",
             "chamberlain_open_streams 1",
             "chamberlain_instances{state=\"ready\"} 0",
+            "chamberlain_websockets_open 1",
+            "chamberlain_websocket_bytes_total{direction=\"upstream_to_client\"} 10",
+            "chamberlain_websocket_closes_total{code=\"1013\",by=\"gateway\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
         drop(guard);
+        drop(socket);
         assert!(metrics
             .encode()
             .unwrap()

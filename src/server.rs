@@ -20,6 +20,7 @@ use crate::cli::{AuthMode, ServeArgs};
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::identity::{Authenticator, Identity};
 use crate::metrics::{HttpMetrics, Metrics};
+use crate::websocket::WsConfig;
 use crate::{api, proxy};
 
 /// How long in-flight HTTP connections get to finish once every instance has stopped.
@@ -31,6 +32,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "refusing to serve dev identity on {}: anyone who can reach it could sign in as anyone. \
              Listen on a loopback address, choose another --auth, or pass --allow-insecure-dev",
             args.listen
+        );
+    }
+    if args.ws_max_buffer < args.ws_max_frame {
+        bail!(
+            "--ws-max-buffer ({}) must be at least --ws-max-frame ({})",
+            args.ws_max_buffer,
+            args.ws_max_frame
         );
     }
     let program = resolve_opencode(args.opencode_bin.as_deref())?;
@@ -93,8 +101,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             wait_timeout: args.wait_timeout,
             upstream_timeout: args.upstream_timeout,
             sse_keepalive: args.sse_keepalive,
+            allowed_origins: args.allowed_origins.clone(),
+            ws: WsConfig {
+                max_frame: args.ws_max_frame,
+                max_buffer: args.ws_max_buffer,
+                ping_interval: args.ws_ping_interval,
+                client_timeout: args.ws_client_timeout,
+            },
         },
         metrics.http.clone(),
+        metrics.ws.clone(),
     ));
 
     let public = {
@@ -108,7 +124,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let http_metrics = gateway.metrics.clone();
             App::new()
                 .app_data(gateway.clone())
-                .app_data(web::Data::new(proxy::client(upstream_timeout)))
+                .app_data(web::Data::new(proxy::UpstreamClients::new(
+                    upstream_timeout,
+                )))
                 .wrap_fn(move |req, srv| access_log(req, srv, http_metrics.clone()))
                 .service(web::scope("/-").configure(api::configure))
                 .default_service(web::to(proxy::handle))

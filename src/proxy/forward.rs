@@ -29,8 +29,8 @@ pub struct Forward<'a> {
     pub activity: Option<ActivityGuard>,
 }
 
-/// The proxy's own HTTP client for one worker: no redirects, no default headers, connections
-/// reused for less time than OpenCode keeps them open.
+/// An HTTP client for one start of one instance in one worker (see `clients`): no redirects,
+/// no default headers, idle connections reused only briefly.
 pub fn client(timeout: Duration) -> awc::Client {
     let connector = awc::Connector::new()
         .limit(1024)

@@ -1,5 +1,6 @@
 //! Everything outside `/-/` goes to the caller's own OpenCode.
 
+mod clients;
 mod forward;
 pub mod headers;
 pub mod streams;
@@ -14,7 +15,7 @@ use crate::errors::{self, GatewayError};
 use crate::gateway::{Access, Gateway};
 use crate::identity::Identity;
 use crate::pages;
-pub use forward::client;
+pub use clients::UpstreamClients;
 use forward::Forward;
 use headers::RequestFilter;
 
@@ -22,9 +23,9 @@ pub async fn handle(
     req: HttpRequest,
     payload: web::Payload,
     gateway: web::Data<Gateway>,
-    client: web::Data<awc::Client>,
+    clients: web::Data<UpstreamClients>,
 ) -> HttpResponse {
-    match proxy(&req, payload, &gateway, &client).await {
+    match proxy(&req, payload, &gateway, &clients).await {
         Ok(response) => response,
         Err(err) => {
             if err.status().is_server_error() {
@@ -39,13 +40,11 @@ async fn proxy(
     req: &HttpRequest,
     payload: web::Payload,
     gateway: &Gateway,
-    client: &awc::Client,
+    clients: &UpstreamClients,
 ) -> Result<HttpResponse, GatewayError> {
     let identity = gateway.identify(req).await?;
     if headers::is_upgrade(req) {
-        return Err(GatewayError::NotImplemented(
-            "websocket upgrades are not bridged yet".to_owned(),
-        ));
+        return crate::websocket::upgrade(req, payload, gateway, clients, &identity).await;
     }
     let access = if headers::is_event_stream(req) {
         Access::Passive
@@ -59,8 +58,9 @@ async fn proxy(
     }
     let (handle, upstream) = gateway.upstream(&identity, access).await?;
     let activity = (access == Access::Wake).then(|| handle.activity.begin());
+    let client = clients.get(&upstream);
     Forward {
-        client,
+        client: &client,
         upstream: &upstream,
         filter: RequestFilter {
             identity_headers: gateway.auth.identity_headers(),

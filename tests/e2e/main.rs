@@ -7,3 +7,4 @@ mod lifecycle;
 mod proxy;
 mod real_opencode;
 mod support;
+mod websocket;

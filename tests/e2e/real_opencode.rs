@@ -5,7 +5,11 @@ use std::process::{Child, Command, Stdio};
 
 use awc::http::StatusCode;
 
-use crate::support::{as_u64, client, real_opencode, Gateway};
+use awc::ws::{CloseCode, Frame, Message};
+
+use crate::support::{
+    as_u64, client, next_frame, read_until_close, real_opencode, send, Gateway, Socket,
+};
 
 #[actix_web::test]
 async fn each_user_gets_their_own_process_and_sessions() {
@@ -209,4 +213,155 @@ async fn progress_follows_a_real_start_to_ready() {
     let me = gw.get("dana", "/-/api/me").await.json();
     assert_eq!(me["instance"]["state"], "ready");
     assert_eq!(me["isInitialized"], true);
+}
+
+/// Creates a terminal for `user` through the gateway; returns its id.
+async fn create_pty(gw: &Gateway, user: &str) -> String {
+    let pty = gw.post(user, "/pty").await;
+    assert_eq!(pty.status, StatusCode::OK, "{}", pty.text());
+    pty.json()["id"].as_str().expect("pty id").to_owned()
+}
+
+/// Reads terminal output until `found` accepts it (bounded by `next_frame`'s timeout).
+async fn read_terminal(socket: &mut Socket, found: impl Fn(&str) -> bool) -> String {
+    let mut out = String::new();
+    while !found(&out) {
+        match next_frame(socket).await {
+            Some(Frame::Text(b) | Frame::Binary(b)) => out.push_str(&String::from_utf8_lossy(&b)),
+            Some(Frame::Ping(p)) => send(socket, Message::Pong(p)).await,
+            Some(Frame::Close(reason)) => panic!("terminal closed ({reason:?}); output: {out}"),
+            Some(_) => {}
+            None => panic!("terminal ended; output: {out}"),
+        }
+    }
+    out
+}
+
+/// `chamberlain-<digits>` printed by the shell (not the typed `$RANDOM`).
+fn echoed_number(out: &str) -> Option<String> {
+    out.match_indices("chamberlain-")
+        .map(|(i, m)| &out[i + m.len()..])
+        .find_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            (!digits.is_empty()).then_some(digits)
+        })
+}
+
+#[actix_web::test]
+async fn a_terminal_works_through_the_gateway() {
+    let gw = Gateway::real(&[]);
+    let id = create_pty(&gw, "alice").await;
+    let port = as_u64(&gw.user("alice").await.unwrap()["port"]) as u16;
+    let (resp, mut socket) = gw
+        .ws(Some("alice"), &format!("/pty/{id}/connect"), &[])
+        .await
+        .expect("terminal websocket");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    // The bridge's connection to OpenCode is among these (it may be a pooled connection that
+    // was upgraded); idle pooled connections stay, so the one that goes is the bridge's.
+    let during = connections_to(port);
+    assert!(
+        !during.is_empty(),
+        "no connection to OpenCode for the websocket"
+    );
+    send(
+        &mut socket,
+        Message::Text("echo chamberlain-$RANDOM\n".into()),
+    )
+    .await;
+    let out = read_terminal(&mut socket, |o| echoed_number(o).is_some()).await;
+    assert!(echoed_number(&out).is_some(), "{out}");
+
+    // Resize through OpenCode's API; the shell sees the new size.
+    let resize = gw
+        .request(
+            awc::http::Method::PUT,
+            Some("alice"),
+            &format!("/pty/{id}"),
+            &[("content-type", "application/json")],
+            Some(bytes::Bytes::from_static(
+                br#"{"size":{"rows":33,"cols":111}}"#,
+            )),
+        )
+        .await;
+    assert_eq!(resize.status, StatusCode::OK, "{}", resize.text());
+    send(&mut socket, Message::Text("stty size\n".into())).await;
+    read_terminal(&mut socket, |o| o.contains("33 111")).await;
+
+    // Closing the client closes the gateway's connection to OpenCode.
+    send(&mut socket, Message::Close(None)).await;
+    read_until_close(&mut socket).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while during.iter().all(|p| connections_to(port).contains(p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the bridge's connection stayed open"
+        );
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Local ports of ESTABLISHED TCP connections to 127.0.0.1:`port`. `/proc/net/tcp` can skip
+/// entries while the table changes under the reader, so several reads are merged.
+fn connections_to(port: u16) -> Vec<u16> {
+    let remote = format!("0100007F:{port:04X}");
+    let mut ports: Vec<u16> = (0..5)
+        .flat_map(|_| {
+            let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() > 3 && f[2] == remote && f[3] == "01")
+                        .then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())
+                        .flatten()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+#[actix_web::test]
+async fn a_user_cannot_reach_another_users_terminal() {
+    let gw = Gateway::real(&["--upstream-timeout", "3s"]);
+    let id = create_pty(&gw, "alice").await;
+    let (_, mut alice) = gw
+        .ws(Some("alice"), &format!("/pty/{id}/connect"), &[])
+        .await
+        .expect("alice's terminal");
+    assert_eq!(gw.get("bob", "/session").await.status, StatusCode::OK);
+    let status = gw
+        .ws_refused(Some("bob"), &format!("/pty/{id}/connect"), &[])
+        .await;
+    assert!(
+        status == StatusCode::GATEWAY_TIMEOUT || status.is_client_error(),
+        "bob got {status} for alice's terminal"
+    );
+    // Alice's terminal is unaffected and still hers.
+    send(
+        &mut alice,
+        Message::Text("echo chamberlain-$RANDOM\n".into()),
+    )
+    .await;
+    read_terminal(&mut alice, |o| echoed_number(o).is_some()).await;
+}
+
+#[actix_web::test]
+async fn stopping_the_instance_closes_its_terminal_sockets() {
+    let gw = Gateway::real(&[]);
+    let id = create_pty(&gw, "alice").await;
+    let (_, mut socket) = gw
+        .ws(Some("alice"), &format!("/pty/{id}/connect"), &[])
+        .await
+        .expect("terminal websocket");
+    let stop = gw
+        .admin_request(awc::http::Method::POST, "/instances/alice/stop")
+        .await;
+    assert_eq!(stop.status, StatusCode::OK);
+    let (reason, _) = read_until_close(&mut socket).await;
+    assert_eq!(reason.map(|r| r.code), Some(CloseCode::Restart));
 }

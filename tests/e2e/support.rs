@@ -444,3 +444,67 @@ impl Gateway {
         Stream { response }
     }
 }
+
+/// A websocket client connection (awc, client mode).
+pub type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
+
+impl Gateway {
+    /// Opens a websocket through the gateway as `user` (no user: no identity).
+    pub async fn ws(
+        &self,
+        user: Option<&str>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(awc::ClientResponse, Socket), awc::error::WsClientError> {
+        let url = format!("{}{path}", self.base.replacen("http://", "ws://", 1));
+        let mut req = self.client.ws(url).max_frame_size(64 << 20);
+        if let Some(user) = user {
+            req = req.header("x-chamberlain-dev-user", user);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.connect().await
+    }
+
+    /// The HTTP status a refused websocket handshake got.
+    pub async fn ws_refused(
+        &self,
+        user: Option<&str>,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> StatusCode {
+        match self.ws(user, path, headers).await {
+            Err(awc::error::WsClientError::InvalidResponseStatus(status)) => status,
+            Err(other) => panic!("{path}: unexpected error {other}"),
+            Ok(_) => panic!("{path}: the websocket was accepted"),
+        }
+    }
+}
+
+/// The next frame, failing the test if none arrives within 30 s.
+pub async fn next_frame(socket: &mut Socket) -> Option<awc::ws::Frame> {
+    use futures_util::StreamExt;
+    actix_web::rt::time::timeout(Duration::from_secs(30), socket.next())
+        .await
+        .expect("no websocket frame within 30s")
+        .map(|f| f.expect("websocket frame"))
+}
+
+/// Reads frames until a close frame; returns its reason and the data bytes read before it.
+pub async fn read_until_close(socket: &mut Socket) -> (Option<awc::ws::CloseReason>, usize) {
+    let mut data = 0;
+    loop {
+        match next_frame(socket).await {
+            Some(awc::ws::Frame::Close(reason)) => return (reason, data),
+            Some(awc::ws::Frame::Binary(b) | awc::ws::Frame::Text(b)) => data += b.len(),
+            Some(_) => {}
+            None => panic!("socket ended without a close frame after {data} bytes"),
+        }
+    }
+}
+
+pub async fn send(socket: &mut Socket, message: awc::ws::Message) {
+    use futures_util::SinkExt;
+    socket.send(message).await.expect("websocket send");
+}

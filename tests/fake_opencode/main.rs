@@ -12,6 +12,13 @@
 //! `--fake-spawn-child`        start `sleep 1000` (in the same process group)
 //! `--fake-spawn-session-child` start `sleep 1000` in a session of its own, like a terminal
 //!
+//! Websockets at `/ws` (anything else upgrading gets 404): frames are echoed unchanged; a text
+//! frame `close:CODE:REASON` makes it close with that code; `?flood=MIB` sends that many MiB
+//! of binary frames without reading; `?tick_ms=N` sends a text frame every N ms; `?ping=1`
+//! pings the client first; `?headers=1` sends the handshake's request headers as the first
+//! frame; the subprotocol `chamberlain.test` is accepted when offered. `GET /ws/stats` reports
+//! open sockets, pongs received and the last close code received.
+//!
 //! Other arguments (`serve`, `--hostname`, `--port`, `--pure`) are accepted and ignored.
 
 use std::collections::HashMap;
@@ -21,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use actix_http::ws;
 use actix_web::dev::ServerHandle;
 use actix_web::http::header;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -76,6 +84,9 @@ struct State {
     sessions: Mutex<Vec<Value>>,
     events: broadcast::Sender<String>,
     server: Mutex<Option<ServerHandle>>,
+    ws_open: AtomicU64,
+    ws_pongs: AtomicU64,
+    ws_last_close: Mutex<Option<u16>>,
 }
 
 fn authorized(req: &HttpRequest, state: &State) -> bool {
@@ -192,6 +203,9 @@ async fn env(state: web::Data<State>) -> HttpResponse {
 }
 
 async fn echo(req: HttpRequest, mut body: web::Payload) -> HttpResponse {
+    if req.headers().contains_key(header::UPGRADE) {
+        return HttpResponse::NotFound().body("no websocket here");
+    }
     let mut len = 0usize;
     while let Some(chunk) = body.next().await {
         match chunk {
@@ -294,6 +308,205 @@ async fn stop_listening(state: web::Data<State>) -> HttpResponse {
 
 /// A grandchild of the gateway: in the instance's process group like a tool OpenCode runs,
 /// or in a session of its own like a terminal's shell.
+async fn websocket_stats(state: web::Data<State>) -> HttpResponse {
+    let last = state.ws_last_close.lock().ok().and_then(|c| *c);
+    HttpResponse::Ok().json(json!({
+        "open": state.ws_open.load(Ordering::Relaxed),
+        "pongs": state.ws_pongs.load(Ordering::Relaxed),
+        "lastClose": last,
+    }))
+}
+
+/// Counts an open socket for `/ws/stats` until dropped.
+struct OpenSocket(web::Data<State>);
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.ws_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn frame(payload: &[u8], op: ws::OpCode, fin: bool) -> Bytes {
+    let mut buf = bytes::BytesMut::new();
+    ws::Parser::write_message(&mut buf, payload, op, fin, false);
+    buf.freeze()
+}
+
+fn close_frame(reason: Option<ws::CloseReason>) -> Bytes {
+    let mut buf = bytes::BytesMut::new();
+    ws::Parser::write_close(&mut buf, reason, false);
+    buf.freeze()
+}
+
+/// What one client frame makes the fake send back, and whether it is the last.
+fn answer(received: ws::Frame, state: &State) -> (Option<Bytes>, bool) {
+    match received {
+        ws::Frame::Text(text) => {
+            if let Some(command) = text.strip_prefix(b"close:") {
+                let command = String::from_utf8_lossy(command).into_owned();
+                let (code, why) = command.split_once(':').unwrap_or((&command, ""));
+                let reason = ws::CloseReason {
+                    code: ws::CloseCode::from(code.parse::<u16>().unwrap_or(1000)),
+                    description: Some(why.to_owned()),
+                };
+                return (Some(close_frame(Some(reason))), true);
+            }
+            (Some(frame(&text, ws::OpCode::Text, true)), false)
+        }
+        ws::Frame::Binary(data) => (Some(frame(&data, ws::OpCode::Binary, true)), false),
+        ws::Frame::Continuation(item) => {
+            let (op, fin, data) = match item {
+                ws::Item::FirstText(b) => (ws::OpCode::Text, false, b),
+                ws::Item::FirstBinary(b) => (ws::OpCode::Binary, false, b),
+                ws::Item::Continue(b) => (ws::OpCode::Continue, false, b),
+                ws::Item::Last(b) => (ws::OpCode::Continue, true, b),
+            };
+            (Some(frame(&data, op, fin)), false)
+        }
+        ws::Frame::Ping(p) => (Some(frame(&p, ws::OpCode::Pong, true)), false),
+        ws::Frame::Pong(_) => {
+            state.ws_pongs.fetch_add(1, Ordering::Relaxed);
+            (None, false)
+        }
+        ws::Frame::Close(reason) => {
+            if let Ok(mut last) = state.ws_last_close.lock() {
+                *last = Some(reason.as_ref().map_or(1005, |r| u16::from(r.code)));
+            }
+            (Some(close_frame(reason)), true)
+        }
+    }
+}
+
+async fn websocket(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+    query: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    if ws::verify_handshake(req.head()).is_err() {
+        return HttpResponse::BadRequest().body("not a websocket handshake");
+    }
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return HttpResponse::BadRequest().finish();
+    };
+    let accept = ws::hash_key(key.as_bytes());
+    let mut reply = HttpResponse::SwitchingProtocols();
+    reply.upgrade("websocket").insert_header((
+        header::SEC_WEBSOCKET_ACCEPT,
+        header::HeaderValue::from_bytes(&accept).expect("base64 is a valid header"),
+    ));
+    let offered = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if offered.split(',').any(|p| p.trim() == "chamberlain.test") {
+        reply.insert_header((header::SEC_WEBSOCKET_PROTOCOL, "chamberlain.test"));
+    }
+    state.ws_open.fetch_add(1, Ordering::Relaxed);
+    let open = OpenSocket(state.clone());
+
+    let mut first = Vec::new();
+    if query.contains_key("headers") {
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        first.push(frame(
+            json!(headers).to_string().as_bytes(),
+            ws::OpCode::Text,
+            true,
+        ));
+    }
+    if query.contains_key("ping") {
+        first.push(frame(b"are you there", ws::OpCode::Ping, true));
+    }
+    let first = futures_util::stream::iter(first.into_iter().map(Ok::<_, actix_web::Error>));
+
+    if let Some(mib) = query.get("flood").and_then(|v| v.parse::<usize>().ok()) {
+        // Never reads: a client that does not read must be cut off by the gateway.
+        let chunk = frame(&vec![0x5a; 64 * 1024], ws::OpCode::Binary, true);
+        let flood = futures_util::stream::iter((0..mib * 16).map(move |_| Ok(chunk.clone())));
+        let end = futures_util::stream::once(async move {
+            drop(open);
+            Ok(close_frame(Some(ws::CloseCode::Normal.into())))
+        });
+        return reply.streaming(first.chain(flood).chain(end));
+    }
+
+    let tick = query
+        .get("tick_ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let inbound = WsFrames {
+        payload,
+        buf: bytes::BytesMut::new(),
+        codec: ws::Codec::new().max_size(64 << 20),
+    };
+    let echo = futures_util::stream::unfold(
+        (inbound, state.clone(), open, false),
+        move |(mut inbound, state, open, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let next = match tick {
+                    Some(period) => {
+                        tokio::select! {
+                            frame = inbound.next() => frame,
+                            _ = tokio::time::sleep(period) => {
+                                let text = format!("tick {}", now_us());
+                                return Some((Ok(frame(text.as_bytes(), ws::OpCode::Text, true)), (inbound, state, open, false)));
+                            }
+                        }
+                    }
+                    None => inbound.next().await,
+                };
+                match next {
+                    Some(Ok(f)) => match answer(f, &state) {
+                        (Some(bytes), last) => {
+                            return Some((Ok(bytes), (inbound, state, open, last)))
+                        }
+                        (None, _) => continue,
+                    },
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        },
+    );
+    reply.streaming(first.chain(echo))
+}
+
+/// Client frames of an upgraded request.
+struct WsFrames {
+    payload: web::Payload,
+    buf: bytes::BytesMut,
+    codec: ws::Codec,
+}
+
+impl WsFrames {
+    async fn next(&mut self) -> Option<Result<ws::Frame, ws::ProtocolError>> {
+        use tokio_util::codec::Decoder as _;
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Err(e) => return Some(Err(e)),
+                Ok(None) => {}
+            }
+            match self.payload.next().await {
+                Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                _ => return None,
+            }
+        }
+    }
+}
+
 fn spawn_sleeper(own_session: bool) -> Option<u32> {
     use std::os::unix::process::CommandExt as _;
     let mut cmd = std::process::Command::new("sleep");
@@ -351,6 +564,9 @@ fn main() -> std::io::Result<()> {
         sessions: Mutex::new(Vec::new()),
         events: event_tx,
         server: Mutex::new(None),
+        ws_open: AtomicU64::new(0),
+        ws_pongs: AtomicU64::new(0),
+        ws_last_close: Mutex::new(None),
     });
 
     actix_web::rt::System::new().block_on(async move {
@@ -410,6 +626,8 @@ fn main() -> std::io::Result<()> {
                     }),
                 )
                 .route("/fake/stop-listening", web::post().to(stop_listening))
+                .route("/ws", web::get().to(websocket))
+                .route("/ws/stats", web::get().to(websocket_stats))
                 .default_service(web::to(echo))
         })
         .workers(1)

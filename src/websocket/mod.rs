@@ -1,0 +1,152 @@
+//! Websocket upgrades (OpenCode's terminals, `/pty/{id}/connect`) bridged to the caller's own
+//! OpenCode: one `SocketBridge` actor per client socket.
+//!
+//! The upstream connection is made first, so a failure is an ordinary HTTP error (502, 503,
+//! 504, or OpenCode's own status such as 404 for an unknown terminal) instead of a socket
+//! that is accepted and then closed.
+
+mod bridge;
+mod inbound;
+mod outbox;
+
+use std::time::Duration;
+
+use actix_http::ws::{hash_key, Codec};
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use awc::error::{SendRequestError, WsClientError};
+use futures_util::StreamExt;
+
+use crate::errors::GatewayError;
+use crate::gateway::{Access, Gateway};
+use crate::identity::Identity;
+use crate::proxy::headers::{self, RequestFilter};
+use crate::proxy::UpstreamClients;
+use bridge::{BridgeConfig, BridgeParts, CountingSink, SocketBridge};
+use inbound::ClientFrames;
+use outbox::Outbox;
+
+/// Most time allowed for OpenCode to accept a websocket (OpenCode never answers a handshake
+/// for a terminal it does not know); `--upstream-timeout` if shorter.
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+pub struct WsConfig {
+    pub max_frame: usize,
+    pub max_buffer: usize,
+    pub ping_interval: Duration,
+    pub client_timeout: Duration,
+}
+
+/// Headers of the client's handshake that belong to the client's hop only.
+const HANDSHAKE_ONLY: &[&str] = &[
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+    "sec-websocket-accept",
+    "origin",
+];
+
+fn upstream_error(e: WsClientError, timeout: Duration) -> GatewayError {
+    match e {
+        WsClientError::InvalidResponseStatus(status)
+            if status.is_client_error() && status != StatusCode::UNAUTHORIZED =>
+        {
+            GatewayError::UpstreamStatus {
+                status,
+                message: format!("OpenCode refused the websocket ({status})"),
+            }
+        }
+        WsClientError::SendRequest(SendRequestError::Connect(e)) => {
+            GatewayError::UpstreamConnect(e.to_string())
+        }
+        WsClientError::SendRequest(SendRequestError::Timeout) => {
+            GatewayError::UpstreamTimeout(timeout)
+        }
+        other => GatewayError::Upstream(format!("websocket handshake failed: {other}")),
+    }
+}
+
+pub async fn upgrade(
+    req: &HttpRequest,
+    payload: web::Payload,
+    gateway: &Gateway,
+    clients: &UpstreamClients,
+    identity: &Identity,
+) -> Result<HttpResponse, GatewayError> {
+    let cfg = &gateway.cfg.ws;
+    actix_http::ws::verify_handshake(req.head())
+        .map_err(|e| GatewayError::BadRequest(format!("invalid websocket handshake: {e}")))?;
+    crate::origin::check(req, &gateway.cfg.allowed_origins)?;
+    // A socket reconnecting by itself must not restart a stopped instance.
+    let (handle, upstream) = gateway.upstream(identity, Access::Passive).await?;
+
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let mut forwarded = HeaderMap::new();
+    headers::copy_request_headers(
+        req.headers(),
+        &mut forwarded,
+        &RequestFilter {
+            identity_headers: gateway.auth.identity_headers(),
+            identity_cookies: gateway.auth.identity_cookies(),
+            passive: false,
+        },
+    );
+    headers::add_forwarded(req, &mut forwarded);
+    let mut request = clients
+        .get(&upstream)
+        .ws(format!("ws://{}{path}", upstream.addr))
+        .max_frame_size(cfg.max_frame)
+        .set_header(header::AUTHORIZATION, &*upstream.authorization);
+    for (name, value) in forwarded.iter() {
+        if !HANDSHAKE_ONLY.contains(&name.as_str()) {
+            request = request.header(name.clone(), value.clone());
+        }
+    }
+    let timeout = gateway.cfg.upstream_timeout.min(MAX_CONNECT_TIMEOUT);
+    let (response, framed) = tokio::time::timeout(timeout, request.connect())
+        .await
+        .map_err(|_| GatewayError::UpstreamTimeout(timeout))?
+        .map_err(|e| upstream_error(e, timeout))?;
+
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| GatewayError::BadRequest("missing Sec-WebSocket-Key".to_owned()))?;
+    let accept = hash_key(key.as_bytes());
+    let mut reply = HttpResponse::SwitchingProtocols();
+    reply.upgrade("websocket").insert_header((
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_bytes(&accept)
+            .map_err(|e| GatewayError::Internal(format!("accept key: {e}")))?,
+    ));
+    if let Some(protocol) = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL) {
+        reply.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol.clone()));
+    }
+
+    let (sink, stream) = framed.split();
+    let (sink, upstream_pending) = CountingSink::new(sink);
+    let (outbox, body) = Outbox::new();
+    SocketBridge::start(
+        BridgeParts {
+            user: identity.user_id.clone(),
+            cfg: BridgeConfig {
+                ping_interval: cfg.ping_interval,
+                client_timeout: cfg.client_timeout,
+                max_buffer: cfg.max_buffer,
+            },
+            activity: handle.activity.clone(),
+            outbox,
+            upstream: sink,
+            upstream_pending,
+            metrics: gateway.ws_metrics.clone(),
+            stopping: upstream.stopping.clone(),
+            shutdown: gateway.shutdown_token(),
+        },
+        ClientFrames::new(payload, Codec::new().max_size(cfg.max_frame)),
+        stream,
+    );
+    tracing::debug!(user = %identity.user_id, path, "websocket bridged");
+    Ok(reply.streaming(body))
+}
