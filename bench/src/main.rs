@@ -4,6 +4,8 @@
 //! 2. Event-stream delivery latency (upstream timestamp → client), direct vs gateway.
 //! 3. Start overhead: time from a user's first request to its answer, minus the upstream's
 //!    own start time as it reports it.
+//! 4. Websockets: echo round trip of small messages, and throughput of 1 MiB messages echoed,
+//!    direct vs gateway.
 //!
 //! Build first: `cargo build --release --bins` (the gateway and the fake OpenCode), then
 //! `cargo run --release -p chamberlain-bench -- [--upstream fake|opencode] [--seconds N]
@@ -14,6 +16,7 @@
 
 mod http;
 mod procs;
+mod ws;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -155,6 +158,40 @@ async fn start_overhead(gw: &Gateway, starts: usize) -> anyhow::Result<Value> {
     }))
 }
 
+async fn websocket(direct: &Upstream, gw: &Gateway, count: usize) -> anyhow::Result<Value> {
+    let auth = direct.authorization();
+    let mut d = ws::connect(direct.addr, "/ws", &[("Authorization", &auth)]).await?;
+    let mut g = ws::connect(gw.public, "/ws", &[("X-Chamberlain-Dev-User", "bench")]).await?;
+    // Warm up both paths.
+    ws::echo_rtt(&mut d, 100).await?;
+    ws::echo_rtt(&mut g, 100).await?;
+    let mut direct_rtt = ws::echo_rtt(&mut d, count).await?;
+    let mut gateway_rtt = ws::echo_rtt(&mut g, count).await?;
+    direct_rtt.sort_unstable();
+    gateway_rtt.sort_unstable();
+    let (d50, d99) = (percentile(&direct_rtt, 50.0), percentile(&direct_rtt, 99.0));
+    let (g50, g99) = (
+        percentile(&gateway_rtt, 50.0),
+        percentile(&gateway_rtt, 99.0),
+    );
+    let direct_mibs = ws::echo_throughput(&mut d, 128).await?;
+    let gateway_mibs = ws::echo_throughput(&mut g, 128).await?;
+    println!(
+        "{:<28} direct p50 {d50:>6} µs  p99 {d99:>6} µs | gateway p50 {g50:>6} µs  p99 {g99:>6} µs  (added p50 {} µs)",
+        "websocket echo round trip",
+        g50 as i64 - d50 as i64
+    );
+    println!(
+        "{:<28} direct {direct_mibs:>7.0} MiB/s | gateway {gateway_mibs:>7.0} MiB/s ({:.0}% of direct)",
+        "websocket 1 MiB echo",
+        gateway_mibs / direct_mibs * 100.0
+    );
+    Ok(json!({
+        "echo": {"messages": count, "direct": {"p50Us": d50, "p99Us": d99}, "gateway": {"p50Us": g50, "p99Us": g99}, "addedP50Us": g50 as i64 - d50 as i64},
+        "oneMiBEcho": {"directMiBps": direct_mibs, "gatewayMiBps": gateway_mibs},
+    }))
+}
+
 fn report_load(name: &str, direct: &Load, gateway: &Load) -> Value {
     let ratio = gateway.rps / direct.rps;
     println!(
@@ -262,6 +299,8 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         "addedP50Us": g50 as i64 - d50 as i64,
         "addedP99Us": g99 as i64 - d99 as i64,
     });
+
+    results["websocket"] = websocket(&direct, &gw, opts.events.max(200) * 5).await?;
 
     let starts = start_overhead(&gw, opts.starts).await?;
     println!(
