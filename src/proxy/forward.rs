@@ -58,11 +58,7 @@ fn is_event_stream(headers: &header::HeaderMap) -> bool {
 }
 
 impl Forward<'_> {
-    pub async fn send(
-        self,
-        req: &HttpRequest,
-        payload: web::Payload,
-    ) -> Result<HttpResponse, GatewayError> {
+    fn request(&self, req: &HttpRequest) -> awc::ClientRequest {
         let path = req
             .uri()
             .path_and_query()
@@ -73,32 +69,57 @@ impl Forward<'_> {
             .client
             .request(req.method().clone(), url)
             .timeout(self.timeout);
-        {
-            let dst = request.headers_mut();
-            headers::copy_request_headers(req.headers(), dst, &self.filter);
-            headers::add_forwarded(req, dst);
-            if let Ok(auth) = HeaderValue::from_str(&self.upstream.authorization) {
-                dst.insert(header::AUTHORIZATION, auth);
-            }
+        let dst = request.headers_mut();
+        headers::copy_request_headers(req.headers(), dst, &self.filter);
+        headers::add_forwarded(req, dst);
+        if let Ok(auth) = HeaderValue::from_str(&self.upstream.authorization) {
+            dst.insert(header::AUTHORIZATION, auth);
         }
+        request
+    }
 
+    pub async fn send(
+        self,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<HttpResponse, GatewayError> {
         let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
-        let sending = match content_length(req.headers()) {
-            Some(0) => request.send(),
-            Some(len) => request.send_body(SizedStream::new(len, payload)),
-            None if chunked => request.send_stream(payload),
-            None => request.send(),
-        };
-
+        let length = content_length(req.headers());
+        let bodiless = !chunked && length.unwrap_or(0) == 0;
+        // A kept-alive connection OpenCode has just closed fails before anything is answered;
+        // a request that can be sent again (no body, safe method) then gets a fresh one.
+        let retryable =
+            bodiless && matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
         let started = Instant::now();
-        let response = tokio::select! {
-            result = sending => result,
-            _ = self.upstream.stopping.cancelled() => {
-                return Err(GatewayError::Unavailable {
-                    message: "the instance is stopping".to_owned(),
-                    retry_after: Duration::from_secs(2),
-                    state: chamberlain_actors::InstanceState::Stopping,
-                });
+        let mut payload = Some(payload);
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            let request = self.request(req);
+            let sending = match (length, payload.take()) {
+                (Some(len), Some(body)) if len > 0 => {
+                    request.send_body(SizedStream::new(len, body))
+                }
+                (None, Some(body)) if chunked => request.send_stream(body),
+                _ => request.send(),
+            };
+            let result = tokio::select! {
+                result = sending => result,
+                _ = self.upstream.stopping.cancelled() => {
+                    return Err(GatewayError::Unavailable {
+                        message: "the instance is stopping".to_owned(),
+                        retry_after: Duration::from_secs(2),
+                        state: chamberlain_actors::InstanceState::Stopping,
+                    });
+                }
+            };
+            match result {
+                Err(SendRequestError::Send(_) | SendRequestError::Response(_))
+                    if retryable && attempt == 1 =>
+                {
+                    tracing::debug!(path = req.path(), "reused connection failed; retrying");
+                }
+                other => break other,
             }
         };
         let response = response.map_err(|e| match e {

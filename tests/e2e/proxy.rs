@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::support::{as_u64, Gateway};
+use crate::support::{as_u64, vm_hwm, Gateway};
 
 fn header_values(echo: &Value, name: &str) -> Vec<String> {
     echo["headers"]
@@ -157,17 +157,6 @@ fn fnv(hash: u64, bytes: &[u8]) -> u64 {
 }
 fn pattern_byte(i: u64) -> u8 {
     ((i * 7 + i / 251) % 256) as u8
-}
-
-fn vm_hwm(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
 }
 
 /// 100 MB each way, sized and chunked, intact, with the gateway's peak memory flat.

@@ -356,6 +356,21 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Peak resident memory of `pid` in bytes.
+pub fn vm_hwm(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .expect("VmHWM value");
+    kib * 1024
+}
+
 /// Waits (bounded) for `pid` to be gone.
 pub async fn wait_gone(pid: u32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);

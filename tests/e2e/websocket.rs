@@ -9,7 +9,7 @@ use awc::ws::{CloseCode, CloseReason, Frame, Message};
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::support::{metric, next_frame, read_until_close, send, Gateway};
+use crate::support::{metric, next_frame, read_until_close, send, vm_hwm, Gateway};
 
 async fn fake_ws_stats(gw: &Gateway, user: &str) -> Value {
     gw.get(user, "/ws/stats").await.json()
@@ -193,17 +193,6 @@ async fn close_codes_propagate_both_ways() {
         ),
         1.0
     );
-}
-
-fn vm_hwm(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
 }
 
 /// A client that stops reading is closed with 1013 at the cap; the gateway does not buffer

@@ -202,6 +202,19 @@ async fn env(state: web::Data<State>) -> HttpResponse {
     }))
 }
 
+/// The request's headers as `[name, value]` pairs, repeated headers included.
+fn header_pairs(req: &HttpRequest) -> Vec<(String, String)> {
+    req.headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
 async fn echo(req: HttpRequest, mut body: web::Payload) -> HttpResponse {
     if req.headers().contains_key(header::UPGRADE) {
         return HttpResponse::NotFound().body("no websocket here");
@@ -213,16 +226,7 @@ async fn echo(req: HttpRequest, mut body: web::Payload) -> HttpResponse {
             Err(e) => return HttpResponse::BadRequest().body(e.to_string()),
         }
     }
-    let headers: Vec<(String, String)> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.to_string(),
-                String::from_utf8_lossy(v.as_bytes()).into_owned(),
-            )
-        })
-        .collect();
+    let headers = header_pairs(&req);
     HttpResponse::Ok().json(json!({
         "method": req.method().as_str(),
         "path": req.path(),
@@ -408,16 +412,7 @@ async fn websocket(
 
     let mut first = Vec::new();
     if query.contains_key("headers") {
-        let headers: Vec<(String, String)> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect();
+        let headers = header_pairs(&req);
         first.push(frame(
             json!(headers).to_string().as_bytes(),
             ws::OpCode::Text,
