@@ -69,12 +69,12 @@ impl Forward<'_> {
             .client
             .request(req.method().clone(), url)
             .timeout(self.timeout);
-        let dst = request.headers_mut();
-        headers::copy_request_headers(req.headers(), dst, &self.filter);
-        headers::add_forwarded(req, dst);
-        if let Ok(auth) = HeaderValue::from_str(&self.upstream.authorization) {
-            dst.insert(header::AUTHORIZATION, auth);
-        }
+        headers::for_upstream(
+            req,
+            request.headers_mut(),
+            &self.filter,
+            &self.upstream.authorization,
+        );
         request
     }
 
@@ -131,13 +131,17 @@ impl Forward<'_> {
             .upstream_latency(started.elapsed().as_secs_f64());
 
         let status = response.status();
-        let upstream_headers = response.headers().clone();
         let no_body = req.method() == Method::HEAD
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
             || status.is_informational();
+        let event_stream = is_event_stream(response.headers());
+        let length = content_length(response.headers());
+        // Copied before the response becomes the body.
+        let mut out_headers = header::HeaderMap::new();
+        headers::copy_response_headers(response.headers(), &mut out_headers);
 
-        let body: BoxBody = if is_event_stream(&upstream_headers) && !no_body {
+        let body: BoxBody = if event_stream && !no_body {
             drop(self.activity);
             let relay = SseRelay::new(
                 response,
@@ -147,7 +151,7 @@ impl Forward<'_> {
             );
             BodyStream::new(relay).boxed()
         } else {
-            match (no_body, content_length(&upstream_headers)) {
+            match (no_body, length) {
                 (true, Some(len)) if req.method() == Method::HEAD => SizedStream::new(
                     len,
                     futures_util::stream::empty::<Result<_, GatewayError>>(),
@@ -161,18 +165,17 @@ impl Forward<'_> {
             }
         };
 
-        let mut out = HttpResponse::with_body(status, body);
-        headers::copy_response_headers(&upstream_headers, out.headers_mut());
-        if is_event_stream(&upstream_headers) {
-            let h = out.headers_mut();
-            h.insert(
+        if event_stream {
+            out_headers.insert(
                 header::HeaderName::from_static("x-accel-buffering"),
                 HeaderValue::from_static("no"),
             );
-            if !h.contains_key(header::CACHE_CONTROL) {
-                h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            if !out_headers.contains_key(header::CACHE_CONTROL) {
+                out_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             }
         }
+        let mut out = HttpResponse::with_body(status, body);
+        *out.headers_mut() = out_headers;
         Ok(out)
     }
 }

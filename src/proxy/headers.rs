@@ -3,7 +3,7 @@
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::HttpRequest;
 
-use crate::identity::cookies;
+use crate::identity::{cookies, Authenticator};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the gateway sets itself.
 const HOP_BY_HOP: &[&str] = &[
@@ -44,6 +44,32 @@ pub struct RequestFilter<'a> {
     pub identity_cookies: &'a [&'a str],
     /// Event streams: no compression, so events are never held back in an encoder.
     pub passive: bool,
+}
+
+impl RequestFilter<'static> {
+    /// The filter for requests identified by `auth`.
+    pub fn new(auth: &Authenticator, passive: bool) -> Self {
+        RequestFilter {
+            identity_headers: auth.identity_headers(),
+            identity_cookies: auth.identity_cookies(),
+            passive,
+        }
+    }
+}
+
+/// Everything OpenCode gets as headers of a client's request: the client's own (filtered),
+/// `X-Forwarded-*`, and the instance's credentials in place of the client's.
+pub fn for_upstream(
+    req: &HttpRequest,
+    dst: &mut HeaderMap,
+    filter: &RequestFilter<'_>,
+    authorization: &str,
+) {
+    copy_request_headers(req.headers(), dst, filter);
+    add_forwarded(req, dst);
+    if let Ok(auth) = HeaderValue::from_str(authorization) {
+        dst.insert(header::AUTHORIZATION, auth);
+    }
 }
 
 /// Copies the client's request headers for OpenCode. The client's `Authorization` is never

@@ -62,11 +62,7 @@ async fn proxy(
     Forward {
         client: &client,
         upstream: &upstream,
-        filter: RequestFilter {
-            identity_headers: gateway.auth.identity_headers(),
-            identity_cookies: gateway.auth.identity_cookies(),
-            passive: access == Access::Passive,
-        },
+        filter: RequestFilter::new(&gateway.auth, access == Access::Passive),
         timeout: gateway.cfg.upstream_timeout,
         sse_keepalive: gateway.cfg.sse_keepalive,
         metrics: &gateway.metrics,

@@ -84,21 +84,16 @@ pub async fn upgrade(
 
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let mut forwarded = HeaderMap::new();
-    headers::copy_request_headers(
-        req.headers(),
+    headers::for_upstream(
+        req,
         &mut forwarded,
-        &RequestFilter {
-            identity_headers: gateway.auth.identity_headers(),
-            identity_cookies: gateway.auth.identity_cookies(),
-            passive: false,
-        },
+        &RequestFilter::new(&gateway.auth, false),
+        &upstream.authorization,
     );
-    headers::add_forwarded(req, &mut forwarded);
     let mut request = clients
         .get(&upstream)
         .ws(format!("ws://{}{path}", upstream.addr))
-        .max_frame_size(cfg.max_frame)
-        .set_header(header::AUTHORIZATION, &*upstream.authorization);
+        .max_frame_size(cfg.max_frame);
     for (name, value) in forwarded.iter() {
         if !HANDSHAKE_ONLY.contains(&name.as_str()) {
             request = request.header(name.clone(), value.clone());
