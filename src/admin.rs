@@ -8,11 +8,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chamberlain_actors::{Registry, Stats, StopReason, StopUser};
 use serde_json::json;
 
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 
 pub struct Admin {
     pub registry: Addr<Registry>,
     pub metrics: Arc<Metrics>,
+    pub gateway: web::Data<Gateway>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -34,10 +36,20 @@ fn unavailable(e: actix::MailboxError) -> HttpResponse {
 }
 
 async fn stats(admin: web::Data<Admin>) -> HttpResponse {
-    match admin.registry.send(Stats).await {
-        Ok(stats) => HttpResponse::Ok().json(stats),
-        Err(e) => unavailable(e),
-    }
+    let stats = match admin.registry.send(Stats).await {
+        Ok(stats) => stats,
+        Err(e) => return unavailable(e),
+    };
+    let mut body = match serde_json::to_value(stats) {
+        Ok(v) => v,
+        Err(e) => return HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
+    };
+    let auth = &admin.gateway.auth;
+    body["auth"] = json!({
+        "mode": auth.mode(),
+        "cachedTokens": auth.cached_tokens(),
+    });
+    HttpResponse::Ok().json(body)
 }
 
 async fn metrics(admin: web::Data<Admin>) -> HttpResponse {

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
+use crate::cli::AuthMode;
 use crate::errors::GatewayError;
 use crate::gateway::Gateway;
 use crate::identity::dev;
@@ -93,6 +94,7 @@ async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpRespons
     Ok(HttpResponse::Ok().json(json!({
         "userId": identity.user_id,
         "email": identity.email,
+        "emailVerified": identity.email_verified,
         "name": identity.name,
         "homeDirectory": ws.home(),
         "isInitialized": gateway.users.is_initialized(&key),
@@ -237,12 +239,23 @@ fn safe_next(next: Option<&str>) -> &str {
     }
 }
 
-async fn login(req: HttpRequest) -> HttpResponse {
+async fn login(req: HttpRequest, gateway: web::Data<Gateway>) -> HttpResponse {
     let query = match web::Query::<LoginQuery>::from_query(req.query_string()) {
         Ok(q) => q.into_inner(),
         Err(e) => return GatewayError::BadRequest(format!("invalid query: {e}")).respond(&req),
     };
     let next = safe_next(query.next.as_deref()).to_owned();
+    match gateway.auth.mode() {
+        AuthMode::Dev => {}
+        // The load balancer signs the browser in on its way to `next`.
+        AuthMode::Alb => return see_other(&next).finish(),
+        AuthMode::Jwt => {
+            return GatewayError::NotFound(
+                "/-/login: this gateway takes bearer tokens and has no sign-in page".into(),
+            )
+            .respond(&req)
+        }
+    }
     let Some(user) = query.user.filter(|u| !u.is_empty()) else {
         return HttpResponse::Ok()
             .content_type("text/html; charset=utf-8")
@@ -256,27 +269,51 @@ async fn login(req: HttpRequest) -> HttpResponse {
             .body(pages::login(&next, Some(&reason)));
     }
     tracing::info!(user = %user, "dev sign-in");
-    HttpResponse::SeeOther()
+    see_other(&next)
         .insert_header((
             header::SET_COOKIE,
             format!("{}={user}; Path=/; HttpOnly; SameSite=Lax", dev::COOKIE),
         ))
-        .insert_header((header::LOCATION, next))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
         .finish()
 }
 
-async fn logout() -> HttpResponse {
-    HttpResponse::SeeOther()
-        .insert_header((
+fn see_other(location: &str) -> actix_web::HttpResponseBuilder {
+    let mut builder = HttpResponse::SeeOther();
+    builder
+        .insert_header((header::LOCATION, location))
+        .insert_header((header::CACHE_CONTROL, "no-store"));
+    builder
+}
+
+/// Expires the gateway's and the load balancer's session cookies, then goes to
+/// `--logout-url` (the identity provider's logout, which ends its session too) or shows a
+/// signed-out page. Behind an ALB, going anywhere on the gateway instead would sign the
+/// browser straight back in while the identity provider's session lasts.
+async fn logout(req: HttpRequest, gateway: web::Data<Gateway>) -> HttpResponse {
+    let auth = &gateway.auth;
+    let mut builder = match (auth.logout_url(), auth.mode()) {
+        (Some(url), _) => see_other(url),
+        (None, AuthMode::Dev) => see_other(dev::LOGIN_PATH),
+        (None, _) => {
+            let mut b = HttpResponse::Ok();
+            b.content_type("text/html; charset=utf-8")
+                .insert_header((header::CACHE_CONTROL, "no-store"));
+            b
+        }
+    };
+    for name in auth.logout_cookies(&req) {
+        builder.append_header((
             header::SET_COOKIE,
             format!(
-                "{}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0",
-                dev::COOKIE
+                "{name}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0; \
+                 Expires=Thu, 01 Jan 1970 00:00:00 GMT"
             ),
-        ))
-        .insert_header((header::LOCATION, dev::LOGIN_PATH))
-        .finish()
+        ));
+    }
+    match (auth.logout_url(), auth.mode()) {
+        (None, AuthMode::Alb | AuthMode::Jwt) => builder.body(pages::signed_out(auth.login_path())),
+        _ => builder.finish(),
+    }
 }
 
 /// A `GatewayError` answered in the shape the request wants (page or JSON).

@@ -24,11 +24,114 @@ pub enum Command {
     Serve(Box<ServeArgs>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Development identity: `X-Chamberlain-Dev-User` header or the cookie set by `/-/login`.
     /// Anyone can claim any name; refuses non-loopback listeners unless --allow-insecure-dev.
     Dev,
+    /// The `x-amzn-oidc-data` header of an AWS Application Load Balancer, signature verified.
+    Alb,
+    /// A bearer token (or --jwt-cookie) verified against --jwks-url or --jwt-public-key.
+    Jwt,
+}
+
+/// How users are identified, and the settings of each way.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// How users are identified.
+    #[arg(long = "auth", env = "CHAMBERLAIN_AUTH", value_enum, default_value_t = AuthMode::Dev)]
+    pub mode: AuthMode,
+
+    /// Allow --auth dev on a non-loopback address (anyone who can reach it can be anyone).
+    #[arg(long, env = "CHAMBERLAIN_ALLOW_INSECURE_DEV")]
+    pub allow_insecure_dev: bool,
+
+    /// --auth alb: the load balancer's ARN; tokens signed by any other are refused.
+    #[arg(long, env = "CHAMBERLAIN_ALB_ARN", required_if_eq("mode", "alb"))]
+    pub alb_arn: Option<String>,
+
+    /// --auth alb: the load balancer's region, e.g. eu-west-1.
+    #[arg(long, env = "CHAMBERLAIN_ALB_REGION", required_if_eq("mode", "alb"))]
+    pub alb_region: Option<String>,
+
+    /// --auth alb: where the ALB's public keys are; `{region}` and `{kid}` are filled in.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_ALB_KEY_URL",
+        default_value = "https://public-keys.auth.elb.{region}.amazonaws.com/{kid}"
+    )]
+    pub alb_key_url: String,
+
+    /// --auth jwt: JSON Web Key Set URL, e.g.
+    /// https://cognito-idp.REGION.amazonaws.com/POOL_ID/.well-known/jwks.json
+    #[arg(long, env = "CHAMBERLAIN_JWKS_URL", conflicts_with = "jwt_public_key")]
+    pub jwks_url: Option<String>,
+
+    /// --auth jwt: a PEM public key file (EC P-256/P-384, RSA or Ed25519) instead of a JWKS.
+    #[arg(long, env = "CHAMBERLAIN_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// --auth jwt with --jwt-public-key: the algorithm, when the key's family has several
+    /// (e.g. PS256 for an RSA key; default RS256 for RSA, the curve's ES algorithm for EC).
+    #[arg(long, env = "CHAMBERLAIN_JWT_ALGORITHM", requires = "jwt_public_key")]
+    pub jwt_algorithm: Option<String>,
+
+    /// --auth jwt: required `iss` claim.
+    #[arg(long, env = "CHAMBERLAIN_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// --auth jwt: accepted `aud` values (repeatable; comma-separated in the variable).
+    #[arg(
+        long = "jwt-audience",
+        env = "CHAMBERLAIN_JWT_AUDIENCE",
+        value_delimiter = ','
+    )]
+    pub jwt_audiences: Vec<String>,
+
+    /// --auth jwt: accepted app client ids: a token passes if its `client_id` (Cognito access
+    /// tokens) or `aud` (ID tokens) is one of them (repeatable; comma-separated).
+    #[arg(
+        long = "jwt-client-id",
+        env = "CHAMBERLAIN_JWT_CLIENT_ID",
+        value_delimiter = ','
+    )]
+    pub jwt_client_ids: Vec<String>,
+
+    /// --auth jwt: a cookie that may carry the token when there is no Authorization header.
+    #[arg(long, env = "CHAMBERLAIN_JWT_COOKIE")]
+    pub jwt_cookie: Option<String>,
+
+    /// --auth jwt: least time between JWKS refreshes caused by unknown key ids.
+    #[arg(long, env = "CHAMBERLAIN_JWKS_REFRESH_COOLDOWN", default_value = "30s", value_parser = duration)]
+    pub jwks_refresh_cooldown: Duration,
+
+    /// --auth jwt: refetch the JWKS when it is older than this (revoked keys drop out).
+    #[arg(long, env = "CHAMBERLAIN_JWKS_MAX_AGE", default_value = "1h", value_parser = duration)]
+    pub jwks_max_age: Duration,
+
+    /// Timeout for fetching a signing key or the JWKS.
+    #[arg(long, env = "CHAMBERLAIN_AUTH_KEY_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub auth_key_timeout: Duration,
+
+    /// --auth alb: how long a key id the key server did not know is not asked for again.
+    #[arg(long, env = "CHAMBERLAIN_AUTH_NEGATIVE_CACHE", default_value = "5m", value_parser = duration)]
+    pub auth_negative_cache: Duration,
+
+    /// Clock skew allowed when checking a token's `exp` and `nbf`.
+    #[arg(long, env = "CHAMBERLAIN_AUTH_CLOCK_SKEW", default_value = "30s", value_parser = duration)]
+    pub auth_clock_skew: Duration,
+
+    /// Most verified tokens remembered (each is checked once, then served from memory
+    /// until it expires).
+    #[arg(long, env = "CHAMBERLAIN_AUTH_CACHE_ENTRIES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub auth_cache_entries: u32,
+
+    /// Where `/-/logout` sends the browser after clearing the session (e.g. the Cognito
+    /// logout endpoint with client_id and logout_uri).
+    #[arg(long, env = "CHAMBERLAIN_LOGOUT_URL")]
+    pub logout_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -69,13 +172,8 @@ pub struct ServeArgs {
     )]
     pub opencode_args: Vec<String>,
 
-    /// How users are identified.
-    #[arg(long, env = "CHAMBERLAIN_AUTH", value_enum, default_value_t = AuthMode::Dev)]
-    pub auth: AuthMode,
-
-    /// Allow --auth dev on a non-loopback address (anyone who can reach it can be anyone).
-    #[arg(long, env = "CHAMBERLAIN_ALLOW_INSECURE_DEV")]
-    pub allow_insecure_dev: bool,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     /// Most instances running at once.
     #[arg(long, env = "CHAMBERLAIN_MAX_INSTANCES", default_value_t = 15,
@@ -221,6 +319,26 @@ mod tests {
     }
 
     #[test]
+    fn alb_needs_its_load_balancer_and_region() {
+        assert!(serve(&["--auth", "alb"]).is_err());
+        assert!(serve(&["--auth", "alb", "--alb-arn", "arn:x"]).is_err());
+        let args = serve(&[
+            "--auth",
+            "alb",
+            "--alb-arn",
+            "arn:x",
+            "--alb-region",
+            "eu-west-1",
+        ])
+        .unwrap();
+        assert_eq!(args.auth.mode, AuthMode::Alb);
+        assert!(args.auth.alb_key_url.contains("{kid}"));
+        assert!(serve(&["--auth", "jwt", "--jwks-url", "u", "--jwt-public-key", "k"]).is_err());
+        let args = serve(&["--auth", "jwt", "--jwt-audience", "a,b"]).unwrap();
+        assert_eq!(args.auth.jwt_audiences, ["a", "b"]);
+    }
+
+    #[test]
     fn defaults_match_the_documentation() {
         let args = serve(&[]).unwrap();
         assert_eq!(args.listen, "127.0.0.1:8080".parse().unwrap());
@@ -234,7 +352,7 @@ mod tests {
         assert_eq!(args.health_interval, Duration::from_secs(15));
         assert_eq!(args.health_failures, 3);
         assert_eq!(args.stop_grace, Duration::from_secs(10));
-        assert_eq!(args.auth, AuthMode::Dev);
+        assert_eq!(args.auth.mode, AuthMode::Dev);
         assert_eq!(args.log_format, LogFormat::Text);
         assert_eq!(args.ws_max_frame, 16 << 20);
         assert_eq!(args.ws_max_buffer, 32 << 20);

@@ -14,8 +14,15 @@ use crate::pages;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("not signed in")]
-    Unauthenticated { login: &'static str },
+    /// No credential, or one that was refused; `reason` says which.
+    #[error("{reason}")]
+    Unauthenticated {
+        login: Option<&'static str>,
+        reason: String,
+    },
+    /// A credential could not be checked now (the key server is unreachable).
+    #[error("cannot verify your sign-in right now: {0}")]
+    AuthUnavailable(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -47,10 +54,18 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
-    pub fn from_auth(err: AuthError, login: &'static str) -> Self {
+    pub fn from_auth(err: AuthError, login: Option<&'static str>) -> Self {
         match err {
-            AuthError::Missing => GatewayError::Unauthenticated { login },
+            AuthError::Missing => GatewayError::Unauthenticated {
+                login,
+                reason: "not signed in".to_owned(),
+            },
+            AuthError::Rejected(reason) => GatewayError::Unauthenticated {
+                login,
+                reason: format!("sign-in rejected: {reason}"),
+            },
             AuthError::Malformed(reason) => GatewayError::BadRequest(reason),
+            AuthError::Unavailable(reason) => GatewayError::AuthUnavailable(reason),
         }
     }
 
@@ -60,9 +75,9 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
-            GatewayError::Unavailable { .. } | GatewayError::InstanceFailed(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::Unavailable { .. }
+            | GatewayError::InstanceFailed(_)
+            | GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamStatus { status, .. } => *status,
@@ -73,6 +88,7 @@ impl GatewayError {
     fn retry_after(&self) -> Option<Duration> {
         match self {
             GatewayError::Unavailable { retry_after, .. } => Some(*retry_after),
+            GatewayError::AuthUnavailable(_) => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
@@ -80,7 +96,7 @@ impl GatewayError {
     pub fn to_json(&self) -> serde_json::Value {
         let mut body = json!({ "error": self.to_string() });
         match self {
-            GatewayError::Unauthenticated { login } => body["login"] = json!(login),
+            GatewayError::Unauthenticated { login, .. } => body["login"] = json!(login),
             GatewayError::Unavailable {
                 state, retry_after, ..
             } => {
@@ -101,13 +117,13 @@ impl GatewayError {
         if let Some(after) = self.retry_after() {
             builder.insert_header((header::RETRY_AFTER, after.as_secs().max(1).to_string()));
         }
-        if let GatewayError::Unauthenticated { login } = self {
+        if let GatewayError::Unauthenticated { login, reason } = self {
             // Tell API clients how to authenticate; browsers get a link to sign in.
             builder.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
             if is_navigation(req) {
                 return builder
                     .content_type("text/html; charset=utf-8")
-                    .body(pages::unauthorized(login, req.uri().path()));
+                    .body(pages::unauthorized(*login, req.uri().path(), reason));
             }
         }
         builder.json(self.to_json())
@@ -172,7 +188,10 @@ mod tests {
 
     #[test]
     fn unauthenticated_navigation_gets_a_page() {
-        let err = GatewayError::Unauthenticated { login: "/-/login" };
+        let err = GatewayError::Unauthenticated {
+            login: Some("/-/login"),
+            reason: "sign-in rejected: token expired 5 s ago".into(),
+        };
         let nav = TestRequest::get()
             .insert_header(("accept", "text/html"))
             .to_http_request();
@@ -185,5 +204,11 @@ mod tests {
             .to_str()
             .unwrap()
             .starts_with("text/html"));
+        let api = err.respond(&TestRequest::get().to_http_request());
+        assert_eq!(api.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            err.to_json()["error"],
+            "sign-in rejected: token expired 5 s ago"
+        );
     }
 }

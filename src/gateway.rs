@@ -12,7 +12,7 @@ use chamberlain_actors::{
 };
 
 use crate::errors::GatewayError;
-use crate::identity::{Authenticator, Identity};
+use crate::identity::{AuthError, Authenticator, Identity};
 use crate::metrics::{HttpMetrics, WsMetrics};
 use crate::websocket::WsConfig;
 use tokio_util::sync::CancellationToken;
@@ -94,7 +94,16 @@ impl Gateway {
     /// Identifies the request and records who it was for the access log.
     pub async fn identify(&self, req: &HttpRequest) -> Result<Identity, GatewayError> {
         let identity = self.auth.identify(req).await.map_err(|e| {
-            tracing::debug!(path = req.path(), reason = %e, "request not identified");
+            let peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+            match &e {
+                AuthError::Missing => {
+                    tracing::debug!(path = req.path(), peer, "request not identified")
+                }
+                AuthError::Unavailable(_) => {
+                    tracing::warn!(path = req.path(), peer, reason = %e, "identity could not be checked")
+                }
+                _ => tracing::info!(path = req.path(), peer, reason = %e, "request refused"),
+            }
             GatewayError::from_auth(e, self.auth.login_path())
         })?;
         req.extensions_mut().insert(identity.clone());

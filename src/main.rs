@@ -6,6 +6,7 @@ mod cli;
 mod errors;
 mod gateway;
 mod identity;
+mod limits;
 mod logging;
 mod metrics;
 mod origin;

@@ -90,10 +90,30 @@ impl Drop for StreamGauge {
     }
 }
 
+/// Identity metrics: how requests were identified, and signing-key fetches.
+#[derive(Clone, Default)]
+pub struct AuthMetrics {
+    outcomes: Family<Label, Counter>,
+    key_fetches: Family<Label, Counter>,
+}
+
+impl AuthMetrics {
+    /// `cache_hit`, `verified`, `missing`, `rejected` or `unavailable`.
+    pub fn outcome(&self, outcome: &'static str) {
+        self.outcomes.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    /// `ok`, `not_found`, `error` or `busy`.
+    pub fn key_fetch(&self, result: &'static str) {
+        self.key_fetches.get_or_create(&[("result", result)]).inc();
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub http: HttpMetrics,
     pub ws: WsMetrics,
+    pub auth: AuthMetrics,
 }
 
 impl Metrics {
@@ -140,8 +160,24 @@ impl Metrics {
             "Websocket close frames sent to clients, by code and by who ended the socket",
             ws.closes.clone(),
         );
+        let auth = AuthMetrics::default();
+        registry.register(
+            "chamberlain_auth_requests",
+            "Requests by how their identity was settled",
+            auth.outcomes.clone(),
+        );
+        registry.register(
+            "chamberlain_auth_key_fetches",
+            "Signing-key and JWKS fetches, by result",
+            auth.key_fetches.clone(),
+        );
         instances.register(&mut registry);
-        Self { registry, http, ws }
+        Self {
+            registry,
+            http,
+            ws,
+            auth,
+        }
     }
 
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
@@ -166,6 +202,8 @@ mod tests {
         let socket = metrics.ws.open_socket();
         metrics.ws.bytes("upstream_to_client", 10);
         metrics.ws.close("1013", "gateway");
+        metrics.auth.outcome("cache_hit");
+        metrics.auth.key_fetch("not_found");
         instances.set_states(|_| 0);
         let text = metrics.encode().unwrap();
         for name in [
@@ -177,6 +215,8 @@ mod tests {
             "chamberlain_websockets_open 1",
             "chamberlain_websocket_bytes_total{direction=\"upstream_to_client\"} 10",
             "chamberlain_websocket_closes_total{code=\"1013\",by=\"gateway\"} 1",
+            "chamberlain_auth_requests_total{outcome=\"cache_hit\"} 1",
+            "chamberlain_auth_key_fetches_total{result=\"not_found\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

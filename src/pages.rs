@@ -3,6 +3,7 @@
 const STARTING: &str = include_str!("../static/starting.html");
 const UNAUTHORIZED: &str = include_str!("../static/unauthorized.html");
 const LOGIN: &str = include_str!("../static/login.html");
+const SIGNED_OUT: &str = include_str!("../static/signed_out.html");
 
 /// Shown to a browser navigation while the user's instance is not ready; it follows
 /// `/-/api/instance/progress` and reloads when the instance is ready.
@@ -10,9 +11,31 @@ pub fn starting() -> &'static str {
     STARTING
 }
 
-pub fn unauthorized(login: &str, back_to: &str) -> String {
-    let href = format!("{login}?next={}", percent_encode(back_to));
-    UNAUTHORIZED.replace("{{login_href}}", &escape_html(&href))
+/// The 401 page: why, and (when there is a sign-in flow) a link that signs in again and
+/// comes back to `back_to`.
+pub fn unauthorized(login: Option<&str>, back_to: &str, reason: &str) -> String {
+    let action = match login {
+        Some(login) => {
+            let href = format!("{login}?next={}", percent_encode(back_to));
+            format!("<a href=\"{}\">Sign in</a>", escape_html(&href))
+        }
+        None => "Sign in through your organisation's sign-in page, then try again.".to_owned(),
+    };
+    UNAUTHORIZED
+        .replace("{{action}}", &action)
+        .replace("{{reason}}", &escape_html(reason))
+}
+
+/// After `/-/logout` when there is no identity-provider logout page to go to.
+pub fn signed_out(login: Option<&str>) -> String {
+    let action = match login {
+        Some(login) => format!(
+            "<a href=\"{}?next=/\">Sign in again</a>",
+            escape_html(login)
+        ),
+        None => String::new(),
+    };
+    SIGNED_OUT.replace("{{action}}", &action)
 }
 
 /// The dev sign-in form; `error` explains a rejected name.
@@ -74,7 +97,10 @@ mod tests {
 
     #[test]
     fn unauthorized_page_links_back() {
-        let page = unauthorized("/-/login", "/session/a b");
+        let page = unauthorized(Some("/-/login"), "/session/a b", "token <expired>");
         assert!(page.contains("/-/login?next=/session/a%20b"));
+        assert!(page.contains("token &lt;expired&gt;"));
+        let page = unauthorized(None, "/", "no token");
+        assert!(!page.contains("href"));
     }
 }

@@ -27,7 +27,10 @@ use crate::{api, proxy};
 const HTTP_DRAIN: u64 = 5;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    if args.auth == AuthMode::Dev && !args.listen.ip().is_loopback() && !args.allow_insecure_dev {
+    if args.auth.mode == AuthMode::Dev
+        && !args.listen.ip().is_loopback()
+        && !args.auth.allow_insecure_dev
+    {
         bail!(
             "refusing to serve dev identity on {}: anyone who can reach it could sign in as anyone. \
              Listen on a loopback address, choose another --auth, or pass --allow-insecure-dev",
@@ -41,6 +44,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.ws_max_frame
         );
     }
+    let instance_metrics = InstanceMetrics::new();
+    let metrics = Arc::new(Metrics::new(&instance_metrics));
+    let auth = Authenticator::from_args(&args.auth, metrics.auth.clone())?;
     let program = resolve_opencode(args.opencode_bin.as_deref())?;
     let data_dir = prepare_data_dir(&args.data_dir)?;
     let users = UsersRoot::new(data_dir.join("users"));
@@ -53,8 +59,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot sweep half-created user homes"),
     }
 
-    let instance_metrics = InstanceMetrics::new();
-    let metrics = Arc::new(Metrics::new(&instance_metrics));
     let shared = InstanceShared {
         cfg: InstanceConfig {
             start_timeout: args.start_timeout,
@@ -93,7 +97,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let registry = registry.start();
 
     let gateway = web::Data::new(Gateway::new(
-        Authenticator::new(args.auth),
+        auth,
         registry.clone(),
         routes,
         users,
@@ -127,6 +131,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .app_data(web::Data::new(proxy::UpstreamClients::new(
                     upstream_timeout,
                 )))
+                .wrap_fn(crate::limits::limit_headers)
                 .wrap_fn(move |req, srv| access_log(req, srv, http_metrics.clone()))
                 .service(web::scope("/-").configure(api::configure))
                 .default_service(web::to(proxy::handle))
@@ -143,6 +148,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let admin_state = web::Data::new(Admin {
         registry: registry.clone(),
         metrics: Arc::clone(&metrics),
+        gateway: gateway.clone(),
     });
     let admin = HttpServer::new(move || {
         App::new()
@@ -166,7 +172,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         admin = %format_addrs(&admin_addrs),
         data_dir = %data_dir.display(),
         opencode = %program.display(),
-        auth = ?args.auth,
+        auth = ?args.auth.mode,
         max_instances = args.max_instances,
         "chamberlain listening"
     );

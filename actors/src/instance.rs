@@ -51,7 +51,7 @@ use crate::workspace::{UserKey, UsersRoot, Workspace, WorkspaceError};
 pub struct UserSpec {
     pub user_id: String,
     pub key: UserKey,
-    pub email: String,
+    pub email: Option<String>,
     pub name: Option<String>,
 }
 

@@ -423,7 +423,7 @@ mod tests {
         UserSpec {
             user_id: user.into(),
             key: UserKey::derive(user),
-            email: format!("{user}@localhost"),
+            email: Some(format!("{user}@localhost")),
             name: None,
         }
     }

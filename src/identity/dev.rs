@@ -61,8 +61,9 @@ pub fn identify(req: &HttpRequest) -> Result<Identity, AuthError> {
 pub fn identity_for(name: &str) -> Identity {
     Identity {
         user_id: name.to_owned(),
-        email: format!("{name}@localhost"),
+        email: Some(format!("{name}@localhost")),
         name: Some(name.to_owned()),
+        email_verified: None,
     }
 }
 
@@ -107,7 +108,7 @@ mod tests {
             .to_http_request();
         let id = identify(&req).unwrap();
         assert_eq!(id.user_id, "bob");
-        assert_eq!(id.email, "bob@localhost");
+        assert_eq!(id.email.as_deref(), Some("bob@localhost"));
     }
 
     #[test]

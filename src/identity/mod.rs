@@ -1,21 +1,54 @@
 //! Who is making a request. Every request outside `/-/healthz` and `/-/readyz` is identified
 //! before anything else happens; a request that cannot be identified never reaches the
 //! registry, never creates a directory and never starts a process.
+//!
+//! Three ways (`--auth`): `dev` (a name the client states; for development), `alb` (the
+//! signed header of an AWS load balancer) and `jwt` (a bearer token). Tokens are verified
+//! once and then served from [`cache::VerifiedCache`] until they expire.
 
+mod alb;
+mod alb_keys;
+mod cache;
+mod claims;
 pub mod cookies;
 pub mod dev;
+mod fetch;
+mod jwks;
+mod jwt;
+mod keys;
+pub mod token;
 
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::http::header;
 use actix_web::HttpRequest;
 
-use crate::cli::AuthMode;
+use crate::cli::{AuthArgs, AuthMode};
+use crate::metrics::AuthMetrics;
+use alb::AlbVerifier;
+use alb_keys::AlbKeys;
+use cache::VerifiedCache;
+use cookies::CookieNames;
+use jwks::JwksStore;
+use jwt::{JwtKeys, JwtVerifier};
+use keys::VerifyingKey;
 
-/// A verified user.
+/// A verified user: the `UserContext` of the API without its directory fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
-    /// Stable subject: the registry key and the source of the home directory name.
+    /// Stable subject (`sub`, or the dev name): the registry key and the source of the home
+    /// directory name.
     pub user_id: String,
-    pub email: String,
+    pub email: Option<String>,
     pub name: Option<String>,
+    pub email_verified: Option<bool>,
+}
+
+/// A token that passed every check, and until when it may be served from the cache.
+pub struct Verified {
+    pub identity: Identity,
+    pub valid_until: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -25,43 +58,339 @@ pub enum AuthError {
     /// The request names a user in a form that can never be valid (dev mode).
     #[error("{0}")]
     Malformed(String),
+    /// A credential was presented and refused.
+    #[error("{0}")]
+    Rejected(String),
+    /// The credential could not be checked right now (key server unreachable).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
-pub enum Authenticator {
-    Dev,
+/// Why a signing key could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeyError {
+    /// The key server says there is no such key: the token is not ours.
+    #[error("{0}")]
+    Unknown(String),
+    /// The key server could not be asked; the token may be fine.
+    #[error("{0}")]
+    Unavailable(String),
 }
+
+impl From<KeyError> for AuthError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Unknown(reason) => AuthError::Rejected(reason),
+            KeyError::Unavailable(reason) => AuthError::Unavailable(reason),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("--alb-key-url must contain {{kid}}: {0}")]
+    KeyUrl(String),
+    #[error("--alb-arn {0:?} is not an ARN (arn:aws:elasticloadbalancing:…)")]
+    Arn(String),
+    #[error("--auth jwt needs --jwks-url or --jwt-public-key")]
+    NoJwtKey,
+    #[error("reading --jwt-public-key {path}: {source}")]
+    ReadKey {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("--jwt-public-key {path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error(
+        "--jwt-algorithm {0:?} is not a signature algorithm name (RS256, ES256, PS256, EdDSA …)"
+    )]
+    Algorithm(String),
+    #[error("--jwt-cookie {0:?} is not a cookie name")]
+    Cookie(String),
+}
+
+enum Mode {
+    Dev,
+    Alb(AlbVerifier),
+    Jwt(JwtVerifier),
+}
+
+pub struct Authenticator {
+    mode: Mode,
+    cache: VerifiedCache,
+    metrics: AuthMetrics,
+    cookies: CookieNames,
+    logout_url: Option<String>,
+}
+
+/// Request headers that carry identity to the gateway, in any mode; never forwarded to
+/// OpenCode (the `Authorization` header is always replaced as well).
+const IDENTITY_HEADERS: [&str; 4] = [
+    dev::HEADER,
+    alb::HEADER,
+    alb::OTHER_HEADERS[0],
+    alb::OTHER_HEADERS[1],
+];
 
 impl Authenticator {
-    pub fn new(mode: AuthMode) -> Self {
-        match mode {
-            AuthMode::Dev => Authenticator::Dev,
+    pub fn from_args(args: &AuthArgs, metrics: AuthMetrics) -> Result<Self, AuthConfigError> {
+        let leeway = args.auth_clock_skew.as_secs();
+        let mode = match args.mode {
+            AuthMode::Dev => Mode::Dev,
+            AuthMode::Alb => {
+                // clap makes both required with --auth alb.
+                let arn = args.alb_arn.clone().unwrap_or_default();
+                let region = args.alb_region.clone().unwrap_or_default();
+                if !arn.starts_with("arn:") {
+                    return Err(AuthConfigError::Arn(arn));
+                }
+                if !args.alb_key_url.contains("{kid}") {
+                    return Err(AuthConfigError::KeyUrl(args.alb_key_url.clone()));
+                }
+                let keys = AlbKeys::new(
+                    args.alb_key_url.replace("{region}", &region),
+                    args.auth_key_timeout,
+                    args.auth_negative_cache,
+                    metrics.clone(),
+                );
+                Mode::Alb(AlbVerifier { arn, leeway, keys })
+            }
+            AuthMode::Jwt => Mode::Jwt(jwt_verifier(args, leeway, &metrics)?),
+        };
+        Ok(Self::with_mode(
+            mode,
+            args.auth_cache_entries as usize,
+            metrics,
+            args.jwt_cookie.clone(),
+            args.logout_url.clone(),
+        ))
+    }
+
+    fn with_mode(
+        mode: Mode,
+        cache_entries: usize,
+        metrics: AuthMetrics,
+        jwt_cookie: Option<String>,
+        logout_url: Option<String>,
+    ) -> Self {
+        let cookies = CookieNames {
+            exact: std::iter::once(dev::COOKIE.to_owned())
+                .chain(jwt_cookie)
+                .collect(),
+            prefixes: vec![alb::SESSION_COOKIE_PREFIX],
+        };
+        Authenticator {
+            mode,
+            cache: VerifiedCache::new(cache_entries),
+            metrics,
+            cookies,
+            logout_url,
+        }
+    }
+
+    pub fn mode(&self) -> AuthMode {
+        match self.mode {
+            Mode::Dev => AuthMode::Dev,
+            Mode::Alb(_) => AuthMode::Alb,
+            Mode::Jwt(_) => AuthMode::Jwt,
         }
     }
 
     pub async fn identify(&self, req: &HttpRequest) -> Result<Identity, AuthError> {
-        match self {
-            Authenticator::Dev => dev::identify(req),
+        let result = match &self.mode {
+            Mode::Dev => dev::identify(req),
+            Mode::Alb(_) | Mode::Jwt(_) => match self.credential(req) {
+                Ok(token) => self.verify(token).await,
+                Err(e) => Err(e),
+            },
+        };
+        match &result {
+            Ok(_) => {}
+            Err(AuthError::Missing) => self.metrics.outcome("missing"),
+            Err(AuthError::Malformed(_) | AuthError::Rejected(_)) => {
+                self.metrics.outcome("rejected")
+            }
+            Err(AuthError::Unavailable(_)) => self.metrics.outcome("unavailable"),
+        }
+        result
+    }
+
+    /// The token a request presents, by the rules of the mode.
+    fn credential<'r>(&self, req: &'r HttpRequest) -> Result<&'r str, AuthError> {
+        let headers = req.headers();
+        let text = |v: &'r header::HeaderValue, what: &str| {
+            v.to_str()
+                .map_err(|_| AuthError::Rejected(format!("{what} is not valid text")))
+        };
+        match &self.mode {
+            Mode::Alb(_) => {
+                let mut values = headers.get_all(alb::HEADER);
+                let first = values.next().ok_or(AuthError::Missing)?;
+                if values.next().is_some() {
+                    return Err(AuthError::Rejected(format!(
+                        "{} appears more than once",
+                        alb::HEADER
+                    )));
+                }
+                text(first, alb::HEADER)
+            }
+            Mode::Jwt(v) => {
+                if let Some(value) = headers.get(header::AUTHORIZATION) {
+                    let value = text(value, "Authorization")?;
+                    return match value.split_once(' ') {
+                        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
+                            Ok(token.trim())
+                        }
+                        _ => Err(AuthError::Rejected(
+                            "Authorization is not a Bearer token".into(),
+                        )),
+                    };
+                }
+                let name = v.cookie.as_deref().ok_or(AuthError::Missing)?;
+                headers
+                    .get_all(header::COOKIE)
+                    .filter_map(|v| v.to_str().ok())
+                    .find_map(|h| cookies::find(h, name))
+                    .ok_or(AuthError::Missing)
+            }
+            Mode::Dev => Err(AuthError::Missing),
         }
     }
 
-    /// Where a person signs in, for the 401 page.
-    pub fn login_path(&self) -> &'static str {
-        match self {
-            Authenticator::Dev => dev::LOGIN_PATH,
+    /// Checks a token, or finds it already checked.
+    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let now = epoch_secs();
+        let key = VerifiedCache::key(token);
+        if let Some(identity) = self.cache.get(&key, now) {
+            self.metrics.outcome("cache_hit");
+            return Ok(Identity::clone(&identity));
+        }
+        let verified = match &self.mode {
+            Mode::Alb(v) => v.verify(token, now).await?,
+            Mode::Jwt(v) => v.verify(token, now).await?,
+            Mode::Dev => return Err(AuthError::Missing),
+        };
+        self.metrics.outcome("verified");
+        let identity = Arc::new(verified.identity);
+        self.cache
+            .insert(key, identity.clone(), verified.valid_until, now);
+        Ok(Identity::clone(&identity))
+    }
+
+    /// Where a person signs in, for the 401 page: the dev form, or behind an ALB a
+    /// redirect that passes through the load balancer's own sign-in. A bearer-token
+    /// deployment has no sign-in flow of its own.
+    pub fn login_path(&self) -> Option<&'static str> {
+        match self.mode {
+            Mode::Dev | Mode::Alb(_) => Some(dev::LOGIN_PATH),
+            Mode::Jwt(_) => None,
         }
     }
 
     /// Request headers that carry identity to the gateway; never forwarded to OpenCode.
     pub fn identity_headers(&self) -> &'static [&'static str] {
-        match self {
-            Authenticator::Dev => &[dev::HEADER],
-        }
+        &IDENTITY_HEADERS
     }
 
-    /// Cookies that belong to the gateway; never forwarded to OpenCode.
-    pub fn identity_cookies(&self) -> &'static [&'static str] {
-        match self {
-            Authenticator::Dev => &[dev::COOKIE],
+    /// Cookies that belong to the gateway or the load balancer; never forwarded to OpenCode.
+    pub fn identity_cookies(&self) -> &CookieNames {
+        &self.cookies
+    }
+
+    /// Cookies `/-/logout` expires: the dev cookie, the JWT cookie and, behind an ALB, every
+    /// shard of its session cookie the browser sent (at least `-0` … `-3`).
+    pub fn logout_cookies(&self, req: &HttpRequest) -> Vec<String> {
+        let mut names: Vec<String> = self.cookies.exact.clone();
+        if matches!(self.mode, Mode::Alb(_)) {
+            names.extend((0..4).map(|i| format!("{}-{i}", alb::SESSION_COOKIE_PREFIX)));
+            for value in req.headers().get_all(header::COOKIE) {
+                let Ok(value) = value.to_str() else { continue };
+                for name in cookies::names(value) {
+                    if name.starts_with(alb::SESSION_COOKIE_PREFIX)
+                        && name.len() <= 64
+                        && !names.iter().any(|n| n == name)
+                    {
+                        names.push(name.to_owned());
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    pub fn logout_url(&self) -> Option<&str> {
+        self.logout_url.as_deref()
+    }
+
+    pub fn cached_tokens(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+fn jwt_verifier(
+    args: &AuthArgs,
+    leeway: u64,
+    metrics: &AuthMetrics,
+) -> Result<JwtVerifier, AuthConfigError> {
+    let keys = match (&args.jwks_url, &args.jwt_public_key) {
+        (Some(url), _) => JwtKeys::Jwks(Box::new(JwksStore::new(
+            url.clone(),
+            args.auth_key_timeout,
+            args.jwks_refresh_cooldown,
+            args.jwks_max_age,
+            metrics.clone(),
+        ))),
+        (None, Some(path)) => {
+            let shown = path.display().to_string();
+            let pem = std::fs::read(path).map_err(|source| AuthConfigError::ReadKey {
+                path: shown.clone(),
+                source,
+            })?;
+            let alg = match &args.jwt_algorithm {
+                Some(name) => Some(
+                    name.parse()
+                        .map_err(|_| AuthConfigError::Algorithm(name.clone()))?,
+                ),
+                None => None,
+            };
+            let key = VerifyingKey::from_pem(&pem, alg).map_err(|e| AuthConfigError::Key {
+                path: shown,
+                reason: e.to_string(),
+            })?;
+            JwtKeys::Pem(Arc::new(key))
+        }
+        (None, None) => return Err(AuthConfigError::NoJwtKey),
+    };
+    if let Some(cookie) = &args.jwt_cookie {
+        if cookie.is_empty()
+            || !cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(AuthConfigError::Cookie(cookie.clone()));
         }
     }
+    if args.jwt_issuer.is_none() {
+        tracing::warn!(
+            "--auth jwt without --jwt-issuer: any issuer signing with these keys is accepted"
+        );
+    }
+    if args.jwt_audiences.is_empty() && args.jwt_client_ids.is_empty() {
+        tracing::warn!("--auth jwt without --jwt-audience or --jwt-client-id: tokens for any audience are accepted");
+    }
+    Ok(JwtVerifier {
+        keys,
+        issuer: args.jwt_issuer.clone(),
+        audiences: args.jwt_audiences.clone(),
+        client_ids: args.jwt_client_ids.clone(),
+        cookie: args.jwt_cookie.clone(),
+        leeway,
+    })
+}
+
+fn epoch_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

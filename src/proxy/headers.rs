@@ -3,7 +3,8 @@
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::HttpRequest;
 
-use crate::identity::{cookies, Authenticator};
+use crate::identity::cookies::{self, CookieNames};
+use crate::identity::Authenticator;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the gateway sets itself.
 const HOP_BY_HOP: &[&str] = &[
@@ -41,14 +42,14 @@ pub struct RequestFilter<'a> {
     /// Headers that carry identity to the gateway.
     pub identity_headers: &'a [&'a str],
     /// Cookies that belong to the gateway.
-    pub identity_cookies: &'a [&'a str],
+    pub identity_cookies: &'a CookieNames,
     /// Event streams: no compression, so events are never held back in an encoder.
     pub passive: bool,
 }
 
-impl RequestFilter<'static> {
+impl<'a> RequestFilter<'a> {
     /// The filter for requests identified by `auth`.
-    pub fn new(auth: &Authenticator, passive: bool) -> Self {
+    pub fn new(auth: &'a Authenticator, passive: bool) -> Self {
         RequestFilter {
             identity_headers: auth.identity_headers(),
             identity_cookies: auth.identity_cookies(),
@@ -175,11 +176,20 @@ mod tests {
         m
     }
 
-    const FILTER: RequestFilter<'static> = RequestFilter {
-        identity_headers: &["x-chamberlain-dev-user"],
-        identity_cookies: &["chamberlain_dev_user"],
-        passive: false,
-    };
+    fn dev_cookies() -> CookieNames {
+        CookieNames {
+            exact: vec!["chamberlain_dev_user".into()],
+            prefixes: Vec::new(),
+        }
+    }
+
+    fn filter(cookies: &CookieNames, passive: bool) -> RequestFilter<'_> {
+        RequestFilter {
+            identity_headers: &["x-chamberlain-dev-user"],
+            identity_cookies: cookies,
+            passive,
+        }
+    }
 
     #[test]
     fn request_drops_hop_by_hop_identity_and_authorization() {
@@ -198,7 +208,7 @@ mod tests {
             ("x-custom", "b"),
         ]);
         let mut dst = HeaderMap::new();
-        copy_request_headers(&src, &mut dst, &FILTER);
+        copy_request_headers(&src, &mut dst, &filter(&dev_cookies(), false));
         let names: Vec<&str> = dst.keys().map(|k| k.as_str()).collect();
         for gone in [
             "connection",
@@ -224,11 +234,7 @@ mod tests {
             ("cookie", "chamberlain_dev_user=alice"),
         ]);
         let mut dst = HeaderMap::new();
-        let filter = RequestFilter {
-            passive: true,
-            ..FILTER
-        };
-        copy_request_headers(&src, &mut dst, &filter);
+        copy_request_headers(&src, &mut dst, &filter(&dev_cookies(), true));
         assert!(dst.is_empty());
     }
 

@@ -8,7 +8,7 @@ use awc::http::{Method, StatusCode};
 use crate::support::{Gateway, FAKE};
 
 /// Every path under the test's data directory.
-fn tree(root: &Path) -> Vec<String> {
+pub fn tree(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -24,7 +24,7 @@ fn tree(root: &Path) -> Vec<String> {
     out
 }
 
-const EMPTY_LAYOUT: &[&str] = &[
+pub const EMPTY_LAYOUT: &[&str] = &[
     "shared",
     "shared/auth",
     "shared/config",

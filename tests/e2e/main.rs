@@ -2,9 +2,11 @@
 //! a client would, in front of either the fake OpenCode (fault injection) or the real,
 //! pinned OpenCode.
 
+mod identity;
 mod input;
 mod lifecycle;
 mod proxy;
 mod real_opencode;
 mod support;
+mod tokens;
 mod websocket;
