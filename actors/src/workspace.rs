@@ -278,6 +278,33 @@ mod tests {
         assert_ne!(UserKey::derive("a.b"), UserKey::derive("ab"));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+
+        /// Whatever a token's `sub` is, the key is one safe path component under `users/`,
+        /// and the two forms (as is, hashed) cannot be confused.
+        #[test]
+        fn any_subject_is_one_safe_path_component(
+            subject in "\\PC{0,80}|[A-Za-z0-9._/-]{0,70}|[\\x00-\\x7f]{0,20}"
+        ) {
+            let key = UserKey::derive(&subject);
+            let s = key.as_str();
+            proptest::prop_assert!(!s.is_empty() && s.len() <= 64);
+            proptest::prop_assert!(s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
+            proptest::prop_assert!(!s.starts_with('-') && s != "." && s != "..");
+            let root = Path::new("/data/users");
+            let home = root.join(s);
+            proptest::prop_assert_eq!(home.parent(), Some(root));
+            proptest::prop_assert_eq!(Path::new(s).components().count(), 1);
+            if s == subject {
+                proptest::prop_assert!(!s.contains('.'));
+            } else {
+                proptest::prop_assert!(s.starts_with("u.") && s.len() == 34);
+            }
+            proptest::prop_assert_eq!(&UserKey::derive(&subject), &key);
+        }
+    }
+
     #[test]
     fn initialize_creates_layout_idempotently() {
         let dir = tempfile::tempdir().unwrap();

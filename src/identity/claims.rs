@@ -265,6 +265,22 @@ mod tests {
             .is_err());
     }
 
+    proptest::proptest! {
+        /// Claims from any payload bytes never panic, whatever the checks.
+        #[test]
+        fn any_payload_is_handled(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+                                  json_like in "\\{(\"[a-z_:]{1,8}\": ?(\"[^\"]{0,10}\"|[0-9.e-]{1,12}|true|null|\\[\\]), ?){0,6}\\}") {
+            for input in [bytes.as_slice(), json_like.as_bytes()] {
+                if let Ok(c) = Claims::parse(input) {
+                    let _ = c.identity();
+                    let _ = c.check_time(1_000, 30, Some(5));
+                    let _ = c.check_audience(&["a".into()], &["b".into()]);
+                    let _ = c.check_issuer("i");
+                }
+            }
+        }
+    }
+
     #[test]
     fn issuer_ignores_a_trailing_slash() {
         let c = claims(json!({"iss": "https://idp.example/"}));
