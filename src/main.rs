@@ -1,22 +1,8 @@
 //! `chamberlain`: a multi-user gateway for OpenCode. See README.md and ARCHITECTURE.md.
 
-mod admin;
-mod api;
-mod cli;
-mod errors;
-mod gateway;
-mod identity;
-mod limits;
-mod logging;
-mod metrics;
-mod origin;
-mod pages;
-mod proxy;
-mod server;
-mod websocket;
-
 use std::process::ExitCode;
 
+use chamberlain::{cli, logging, server};
 use clap::Parser;
 
 fn main() -> ExitCode {

@@ -7,6 +7,9 @@
 //! 4. Websockets: echo round trip of small messages, and throughput of 1 MiB messages echoed,
 //!    direct vs gateway.
 //!
+//! 5. Identity: cost per request of a verified token on a cache hit and a miss
+//!    (`chamberlain-bench identity`, in process; see `identity.rs`).
+//!
 //! Build first: `cargo build --release --bins` (the gateway and the fake OpenCode), then
 //! `cargo run --release -p chamberlain-bench -- [--upstream fake|opencode] [--seconds N]
 //! [--connections N]`. With `--upstream opencode` the real OpenCode from
@@ -15,6 +18,7 @@
 //! as little CPU as possible on small machines.
 
 mod http;
+mod identity;
 mod procs;
 mod ws;
 
@@ -214,6 +218,17 @@ fn report_load(name: &str, direct: &Load, gateway: &Load) -> Value {
 }
 
 fn main() -> anyhow::Result<()> {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("identity") {
+        let mut iterations = 200_000;
+        while let Some(arg) = argv.next() {
+            match arg.as_str() {
+                "--iterations" => iterations = argv.next().context("missing value")?.parse()?,
+                other => bail!("unknown argument {other}"),
+            }
+        }
+        return identity::run(iterations);
+    }
     let opts = parse_options()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,0 +1,19 @@
+//! `chamberlain`: a multi-user gateway for OpenCode. See README.md and ARCHITECTURE.md.
+//!
+//! The binary (`src/main.rs`) is a thin shell over this library; the library exists so that
+//! the benchmarks in `bench/` can measure pieces (identity, say) without a network.
+
+pub mod admin;
+pub mod api;
+pub mod cli;
+pub mod errors;
+pub mod gateway;
+pub mod identity;
+pub mod limits;
+pub mod logging;
+pub mod metrics;
+pub mod origin;
+pub mod pages;
+pub mod proxy;
+pub mod server;
+pub mod websocket;
