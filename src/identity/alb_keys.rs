@@ -93,14 +93,15 @@ impl AlbKeys {
             .entry(kid.to_owned())
             .or_insert_with(|| Arc::new(Mutex::new(())))
             .clone();
+        // Removed however this call ends, even if the request is dropped mid-fetch, so
+        // the map holds only kids being fetched right now.
+        let _forget = Forget(&self.in_flight, kid);
         let _one_per_kid = lock.lock().await;
         // Whoever held the lock before us may have settled it.
         if let Some(found) = self.cached(kid) {
             return found;
         }
-        let result = self.fetch(kid).await;
-        self.in_flight.remove(kid);
-        result
+        self.fetch(kid).await
     }
 
     async fn fetch(&self, kid: &str) -> Result<Arc<VerifyingKey>, KeyError> {
@@ -162,6 +163,14 @@ impl AlbKeys {
                 error,
             },
         );
+    }
+}
+
+struct Forget<'a>(&'a DashMap<String, Arc<Mutex<()>>>, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.remove(self.1);
     }
 }
 

@@ -261,6 +261,16 @@ async fn alb_rejections_are_401_and_touch_nothing() {
         );
     }
     assert_eq!(keys.hits(&key_path(&stranger.kid)), 1);
+    // Many requests at once for another unknown kid, while the key server is slow to
+    // answer, still ask once.
+    keys.set_delay(300);
+    let crowd = Key::generate("1c2d3e4f-0000-4000-8000-000000000000");
+    let token = alb_token(&crowd, &claims);
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| alb(&gw, &token, "/-/api/me"))).await;
+    assert!(answers.iter().all(|r| r.status == StatusCode::UNAUTHORIZED));
+    assert_eq!(keys.hits(&key_path(&crowd.kid)), 1);
+    keys.set_delay(0);
     // A kid that could steer the key URL is never fetched.
     let mut sneaky = alb_header("../../admin", ARN, now() + 120);
     sneaky["kid"] = json!("../../admin");

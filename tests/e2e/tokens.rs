@@ -131,6 +131,7 @@ pub struct KeyServer {
     pub url: String,
     routes: Routes,
     hits: Arc<Mutex<HashMap<String, usize>>>,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl KeyServer {
@@ -139,14 +140,29 @@ impl KeyServer {
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let routes: Routes = Arc::default();
         let hits: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
-        let (r, h) = (routes.clone(), hits.clone());
+        let delay_ms: Arc<std::sync::atomic::AtomicU64> = Arc::default();
+        let (r, h, d) = (routes.clone(), hits.clone(), delay_ms.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
-                let (r, h) = (r.clone(), h.clone());
-                std::thread::spawn(move || serve(stream, &r, &h));
+                let (r, h, d) = (r.clone(), h.clone(), d.clone());
+                std::thread::spawn(move || {
+                    let delay = d.load(std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(delay));
+                    serve(stream, &r, &h)
+                });
             }
         });
-        KeyServer { url, routes, hits }
+        KeyServer {
+            url,
+            routes,
+            hits,
+            delay_ms,
+        }
+    }
+
+    /// Answers only after `ms` milliseconds (a slow key server).
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn set(&self, path: &str, status: u16, body: &str) {
