@@ -147,8 +147,14 @@ impl Authenticator {
                 if !args.alb_key_url.contains("{kid}") {
                     return Err(AuthConfigError::KeyUrl(args.alb_key_url.clone()));
                 }
+                let key_url = args.alb_key_url.replace("{region}", &region);
+                tracing::info!(
+                    arn,
+                    key_url,
+                    "identity: verified ALB header (x-amzn-oidc-data)"
+                );
                 let keys = AlbKeys::new(
-                    args.alb_key_url.replace("{region}", &region),
+                    key_url,
                     args.auth_key_timeout,
                     args.auth_negative_cache,
                     metrics.clone(),
@@ -378,6 +384,16 @@ fn jwt_verifier(
     if args.jwt_audiences.is_empty() && args.jwt_client_ids.is_empty() {
         tracing::warn!("--auth jwt without --jwt-audience or --jwt-client-id: tokens for any audience are accepted");
     }
+    tracing::info!(
+        keys = args
+            .jwks_url
+            .as_deref()
+            .or(args.jwt_public_key.as_ref().and_then(|p| p.to_str()))
+            .unwrap_or_default(),
+        issuer = args.jwt_issuer.as_deref().unwrap_or("(any)"),
+        cookie = args.jwt_cookie.as_deref().unwrap_or("(none)"),
+        "identity: verified bearer tokens"
+    );
     Ok(JwtVerifier {
         keys,
         issuer: args.jwt_issuer.clone(),
