@@ -39,12 +39,14 @@ use crate::activity::Activity;
 use crate::clock;
 use crate::config::InstanceConfig;
 use crate::health;
+use crate::isolation::{reaper, Isolation, UserIds};
 use crate::launcher::{self, ChildSpec, Launcher, StderrTail};
 use crate::metrics::{CullReason, InstanceMetrics, StartOutcome};
 use crate::proctree::Descendants;
+use crate::provision::{self, Profile};
 use crate::registry::{Admission, Admit, Registry, Released};
 use crate::status::{InstanceState, InstanceStatus, Refusal, Upstream};
-use crate::workspace::{UserKey, UsersRoot, Workspace, WorkspaceError};
+use crate::workspace::{UserKey, UsersRoot, Workspace};
 
 /// Who an instance belongs to.
 #[derive(Clone, Debug)]
@@ -63,8 +65,28 @@ pub struct InstanceShared {
     /// `--max-concurrent-starts`; fair (FIFO), so queued instances start in order.
     pub start_slots: Arc<Semaphore>,
     pub metrics: InstanceMetrics,
-    /// USER/LOGNAME for children: the account they run as.
+    /// USER/LOGNAME for children without a uid of their own: the gateway's account.
     pub account: String,
+    pub isolation: Arc<Isolation>,
+    /// The organisation's OpenCode auth file (`shared/auth/auth.json`), linked into every
+    /// home when it exists.
+    pub shared_auth: std::path::PathBuf,
+    /// The organisation's OpenCode config (`shared/config/opencode.json`), given to every
+    /// child as `OPENCODE_CONFIG` when it exists.
+    pub shared_config: std::path::PathBuf,
+}
+
+impl UserSpec {
+    /// The name and email git records for this user.
+    pub fn profile(&self) -> Profile {
+        Profile {
+            name: self.name.clone().unwrap_or_else(|| self.user_id.clone()),
+            email: self
+                .email
+                .clone()
+                .unwrap_or_else(|| format!("{}@users.chamberlain.invalid", self.key)),
+        }
+    }
 }
 
 #[derive(Message)]
@@ -130,6 +152,11 @@ struct Process {
     password: String,
     /// Processes below it last time we looked (terminal shells live outside its group).
     descendants: Descendants,
+    /// The user's own uid, when users have one: then every process of that uid is theirs.
+    uid: Option<u32>,
+    /// The value of [`launcher::MARKER_VAR`] in this process's environment, which all it
+    /// starts inherits.
+    marker: String,
 }
 
 impl Process {
@@ -139,12 +166,32 @@ impl Process {
         self.descendants.merge(Descendants::of(self.pid));
     }
 
-    /// Signals OpenCode's process group and every remembered descendant.
+    /// When stopping: also everything that carries this process's marker, which finds
+    /// what left the tree (a `setsid … &` whose parent exited). With a uid per user the
+    /// uid finds everything; this is for the modes without one.
+    fn look_for_everything(&mut self) {
+        self.look_for_descendants();
+        if self.uid.is_none() {
+            self.descendants
+                .merge(Descendants::marked(launcher::MARKER_VAR, &self.marker));
+        }
+    }
+
+    /// Signals OpenCode's process group and every remembered descendant, and with a uid of
+    /// the user's own, every process of that uid (off the actor thread).
     fn signal_all(&self, user: &str, signal: Signal) {
         if let Err(e) = launcher::signal_group(self.pid, signal) {
             tracing::error!(user, pid = self.pid.as_raw(), %signal, error = %e, "cannot signal OpenCode");
         }
         self.descendants.signal(signal);
+        if let Some(uid) = self.uid {
+            let user = user.to_owned();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = reaper::signal_uid(uid, signal) {
+                    tracing::error!(user, uid, %signal, error = %e, "cannot signal the user's processes");
+                }
+            });
+        }
     }
 }
 
@@ -412,19 +459,16 @@ impl UserInstance {
     }
 
     fn begin_starting(&mut self, permit: OwnedSemaphorePermit, ctx: &mut Context<Self>) {
-        let users: UsersRoot = self.shared.users.clone();
-        let key = self.user.key.clone();
+        let shared = Arc::clone(&self.shared);
+        let user = Arc::clone(&self.user);
         let timeout = ctx.run_later(self.cfg().start_timeout, |act, ctx| {
             act.on_start_timeout(ctx)
         });
         let task = ctx.spawn(
             async move {
-                match tokio::task::spawn_blocking(move || users.initialize(&key)).await {
+                match tokio::task::spawn_blocking(move || prepare(&shared, &user)).await {
                     Ok(result) => result,
-                    Err(join) => Err(WorkspaceError::Create {
-                        path: Default::default(),
-                        source: std::io::Error::other(join.to_string()),
-                    }),
+                    Err(join) => Err(format!("preparing the workspace: {join}")),
                 }
             }
             .into_actor(self)
@@ -440,24 +484,44 @@ impl UserInstance {
         self.publish();
     }
 
-    fn on_workspace(&mut self, result: Result<Workspace, WorkspaceError>, ctx: &mut Context<Self>) {
+    fn on_workspace(
+        &mut self,
+        result: Result<(Workspace, Option<UserIds>), String>,
+        ctx: &mut Context<Self>,
+    ) {
         if !matches!(self.phase, Phase::Starting { process: None, .. }) {
             return;
         }
-        let workspace = match result {
-            Ok(ws) => ws,
-            Err(e) => return self.fail_start(StartOutcome::Error, e.to_string(), ctx),
+        let (workspace, ids) = match result {
+            Ok(prepared) => prepared,
+            Err(e) => return self.fail_start(StartOutcome::Error, e, ctx),
         };
         let password = match launcher::generate_password() {
             Ok(p) => p,
             Err(e) => return self.fail_start(StartOutcome::Error, e.to_string(), ctx),
         };
+        let sandbox = match self.shared.isolation.child_sandbox(workspace.home(), ids) {
+            Ok(s) => s,
+            Err(e) => return self.fail_start(StartOutcome::Error, e.to_string(), ctx),
+        };
+        let account = match ids {
+            Some(_) => self.user.key.as_str().to_owned(),
+            None => self.shared.account.clone(),
+        };
+        let marker = match launcher::generate_password() {
+            Ok(m) => m,
+            Err(e) => return self.fail_start(StartOutcome::Error, e.to_string(), ctx),
+        };
+        let mut extra_env = child_env(&self.user.profile(), &self.shared.shared_config);
+        extra_env.push((launcher::MARKER_VAR.to_owned(), marker.clone()));
         let launched = self.shared.launcher.launch(&ChildSpec {
             workspace: &workspace,
             password: &password,
-            account: &self.shared.account,
-            extra_env: &[],
+            account: &account,
+            extra_env: &extra_env,
+            sandbox: Some(&sandbox),
         });
+        drop(sandbox);
         let launched = match launched {
             Ok(l) => l,
             Err(e) => return self.fail_start(StartOutcome::Error, e.to_string(), ctx),
@@ -489,6 +553,7 @@ impl UserInstance {
         tracing::info!(
             user = %self.user.user_id,
             pid = launched.pid.as_raw(),
+            uid = ids.map(|i| i.uid),
             program = %self.shared.launcher.program().display(),
             "spawned OpenCode"
         );
@@ -501,6 +566,8 @@ impl UserInstance {
                 stopping: CancellationToken::new(),
                 password,
                 descendants: Descendants::default(),
+                uid: ids.map(|i| i.uid),
+                marker,
             });
         }
         self.publish();
@@ -579,7 +646,7 @@ impl UserInstance {
                 );
                 tracing::error!(user = %self.user.user_id, error = %message, "instance start timed out");
                 process.stopping.cancel();
-                process.look_for_descendants();
+                process.look_for_everything();
                 process.signal_all(&self.user.user_id, Signal::SIGKILL);
                 self.message = Some("stopping OpenCode after a failed start".to_owned());
                 self.phase = Phase::Stopping {
@@ -717,7 +784,7 @@ impl UserInstance {
                 );
             }
             Phase::Stopping {
-                process,
+                mut process,
                 then,
                 kill_timer,
             } => {
@@ -725,28 +792,68 @@ impl UserInstance {
                     ctx.cancel_future(timer);
                 }
                 // OpenCode is gone; whatever is left of its group or below it is an orphan.
+                process.look_for_everything();
                 process.signal_all(&self.user.user_id, Signal::SIGKILL);
-                match then {
-                    AfterStop::Rest => {
-                        let message = self.message.take();
-                        self.rest(InstanceState::Stopped, message);
+                let Some(uid) = process.uid else {
+                    return self.finish_stop(then, ctx);
+                };
+                // With a uid of the user's own, stay `stopping` until no process of that uid
+                // is left: `stopped` then means nothing of the user runs.
+                let generation = process.generation;
+                let user = self.user.user_id.clone();
+                self.phase = Phase::Stopping {
+                    process,
+                    then,
+                    kill_timer: None,
+                };
+                ctx.spawn(
+                    async move {
+                        let reaped =
+                            tokio::task::spawn_blocking(move || reap_uid(uid)).await;
+                        match reaped {
+                            Ok(0) => {}
+                            Ok(left) => tracing::error!(user, uid, left, "processes of the user survived SIGKILL"),
+                            Err(e) => tracing::error!(user, uid, error = %e, "reaping the user's processes failed"),
+                        }
                     }
-                    AfterStop::Fail(message) => self.rest(InstanceState::Failed, Some(message)),
-                    AfterStop::Restart => {
-                        // Straight from stopping to queued: waiters must never see a
-                        // `stopped` in between and take it for the outcome.
-                        self.release_slot();
-                        self.begin_queued(Duration::ZERO, ctx);
-                    }
-                }
+                    .into_actor(self)
+                    .map(move |(), act, ctx| act.on_reaped(generation, ctx)),
+                );
             }
             other => self.phase = other,
         }
     }
 
-    fn crash(&mut self, process: Process, what: String) {
+    fn on_reaped(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        match std::mem::replace(&mut self.phase, Phase::Stopped) {
+            Phase::Stopping { process, then, .. } if process.generation == generation => {
+                self.finish_stop(then, ctx)
+            }
+            other => self.phase = other,
+        }
+    }
+
+    /// The process is gone (and everything of the user with it): rest, fail or restart.
+    fn finish_stop(&mut self, then: AfterStop, ctx: &mut Context<Self>) {
+        match then {
+            AfterStop::Rest => {
+                let message = self.message.take();
+                self.rest(InstanceState::Stopped, message);
+            }
+            AfterStop::Fail(message) => self.rest(InstanceState::Failed, Some(message)),
+            AfterStop::Restart => {
+                // Straight from stopping to queued: waiters must never see a
+                // `stopped` in between and take it for the outcome.
+                self.release_slot();
+                self.begin_queued(Duration::ZERO, ctx);
+            }
+        }
+    }
+
+    fn crash(&mut self, mut process: Process, what: String) {
         self.shared.metrics.crash();
         process.stopping.cancel();
+        process.look_for_everything();
         process.signal_all(&self.user.user_id, Signal::SIGKILL);
         let message = with_output(what, &process.stderr);
         self.crashes.push_back(Instant::now());
@@ -839,7 +946,7 @@ impl UserInstance {
             }
         };
         process.stopping.cancel();
-        process.look_for_descendants();
+        process.look_for_everything();
         tracing::info!(
             user = %self.user.user_id,
             pid = process.pid.as_raw(),
@@ -872,7 +979,7 @@ impl UserInstance {
                     pid = process.pid.as_raw(),
                     "OpenCode did not stop within the grace period; sending SIGKILL"
                 );
-                process.look_for_descendants();
+                process.look_for_everything();
                 process.signal_all(&self.user.user_id, Signal::SIGKILL);
             }
         }
@@ -919,6 +1026,75 @@ fn with_output(message: String, stderr: &StderrTail) -> String {
     } else {
         format!("{message}; last output:\n{tail}")
     }
+}
+
+/// Off the actor thread, before a start: the user's ids, leftovers of an earlier run of the
+/// same uid ended, the home provisioned.
+fn prepare(
+    shared: &InstanceShared,
+    user: &UserSpec,
+) -> Result<(Workspace, Option<UserIds>), String> {
+    let ids = shared.isolation.ids(&user.key).map_err(|e| e.to_string())?;
+    if let Some(ids) = ids {
+        // A gateway that died leaves terminals and background jobs behind; with a uid per
+        // user they are found exactly, and a new start begins from nothing.
+        if !reaper::processes_of(ids.uid).is_empty() {
+            tracing::warn!(user = %user.user_id, uid = ids.uid, "ending processes left from an earlier run");
+            reaper::signal_uid(ids.uid, Signal::SIGKILL).map_err(|e| e.to_string())?;
+        }
+    }
+    let ws = provision::provision(
+        &shared.users,
+        &user.key,
+        ids,
+        &user.profile(),
+        &shared.shared_auth,
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(ids) = ids {
+        provision::share_read_only(&shared.shared_config, ids.shared_gid)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok((ws, ids))
+}
+
+/// SIGKILL to every process of `uid` until none is left (a process may be forking as it is
+/// signalled; each round takes all that exist at that instant). Returns how many remain
+/// after the last round. Blocking.
+fn reap_uid(uid: u32) -> usize {
+    let mut left = 0;
+    for _ in 0..50 {
+        if let Err(e) = reaper::signal_uid(uid, Signal::SIGKILL) {
+            tracing::error!(uid, error = %e, "cannot signal the user's processes");
+        }
+        left = reaper::processes_of(uid).len();
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    left
+}
+
+/// Variables for one user's child: their git identity, and the organisation's OpenCode
+/// config when there is one.
+fn child_env(profile: &Profile, shared_config: &std::path::Path) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("GIT_AUTHOR_NAME", &profile.name),
+        ("GIT_AUTHOR_EMAIL", &profile.email),
+        ("GIT_COMMITTER_NAME", &profile.name),
+        ("GIT_COMMITTER_EMAIL", &profile.email),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.clone()))
+    .collect();
+    if shared_config.is_file() {
+        env.push((
+            "OPENCODE_CONFIG".to_owned(),
+            shared_config.display().to_string(),
+        ));
+    }
+    env
 }
 
 impl Actor for UserInstance {

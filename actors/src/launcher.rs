@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
+use crate::isolation::ChildSandbox;
 use crate::workspace::Workspace;
 
 /// Gateway environment variables a child may inherit. Everything else (cloud credentials,
@@ -37,6 +38,10 @@ pub const DEFAULT_ENV_ALLOW: &[&str] = &[
     "SSL_CERT_DIR",
     "NODE_EXTRA_CA_CERTS",
 ];
+
+/// Set in every child to a value unique to that start; inherited by everything the child
+/// starts, so the gateway can find it all again when stopping (see `proctree`).
+pub const MARKER_VAR: &str = "GATEWAY_INSTANCE_ID";
 
 const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 /// The user name OpenCode expects with `OPENCODE_SERVER_PASSWORD`.
@@ -69,6 +74,8 @@ pub struct ChildSpec<'a> {
     pub account: &'a str,
     /// Additional variables for this child only (e.g. the user's git identity).
     pub extra_env: &'a [(String, String)],
+    /// The walls the child puts up between fork and exec (uid, limits, Landlock).
+    pub sandbox: Option<&'a ChildSandbox>,
 }
 
 pub struct Launched {
@@ -154,15 +161,24 @@ impl Launcher {
             .stderr(Stdio::piped())
             .kill_on_drop(false);
         let gateway = nix::unistd::getpid();
+        let steps = spec.sandbox.map(ChildSandbox::steps);
         // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
         // system calls; it does not allocate.
         unsafe {
             cmd.as_std_mut().pre_exec(move || {
                 nix::unistd::setsid()?;
+                if let Some(steps) = &steps {
+                    steps.before_uid_change()?;
+                    steps.change_uid()?;
+                }
+                // After the uid change, which clears it.
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
                 // The gateway may have died between fork and prctl; then nobody would kill us.
                 if nix::unistd::getppid() != gateway {
                     return Err(io::Error::from_raw_os_error(nix::libc::ESRCH));
+                }
+                if let Some(steps) = &steps {
+                    steps.restrict()?;
                 }
                 Ok(())
             });
@@ -355,6 +371,7 @@ mod tests {
             password: "pw",
             account: "al",
             extra_env: &extra,
+            sandbox: None,
         });
         let get = |k: &str| {
             env.iter()

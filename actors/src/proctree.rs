@@ -60,6 +60,26 @@ impl Descendants {
         Descendants(found)
     }
 
+    /// Every process whose initial environment holds `name=value` (those the gateway may
+    /// read: its own uid's). A child's marker variable is inherited by everything it starts,
+    /// in whatever session, even after its parent has gone.
+    pub fn marked(name: &str, value: &str) -> Descendants {
+        let needle = format!("{name}={value}");
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Descendants::default();
+        };
+        let found = entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == needle.as_bytes()))
+            })
+            .filter_map(|pid| stat(pid).map(|(_, start)| (pid, start)))
+            .collect();
+        Descendants(found)
+    }
+
     /// Adds processes found later (started since the last look) to those remembered.
     pub fn merge(&mut self, newer: Descendants) {
         for entry in newer.0 {
@@ -134,6 +154,27 @@ mod tests {
             }
             assert!(gone, "pid {pid} survived");
         }
+    }
+
+    #[test]
+    fn finds_processes_by_their_inherited_marker() {
+        let mut child = Command::new("sh")
+            .args(["-c", "setsid sleep 1000 & wait"])
+            .env("CHAMBERLAIN_TEST_MARK", "m-42")
+            .spawn()
+            .unwrap();
+        let mut found = Descendants::default();
+        for _ in 0..200 {
+            found = Descendants::marked("CHAMBERLAIN_TEST_MARK", "m-42");
+            if found.len() >= 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(found.len(), 2, "the shell and its sleep");
+        assert!(Descendants::marked("CHAMBERLAIN_TEST_MARK", "m-4").is_empty());
+        found.signal(Signal::SIGKILL);
+        child.wait().unwrap();
     }
 
     #[test]

@@ -401,6 +401,18 @@ mod tests {
             start_slots: Arc::new(tokio::sync::Semaphore::new(reg.max_concurrent_starts)),
             metrics: InstanceMetrics::new(),
             account: "test".into(),
+            isolation: Arc::new(
+                crate::isolation::Isolation::new(crate::isolation::IsolationConfig {
+                    mode: crate::isolation::IsolationMode::None,
+                    uid_range: (0, 0),
+                    uid_map: dir.path().join("uids.json"),
+                    read_only: vec![],
+                    limits: Default::default(),
+                })
+                .unwrap(),
+            ),
+            shared_auth: dir.path().join("shared-auth.json"),
+            shared_config: dir.path().join("shared-opencode.json"),
         };
         let registry = Registry::new(reg, shared);
         let routes = registry.routes();

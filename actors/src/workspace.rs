@@ -222,6 +222,11 @@ impl Workspace {
         self.home.join(".tmp")
     }
 
+    /// The subdirectories of every home, relative to it.
+    pub fn layout(&self) -> impl Iterator<Item = &'static str> {
+        LAYOUT.iter().copied()
+    }
+
     fn create_layout_in(&self, base: &Path) -> Result<(), WorkspaceError> {
         for sub in LAYOUT {
             make_dir(&base.join(sub), 0o700)?;
