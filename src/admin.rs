@@ -10,11 +10,51 @@ use serde_json::json;
 
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use chamberlain_actors::isolation::Isolation;
+use chamberlain_actors::UserKey;
 
 pub struct Admin {
     pub registry: Addr<Registry>,
     pub metrics: Arc<Metrics>,
     pub gateway: web::Data<Gateway>,
+    pub isolation: Arc<Isolation>,
+}
+
+/// Refuses admin requests from users' processes: with a uid per user, the client socket's
+/// owner tells them apart from the operator's (the admin API has no authentication of its
+/// own and listens on loopback by default, where users' terminals can reach it).
+pub fn refuse_users<S, B>(req: actix_web::dev::ServiceRequest, srv: &S) -> crate::limits::Answer<B>
+where
+    S: actix_web::dev::Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+    S::Future: 'static,
+    B: 'static,
+{
+    let from_user = req
+        .app_data::<web::Data<Admin>>()
+        .and_then(|admin| {
+            let (first, last) = admin.isolation.info().uid_range?;
+            let owner = crate::peer::socket_owner(req.peer_addr()?)?;
+            Some((first..=last).contains(&owner).then_some(owner))
+        })
+        .flatten();
+    if let Some(uid) = from_user {
+        tracing::warn!(
+            uid,
+            path = req.path(),
+            "admin request from a user's process refused"
+        );
+        let resp = HttpResponse::Forbidden()
+            .json(json!({"error": "the admin API does not serve users' processes"}));
+        return Box::pin(std::future::ready(Ok(req
+            .into_response(resp)
+            .map_into_right_body())));
+    }
+    let call = srv.call(req);
+    Box::pin(async move { Ok(call.await?.map_into_left_body()) })
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -49,6 +89,15 @@ async fn stats(admin: web::Data<Admin>) -> HttpResponse {
         "mode": auth.mode(),
         "cachedTokens": auth.cached_tokens(),
     });
+    body["isolation"] = json!(admin.isolation.info());
+    if let Some(users) = body["users"].as_array_mut() {
+        for user in users {
+            let uid = user["userId"]
+                .as_str()
+                .and_then(|id| admin.isolation.existing_uid(&UserKey::derive(id)));
+            user["uid"] = json!(uid);
+        }
+    }
     HttpResponse::Ok().json(body)
 }
 

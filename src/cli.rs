@@ -134,6 +134,21 @@ pub struct AuthArgs {
     pub logout_url: Option<String>,
 }
 
+/// How users are walled off from each other (see README, "Isolation").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IsolationArg {
+    /// Everything this process can do: uid + Landlock as root, Landlock otherwise.
+    Auto,
+    /// A Unix uid per user (needs root).
+    Uid,
+    /// Landlock file-system rules (and signal scope on ABI 6+), any uid.
+    Landlock,
+    /// Both.
+    Both,
+    /// Nothing beyond a cleared environment and separate homes (development only).
+    None,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -174,6 +189,35 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    /// How users' OpenCode processes are walled off from each other.
+    #[arg(long, env = "CHAMBERLAIN_ISOLATION", value_enum, default_value_t = IsolationArg::Auto)]
+    pub isolation: IsolationArg,
+
+    /// Unix ids for users (with uid isolation): the first is the shared read-only group, the
+    /// rest are given to users, one each, for good (recorded in state/uids.json).
+    #[arg(long, env = "CHAMBERLAIN_UID_RANGE", default_value = "200000-265535", value_parser = id_range)]
+    pub uid_range: (u32, u32),
+
+    /// Most processes (threads) a user may run at once (with uid isolation).
+    #[arg(long, env = "CHAMBERLAIN_LIMIT_NPROC", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit_nproc: u64,
+
+    /// Largest file a user's process may write (e.g. 16GiB).
+    #[arg(long, env = "CHAMBERLAIN_LIMIT_FSIZE", default_value = "16GiB", value_parser = size)]
+    pub limit_fsize: usize,
+
+    /// Most open files per process of a user (capped at the gateway's own hard limit).
+    #[arg(long, env = "CHAMBERLAIN_LIMIT_NOFILE", default_value_t = 8192,
+          value_parser = clap::value_parser!(u64).range(16..))]
+    pub limit_nofile: u64,
+
+    /// A variable of the gateway's environment to pass to every OpenCode, e.g. a provider key
+    /// such as ANTHROPIC_API_KEY (repeatable; comma-separated in the variable). Nothing else
+    /// of the gateway's environment reaches users.
+    #[arg(long = "pass-env", env = "CHAMBERLAIN_PASS_ENV", value_delimiter = ',', value_parser = env_name)]
+    pub pass_env: Vec<String>,
 
     /// Most instances running at once.
     #[arg(long, env = "CHAMBERLAIN_MAX_INSTANCES", default_value_t = 15,
@@ -289,6 +333,35 @@ fn size(text: &str) -> Result<usize, String> {
     Ok(bytes)
 }
 
+/// Parses `FIRST-LAST`, two ids with FIRST < LAST.
+fn id_range(text: &str) -> Result<(u32, u32), String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not a range like 200000-265535"))?;
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<u32>()
+            .map_err(|_| format!("{s:?} is not a Unix id"))
+    };
+    let (first, last) = (parse(a)?, parse(b)?);
+    if first == 0 || last <= first {
+        return Err("the range must start above 0 and hold at least two ids".to_owned());
+    }
+    Ok((first, last))
+}
+
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+fn env_name(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && !text.as_bytes()[0].is_ascii_digit()
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!("{text:?} is not an environment variable name"))
+    }
+}
+
 /// Parses `90s`, `5m`, `1h`, `1h30m`, `500ms`. Zero is rejected: every duration here is a
 /// timeout or an interval.
 fn duration(text: &str) -> Result<Duration, String> {
@@ -316,6 +389,22 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn isolation_flags() {
+        let args = serve(&[]).unwrap();
+        assert_eq!(args.isolation, IsolationArg::Auto);
+        assert_eq!(args.uid_range, (200_000, 265_535));
+        assert_eq!(args.limit_fsize, 16 << 30);
+        let args = serve(&["--uid-range", "5000-5100", "--pass-env", "A_KEY,OTHER"]).unwrap();
+        assert_eq!(args.uid_range, (5000, 5100));
+        assert_eq!(args.pass_env, ["A_KEY", "OTHER"]);
+        for bad in ["0-10", "10-10", "x-1", "100"] {
+            assert!(serve(&["--uid-range", bad]).is_err(), "{bad}");
+        }
+        assert!(serve(&["--pass-env", "A=B"]).is_err());
+        assert!(serve(&["--pass-env", "1X"]).is_err());
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct GatewayConfig {
     /// Origins besides the gateway's own that may open sockets and change state.
     pub allowed_origins: Vec<String>,
     pub ws: WsConfig,
+    /// The organisation's OpenCode auth file; while it exists, users' keys are read-only.
+    pub shared_auth: std::path::PathBuf,
 }
 
 pub struct Gateway {

@@ -34,7 +34,8 @@ pub fn oversized(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-type Answer<B> =
+/// What a `wrap_fn` middleware that may answer by itself returns.
+pub type Answer<B> =
     Pin<Box<dyn Future<Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>>>>;
 
 /// Middleware (for `wrap_fn`): 431 for oversized headers, otherwise on to the service.

@@ -59,6 +59,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot sweep half-created user homes"),
     }
 
+    let shared_paths = crate::isolation::SharedPaths::under(&data_dir);
+    let isolation = Arc::new(crate::isolation::setup(
+        &args,
+        &data_dir,
+        &program,
+        &shared_paths,
+    )?);
+    let mut env_allow: Vec<String> = chamberlain_actors::launcher::DEFAULT_ENV_ALLOW
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for name in &args.pass_env {
+        if std::env::var_os(name).is_none() {
+            tracing::warn!(
+                name,
+                "--pass-env names a variable the gateway does not have"
+            );
+        }
+        env_allow.push(name.clone());
+    }
     let shared = InstanceShared {
         cfg: InstanceConfig {
             start_timeout: args.start_timeout,
@@ -72,10 +92,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         launcher: Launcher::new(LaunchConfig {
             program: program.clone(),
             extra_args: args.opencode_args.clone(),
-            env_allow: chamberlain_actors::launcher::DEFAULT_ENV_ALLOW
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            env_allow,
         }),
         users: users.clone(),
         start_slots: Arc::new(tokio::sync::Semaphore::new(
@@ -83,6 +100,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )),
         metrics: instance_metrics,
         account: account_name(),
+        isolation: Arc::clone(&isolation),
+        shared_auth: shared_paths.auth_file.clone(),
+        shared_config: shared_paths.config_file.clone(),
     };
     let registry = Registry::new(
         RegistryConfig {
@@ -112,6 +132,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 ping_interval: args.ws_ping_interval,
                 client_timeout: args.ws_client_timeout,
             },
+            shared_auth: shared_paths.auth_file.clone(),
         },
         metrics.http.clone(),
         metrics.ws.clone(),
@@ -149,10 +170,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         registry: registry.clone(),
         metrics: Arc::clone(&metrics),
         gateway: gateway.clone(),
+        isolation: Arc::clone(&isolation),
     });
     let admin = HttpServer::new(move || {
         App::new()
             .app_data(admin_state.clone())
+            .wrap_fn(admin::refuse_users)
             .configure(admin::configure)
     })
     .workers(1)

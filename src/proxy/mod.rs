@@ -46,6 +46,13 @@ async fn proxy(
     if headers::is_upgrade(req) {
         return crate::websocket::upgrade(req, payload, gateway, clients, &identity).await;
     }
+    if changes_shared_keys(req, gateway) {
+        return Err(GatewayError::Forbidden(
+            "API keys are provided by your organisation (shared/auth/auth.json) and are \
+             read-only here; ask an operator to add or change a provider key"
+                .to_owned(),
+        ));
+    }
     let access = if headers::is_event_stream(req) {
         Access::Passive
     } else {
@@ -70,6 +77,17 @@ async fn proxy(
     }
     .send(req, payload)
     .await
+}
+
+/// OpenCode's `PUT`/`DELETE /auth/{provider}` would write the shared auth file (and fail
+/// with an opaque error, since the file is read-only to users): answer clearly instead.
+fn changes_shared_keys(req: &HttpRequest, gateway: &Gateway) -> bool {
+    use actix_web::http::Method;
+    matches!(
+        *req.method(),
+        Method::PUT | Method::POST | Method::DELETE | Method::PATCH
+    ) && req.path().starts_with("/auth/")
+        && gateway.cfg.shared_auth.is_file()
 }
 
 /// A browser loading a page while the instance is not ready gets the "starting your

@@ -4,6 +4,7 @@
 
 mod identity;
 mod input;
+mod isolation;
 mod lifecycle;
 mod proxy;
 mod real_opencode;

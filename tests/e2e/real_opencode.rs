@@ -5,10 +5,10 @@ use std::process::{Child, Command, Stdio};
 
 use awc::http::StatusCode;
 
-use awc::ws::{CloseCode, Frame, Message};
+use awc::ws::{CloseCode, Message};
 
 use crate::support::{
-    as_u64, client, next_frame, read_until_close, real_opencode, send, Gateway, Socket,
+    as_u64, client, create_pty, read_terminal, read_until_close, real_opencode, send, Gateway,
 };
 
 #[actix_web::test]
@@ -213,28 +213,6 @@ async fn progress_follows_a_real_start_to_ready() {
     let me = gw.get("dana", "/-/api/me").await.json();
     assert_eq!(me["instance"]["state"], "ready");
     assert_eq!(me["isInitialized"], true);
-}
-
-/// Creates a terminal for `user` through the gateway; returns its id.
-async fn create_pty(gw: &Gateway, user: &str) -> String {
-    let pty = gw.post(user, "/pty").await;
-    assert_eq!(pty.status, StatusCode::OK, "{}", pty.text());
-    pty.json()["id"].as_str().expect("pty id").to_owned()
-}
-
-/// Reads terminal output until `found` accepts it (bounded by `next_frame`'s timeout).
-async fn read_terminal(socket: &mut Socket, found: impl Fn(&str) -> bool) -> String {
-    let mut out = String::new();
-    while !found(&out) {
-        match next_frame(socket).await {
-            Some(Frame::Text(b) | Frame::Binary(b)) => out.push_str(&String::from_utf8_lossy(&b)),
-            Some(Frame::Ping(p)) => send(socket, Message::Pong(p)).await,
-            Some(Frame::Close(reason)) => panic!("terminal closed ({reason:?}); output: {out}"),
-            Some(_) => {}
-            None => panic!("terminal ended; output: {out}"),
-        }
-    }
-    out
 }
 
 /// `chamberlain-<digits>` printed by the shell (not the typed `$RANDOM`).

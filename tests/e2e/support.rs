@@ -90,8 +90,29 @@ impl Gateway {
     }
 
     pub fn start(opencode: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_as(opencode, args, env, None)
+    }
+
+    /// The real OpenCode behind a gateway with `env` added to its environment, running as
+    /// `run_as` (a uid, with a group of the same number) instead of the test's own user if
+    /// given; the data directory is then handed to that uid.
+    pub fn real_with(args: &[&str], env: &[(&str, &str)], run_as: Option<u32>) -> Gateway {
+        let mut all = vec!["--opencode-arg=--pure"];
+        all.extend_from_slice(args);
+        Gateway::start_as(&real_opencode(), &all, env, run_as)
+    }
+
+    fn start_as(
+        opencode: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        run_as: Option<u32>,
+    ) -> Gateway {
         let data = tempfile::tempdir().expect("temp dir");
-        let (child, log, lines) = spawn_gateway(opencode, data.path(), args, env);
+        if let Some(uid) = run_as {
+            std::os::unix::fs::chown(data.path(), Some(uid), Some(uid)).expect("chown data dir");
+        }
+        let (child, log, lines) = spawn_gateway(opencode, data.path(), args, env, run_as);
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(60);
         let (base, admin) = loop {
@@ -303,8 +324,28 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
 
 type Spawned = (Child, Arc<Mutex<String>>, mpsc::Receiver<(String, String)>);
 
-fn spawn_gateway(opencode: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+fn spawn_gateway(
+    opencode: &Path,
+    data: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    run_as: Option<u32>,
+) -> Spawned {
     let mut cmd = Command::new(GATEWAY);
+    // Gateways of concurrent tests share this host, and a gateway ends every process of the
+    // uids it gives out: each gets uids of its own.
+    let mut uid_range = Vec::new();
+    if !args.contains(&"--uid-range") {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let first = 300_000 + n * 100;
+        uid_range = vec!["--uid-range".to_owned(), format!("{first}-{}", first + 99)];
+    }
+    if let Some(uid) = run_as {
+        use std::os::unix::process::CommandExt;
+        // std drops root's supplementary groups when it sets the uid.
+        cmd.uid(uid).gid(uid);
+    }
     cmd.args([
         "serve",
         "--listen",
@@ -317,6 +358,7 @@ fn spawn_gateway(opencode: &Path, data: &Path, args: &[&str], env: &[(&str, &str
     .arg("--opencode-bin")
     .arg(opencode)
     .args(["--log", "info,chamberlain=debug,chamberlain_actors=debug"])
+    .args(&uid_range)
     .args(args)
     .envs(env.iter().copied())
     .stdin(Stdio::null())
@@ -522,4 +564,30 @@ pub async fn read_until_close(socket: &mut Socket) -> (Option<awc::ws::CloseReas
 pub async fn send(socket: &mut Socket, message: awc::ws::Message) {
     use futures_util::SinkExt;
     socket.send(message).await.expect("websocket send");
+}
+
+/// Creates a terminal for `user` through the gateway; returns its id.
+pub async fn create_pty(gw: &Gateway, user: &str) -> String {
+    let pty = gw.post(user, "/pty").await;
+    assert_eq!(pty.status, StatusCode::OK, "{}", pty.text());
+    pty.json()["id"].as_str().expect("pty id").to_owned()
+}
+
+/// Reads terminal output until `found` accepts it (bounded by `next_frame`'s timeout).
+pub async fn read_terminal(socket: &mut Socket, found: impl Fn(&str) -> bool) -> String {
+    let mut out = String::new();
+    while !found(&out) {
+        match next_frame(socket).await {
+            Some(awc::ws::Frame::Text(b) | awc::ws::Frame::Binary(b)) => {
+                out.push_str(&String::from_utf8_lossy(&b))
+            }
+            Some(awc::ws::Frame::Ping(p)) => send(socket, awc::ws::Message::Pong(p)).await,
+            Some(awc::ws::Frame::Close(reason)) => {
+                panic!("terminal closed ({reason:?}); output: {out}")
+            }
+            Some(_) => {}
+            None => panic!("terminal ended; output: {out}"),
+        }
+    }
+    out
 }

@@ -1,0 +1,179 @@
+//! Setting up isolation at start-up: which mode is in force, the permissions of the data
+//! directory that mode needs, and refusing to start when users could not reach what they
+//! need (or could reach what they must not).
+
+use std::fs;
+use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use chamberlain_actors::isolation::{reaper, Isolation, IsolationConfig, IsolationMode, Limits};
+
+use crate::cli::{IsolationArg, ServeArgs};
+
+/// Paths under the data directory the gateway and the children agree on.
+pub struct SharedPaths {
+    pub repos: PathBuf,
+    pub auth_dir: PathBuf,
+    pub auth_file: PathBuf,
+    pub config_dir: PathBuf,
+    pub config_file: PathBuf,
+}
+
+impl SharedPaths {
+    pub fn under(data_dir: &Path) -> Self {
+        let shared = data_dir.join("shared");
+        SharedPaths {
+            repos: shared.join("repos"),
+            auth_dir: shared.join("auth"),
+            auth_file: shared.join("auth").join("auth.json"),
+            config_dir: shared.join("config"),
+            config_file: shared.join("config").join("opencode.json"),
+        }
+    }
+}
+
+pub fn requested_mode(arg: IsolationArg) -> IsolationMode {
+    match arg {
+        IsolationArg::Auto => Isolation::best_available(),
+        IsolationArg::Uid => IsolationMode::Uid,
+        IsolationArg::Landlock => IsolationMode::Landlock,
+        IsolationArg::Both => IsolationMode::Both,
+        IsolationArg::None => IsolationMode::None,
+    }
+}
+
+/// Builds the isolation in force, prepares the data directory for it, and logs what users
+/// are protected by.
+pub fn setup(
+    args: &ServeArgs,
+    data_dir: &Path,
+    program: &Path,
+    shared: &SharedPaths,
+) -> anyhow::Result<Isolation> {
+    let mode = requested_mode(args.isolation);
+    let mut read_only = vec![
+        shared.repos.clone(),
+        shared.auth_file.clone(),
+        shared.config_dir.clone(),
+    ];
+    // The OpenCode install (a single executable that reads itself).
+    if let Some(dir) = program.parent() {
+        read_only.push(dir.to_owned());
+    }
+    let isolation = Isolation::new(IsolationConfig {
+        mode,
+        uid_range: args.uid_range,
+        uid_map: data_dir.join("state").join("uids.json"),
+        read_only,
+        limits: Limits {
+            nproc: Some(args.limit_nproc),
+            fsize: Some(args.limit_fsize as u64),
+            nofile: Some(args.limit_nofile),
+        },
+    })
+    .context("cannot set up isolation")?;
+    if let Some(shared_gid) = isolation.shared_gid() {
+        prepare_for_uids(data_dir, shared, shared_gid)?;
+        reachable_by_others(program, "the OpenCode executable")?;
+        reachable_by_others(&data_dir.join("users"), "the users' directory")?;
+        // A gateway that died leaves users' terminals and jobs running under their uids.
+        for uid in isolation.known_uids() {
+            if !reaper::processes_of(uid).is_empty() {
+                tracing::warn!(uid, "ending processes left from an earlier run");
+                if let Err(e) = reaper::signal_uid(uid, nix::sys::signal::Signal::SIGKILL) {
+                    tracing::error!(uid, error = %e, "cannot end leftover processes");
+                }
+            }
+        }
+    }
+    let info = isolation.info();
+    match mode {
+        IsolationMode::None => tracing::warn!(
+            "isolation: none — every user's OpenCode and terminals run as the gateway's own uid \
+             with no sandbox: users can read and change each other's files. Development only"
+        ),
+        _ => tracing::info!(
+            mode = ?info.mode,
+            landlock_abi = info.landlock_abi,
+            scoped_signals = info.landlock_scoped_signals,
+            uid_range = ?info.uid_range,
+            limits = ?info.limits,
+            "isolation in force"
+        ),
+    }
+    Ok(isolation)
+}
+
+/// With a uid per user: the gateway (root) owns everything but the homes; users may pass
+/// through the data directory and `users/` but list neither; the shared files are readable
+/// by the shared group only; `state/` is the gateway's alone.
+fn prepare_for_uids(data_dir: &Path, shared: &SharedPaths, shared_gid: u32) -> anyhow::Result<()> {
+    let set = |path: &Path, gid: u32, mode: u32| -> anyhow::Result<()> {
+        chown(path, Some(0), Some(gid))
+            .with_context(|| format!("cannot set the owner of {}", path.display()))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", path.display()))
+    };
+    set(data_dir, 0, 0o711)?;
+    set(&data_dir.join("users"), 0, 0o711)?;
+    set(&data_dir.join("state"), 0, 0o700)?;
+    set(&data_dir.join("shared"), shared_gid, 0o750)?;
+    set(&shared.repos, shared_gid, 0o750)?;
+    for dir in [&shared.auth_dir, &shared.config_dir] {
+        share_tree(dir, shared_gid)?;
+    }
+    Ok(())
+}
+
+/// Root's, readable (never writable) by the shared group, all the way down.
+fn share_tree(path: &Path, gid: u32) -> anyhow::Result<()> {
+    let meta =
+        fs::symlink_metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    std::os::unix::fs::lchown(path, Some(0), Some(gid))
+        .with_context(|| format!("cannot set the owner of {}", path.display()))?;
+    let mode = if meta.is_dir() { 0o750 } else { 0o640 };
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    if meta.is_dir() {
+        for entry in fs::read_dir(path)? {
+            share_tree(&entry?.path(), gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to start when a user's uid could not reach `path` (every directory above it
+/// must let others pass; the file itself must let them read and execute).
+fn reachable_by_others(path: &Path, what: &str) -> anyhow::Result<()> {
+    for ancestor in path.ancestors().skip(1) {
+        if ancestor.as_os_str().is_empty() {
+            continue;
+        }
+        let meta = fs::metadata(ancestor)
+            .with_context(|| format!("cannot read {}", ancestor.display()))?;
+        if meta.mode() & 0o001 == 0 {
+            bail!(
+                "{what} {} cannot be reached by users' uids: {} has mode {:o} (others need x). \
+                 Move it, or chmod o+x {}",
+                path.display(),
+                ancestor.display(),
+                meta.mode() & 0o7777,
+                ancestor.display()
+            );
+        }
+    }
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let need = if meta.is_dir() { 0o001 } else { 0o005 };
+    if meta.mode() & need != need {
+        bail!(
+            "{what} {} cannot be used by users' uids: mode {:o}",
+            path.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}

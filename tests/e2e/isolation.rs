@@ -1,0 +1,388 @@
+//! The plan's isolation checklist against the real OpenCode, in two set-ups:
+//! - `root`: the gateway runs as root with `--isolation both` (a uid per user + Landlock);
+//! - `landlock`: the gateway runs as an unprivileged uid with `--isolation landlock`, so
+//!   every user shares that uid and only Landlock separates them.
+//!
+//! Every test runs in both. They need root (to run the gateway as root, or to switch to the
+//! unprivileged uid) and a kernel with Landlock; they fail, not skip, without them.
+
+use std::time::Duration;
+
+use awc::http::{Method, StatusCode};
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::support::{as_u64, create_pty, read_terminal, send, wait_gone, Gateway, Socket};
+
+/// The unprivileged uid the `landlock` set-up runs the gateway as (not in /etc/passwd on
+/// purpose: nothing may depend on a name).
+const GATEWAY_UID: u32 = 64_123;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    Root,
+    Landlock,
+}
+
+fn gateway(setup: Setup, env: &[(&str, &str)], extra: &[&str]) -> Gateway {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the isolation tests must run as root (CI runs them as root)"
+    );
+    match setup {
+        Setup::Root => {
+            let mut args = vec!["--isolation", "both"];
+            args.extend_from_slice(extra);
+            Gateway::real_with(&args, env, None)
+        }
+        Setup::Landlock => {
+            let mut args = vec!["--isolation", "landlock"];
+            args.extend_from_slice(extra);
+            Gateway::real_with(&args, env, Some(GATEWAY_UID))
+        }
+    }
+}
+
+macro_rules! in_both_setups {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[actix_web::test]
+            async fn root_uid_and_landlock() {
+                super::$name(super::Setup::Root).await
+            }
+            #[actix_web::test]
+            async fn unprivileged_landlock() {
+                super::$name(super::Setup::Landlock).await
+            }
+        }
+    )*};
+}
+
+in_both_setups!(
+    sessions_are_separate,
+    shared_keys_work_and_are_read_only,
+    terminals_cannot_touch_another_home_or_process,
+    file_api_does_not_leak_another_home,
+    another_users_port_needs_the_password,
+    git_commits_carry_the_users_identity,
+    stopping_leaves_no_process_behind,
+    the_gateways_environment_stays_out,
+);
+
+/// An interactive terminal of one user, driven like a person typing.
+struct Terminal {
+    socket: Socket,
+}
+
+impl Terminal {
+    async fn open(gw: &Gateway, user: &str) -> Terminal {
+        let id = create_pty(gw, user).await;
+        let (_, socket) = gw
+            .ws(Some(user), &format!("/pty/{id}/connect"), &[])
+            .await
+            .expect("terminal websocket");
+        Terminal { socket }
+    }
+
+    /// Runs `script` and returns what it printed and its exit status. The markers are
+    /// typed split in two, so the echo of the typed line never matches them.
+    async fn run(&mut self, script: &str) -> (String, i32) {
+        let line = format!(
+            "printf '%s\\n' \"CH-\"\"BEGIN\"; {script}; printf '%s %s\\n' \"CH-\"\"END\" \"$?\"\n"
+        );
+        send(&mut self.socket, awc::ws::Message::Text(line.into())).await;
+        let out = read_terminal(&mut self.socket, |o| end_status(o).is_some()).await;
+        let status = end_status(&out).unwrap_or(-1);
+        let begin = out.rfind("CH-BEGIN").map_or(0, |i| i + "CH-BEGIN".len());
+        let end = out.rfind("CH-END").unwrap_or(out.len()).max(begin);
+        (out[begin..end].trim().to_owned(), status)
+    }
+}
+
+fn end_status(out: &str) -> Option<i32> {
+    let at = out.rfind("CH-END ")?;
+    let digits: String = out[at + 7..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+async fn start(gw: &Gateway, user: &str) -> Value {
+    let resp = gw.get(user, "/session").await;
+    assert_eq!(resp.status, StatusCode::OK, "{user}: {}", resp.text());
+    gw.user(user).await.expect("user in stats")
+}
+
+fn home(gw: &Gateway, user: &str) -> String {
+    gw.data
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("users")
+        .join(user)
+        .display()
+        .to_string()
+}
+
+async fn sessions_are_separate(setup: Setup) {
+    let gw = gateway(setup, &[], &[]);
+    start(&gw, "alice").await;
+    start(&gw, "bob").await;
+    let created = gw.post("alice", "/session").await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let mine = gw.get("alice", &format!("/session/{id}")).await;
+    assert_eq!(mine.status, StatusCode::OK);
+    let theirs = gw.get("bob", &format!("/session/{id}")).await;
+    assert_ne!(theirs.status, StatusCode::OK, "bob read alice's session");
+    let list = gw.get("bob", "/session").await.json();
+    assert!(!list.to_string().contains(&id), "bob lists alice's session");
+}
+
+async fn shared_keys_work_and_are_read_only(setup: Setup) {
+    let gw = gateway(setup, &[], &[]);
+    let shared = gw.data.path().join("shared/auth/auth.json");
+    let keys = r#"{"anthropic":{"type":"api","key":"sk-ant-shared-test-key"}}"#;
+    std::fs::write(&shared, keys).unwrap();
+    if setup == Setup::Landlock {
+        // Owned by the very uid the users run as: only Landlock stands in the way.
+        std::os::unix::fs::chown(&shared, Some(GATEWAY_UID), Some(GATEWAY_UID)).unwrap();
+    }
+    for user in ["alice", "bob"] {
+        start(&gw, user).await;
+        let providers = gw.get(user, "/provider").await;
+        assert_eq!(providers.status, StatusCode::OK, "{}", providers.text());
+        let connected = providers.json()["connected"].to_string();
+        assert!(connected.contains("anthropic"), "{user}: {connected}");
+
+        let put = gw
+            .request(
+                Method::PUT,
+                Some(user),
+                "/auth/anthropic",
+                &[("content-type", "application/json")],
+                Some(Bytes::from_static(br#"{"type":"api","key":"sk-stolen"}"#)),
+            )
+            .await;
+        assert_eq!(put.status, StatusCode::FORBIDDEN, "{}", put.text());
+        assert!(put.json()["error"].as_str().unwrap().contains("read-only"));
+
+        let mut term = Terminal::open(&gw, user).await;
+        let (out, status) = term
+            .run("echo '{}' > ~/.local/share/opencode/auth.json")
+            .await;
+        assert_ne!(status, 0, "{user} overwrote the shared keys: {out}");
+        assert!(out.contains("denied"), "{out}");
+        let (out, status) = term.run("cat ~/.local/share/opencode/auth.json").await;
+        assert_eq!(status, 0, "{out}");
+        assert!(out.contains("sk-ant-shared-test-key"), "{out}");
+    }
+    assert_eq!(std::fs::read_to_string(&shared).unwrap(), keys);
+}
+
+async fn terminals_cannot_touch_another_home_or_process(setup: Setup) {
+    let gw = gateway(setup, &[], &[]);
+    start(&gw, "alice").await;
+    let bob = start(&gw, "bob").await;
+    let bob_pid = as_u64(&bob["pid"]);
+    let bob_home = home(&gw, "bob");
+    let mut term = Terminal::open(&gw, "alice").await;
+    for (what, script) in [
+        ("read", format!("cat {bob_home}/.gitconfig")),
+        ("list", format!("ls {bob_home}/workspace")),
+        ("write", format!("echo pwned > {bob_home}/workspace/pwned")),
+        ("read the password", format!("cat /proc/{bob_pid}/environ")),
+    ] {
+        let (out, status) = term.run(&script).await;
+        assert_ne!(status, 0, "alice could {what} bob's: {out}");
+        assert!(out.contains("denied"), "{what}: {out}");
+        assert!(!out.contains("OPENCODE_SERVER_PASSWORD"), "{out}");
+    }
+    let (out, status) = term.run(&format!("kill -0 {bob_pid}")).await;
+    assert_ne!(status, 0, "alice may signal bob's OpenCode: {out}");
+    assert!(out.contains("not permitted"), "{out}");
+    assert!(!std::path::Path::new(&format!("{bob_home}/workspace/pwned")).exists());
+    // Her own home is hers.
+    let (out, status) = term
+        .run("echo mine > ~/workspace/mine && cat ~/workspace/mine")
+        .await;
+    assert_eq!((status, out.as_str()), (0, "mine"));
+}
+
+async fn file_api_does_not_leak_another_home(setup: Setup) {
+    let gw = gateway(setup, &[], &[]);
+    start(&gw, "alice").await;
+    start(&gw, "bob").await;
+    let secret = format!("bob-secret-{}", std::process::id());
+    let mut term = Terminal::open(&gw, "bob").await;
+    let (out, status) = term
+        .run(&format!("echo {secret} > ~/workspace/secret.txt"))
+        .await;
+    assert_eq!(status, 0, "{out}");
+    let own = gw.get("bob", "/file/content?path=secret.txt").await;
+    assert!(
+        own.text().contains(&secret),
+        "the file API works: {}",
+        own.text()
+    );
+
+    let bob_home = home(&gw, "bob");
+    for path in [
+        format!("{bob_home}/workspace/secret.txt"),
+        "../../bob/workspace/secret.txt".to_owned(),
+        "../../../users/bob/workspace/secret.txt".to_owned(),
+    ] {
+        let resp = gw
+            .get("alice", &format!("/file/content?path={}", encode(&path)))
+            .await;
+        assert!(
+            !resp.text().contains(&secret),
+            "alice read bob's file through {path}: {}",
+            resp.text()
+        );
+    }
+}
+
+fn encode(path: &str) -> String {
+    path.replace('/', "%2F")
+}
+
+async fn another_users_port_needs_the_password(setup: Setup) {
+    let gw = gateway(setup, &[], &[]);
+    start(&gw, "alice").await;
+    let bob = start(&gw, "bob").await;
+    let port = as_u64(&bob["port"]);
+    let mut term = Terminal::open(&gw, "alice").await;
+    let (out, status) = term
+        .run(&format!(
+            "curl -s -o /dev/null -w 'code=%{{http_code}}\\n' http://127.0.0.1:{port}/session"
+        ))
+        .await;
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("code=401"), "{out}");
+
+    // The admin listener has no authentication and sits on loopback: with a uid per user
+    // it refuses users' processes. With Landlock alone every user shares the gateway's uid
+    // and cannot be told from the operator (README, "Isolation").
+    let (out, _) = term
+        .run(&format!(
+            "curl -s -o /dev/null -w 'code=%{{http_code}}\\n' -X POST {}/instances/bob/stop",
+            gw.admin
+        ))
+        .await;
+    match setup {
+        Setup::Root => {
+            assert!(out.contains("code=403"), "{out}");
+            assert_eq!(gw.state("bob").await, "ready");
+        }
+        Setup::Landlock => assert!(out.contains("code=200"), "{out}"),
+    }
+    // The operator still gets in.
+    assert_eq!(
+        gw.admin_request(Method::GET, "/stats").await.status,
+        StatusCode::OK
+    );
+}
+
+async fn git_commits_carry_the_users_identity(setup: Setup) {
+    let gw = gateway(setup, &[], &[]);
+    start(&gw, "alice").await;
+    let mut term = Terminal::open(&gw, "alice").await;
+    let (out, status) = term
+        .run(
+            "cd ~/workspace && git init -q repo && cd repo && git commit -q --allow-empty -m one \
+             && git log -1 --format='%an|%ae|%cn|%ce'",
+        )
+        .await;
+    assert_eq!(status, 0, "{out}");
+    assert!(
+        out.contains("alice|alice@localhost|alice|alice@localhost"),
+        "{out}"
+    );
+    let (out, _) = term.run("git config --global user.email").await;
+    assert!(out.contains("alice@localhost"), ".gitconfig: {out}");
+}
+
+async fn stopping_leaves_no_process_behind(setup: Setup) {
+    let gw = gateway(setup, &[], &[]);
+    let alice = start(&gw, "alice").await;
+    let mut term = Terminal::open(&gw, "alice").await;
+    let (out, status) = term
+        .run(
+            "setsid sh -c 'echo $$ > ~/.tmp/escapee; exec sleep 1000' </dev/null >/dev/null 2>&1 & \
+             nohup sleep 1001 </dev/null >/dev/null 2>&1 & echo nohup=$!; sleep 0.5; \
+             echo escapee=$(cat ~/.tmp/escapee)",
+        )
+        .await;
+    assert_eq!(status, 0, "{out}");
+    let pid_of = |name: &str| -> u32 {
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} pid in {out}"))
+    };
+    let (escapee, nohup) = (pid_of("escapee"), pid_of("nohup"));
+    assert!(crate::support::alive(escapee) && crate::support::alive(nohup));
+
+    let stop = gw
+        .admin_request(Method::POST, "/instances/alice/stop")
+        .await;
+    assert_eq!(stop.status, StatusCode::OK, "{}", stop.text());
+    match setup {
+        Setup::Root => {
+            // `stopped` is only reported once nothing of the uid is left.
+            let uid = as_u64(&alice["uid"]) as u32;
+            let left = processes_of(uid);
+            assert!(
+                left.is_empty(),
+                "processes of alice's uid {uid} left: {left:?}"
+            );
+        }
+        Setup::Landlock => {
+            for pid in [escapee, nohup] {
+                assert!(wait_gone(pid).await, "pid {pid} outlived alice's instance");
+            }
+        }
+    }
+    let _ = Duration::ZERO;
+}
+
+/// Live (non-zombie) processes with real uid `uid`.
+fn processes_of(uid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let real = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok());
+            let zombie = status
+                .lines()
+                .find_map(|l| l.strip_prefix("State:"))
+                .is_some_and(|s| s.trim_start().starts_with('Z'));
+            real == Some(uid) && !zombie
+        })
+        .collect()
+}
+
+async fn the_gateways_environment_stays_out(setup: Setup) {
+    let gw = gateway(
+        setup,
+        &[
+            ("AWS_SECRET_ACCESS_KEY", "aws-secret-never-shown"),
+            ("ANTHROPIC_API_KEY", "sk-ant-passed-on"),
+        ],
+        &["--pass-env", "ANTHROPIC_API_KEY"],
+    );
+    start(&gw, "alice").await;
+    let mut term = Terminal::open(&gw, "alice").await;
+    let (out, status) = term.run("env").await;
+    assert_eq!(status, 0, "{out}");
+    assert!(!out.contains("aws-secret-never-shown"), "{out}");
+    assert!(!out.contains("AWS_SECRET_ACCESS_KEY"), "{out}");
+    assert!(out.contains("ANTHROPIC_API_KEY=sk-ant-passed-on"), "{out}");
+    assert!(out.contains("GIT_AUTHOR_EMAIL=alice@localhost"), "{out}");
+}
