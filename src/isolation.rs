@@ -51,7 +51,28 @@ pub fn setup(
     program: &Path,
     shared: &SharedPaths,
 ) -> anyhow::Result<Isolation> {
-    let mode = requested_mode(args.isolation);
+    let mut mode = requested_mode(args.isolation);
+    if mode.uses_uid() {
+        let reachable = reachable_by_others(program, "the OpenCode executable")
+            .and_then(|()| reachable_by_others(data_dir, "the data directory"));
+        match reachable {
+            Ok(()) => {}
+            // `auto` means "everything that works here": say why uids are off and go on.
+            Err(e) if args.isolation == IsolationArg::Auto => {
+                mode = if mode.uses_landlock() {
+                    IsolationMode::Landlock
+                } else {
+                    IsolationMode::None
+                };
+                tracing::warn!(
+                    reason = %format!("{e:#}"),
+                    fallback = ?mode,
+                    "isolation: no uid per user; users' OpenCode runs as the gateway's own uid"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
     let mut read_only = vec![
         shared.repos.clone(),
         shared.auth_file.clone(),
@@ -75,8 +96,6 @@ pub fn setup(
     .context("cannot set up isolation")?;
     if let Some(shared_gid) = isolation.shared_gid() {
         prepare_for_uids(data_dir, shared, shared_gid)?;
-        reachable_by_others(program, "the OpenCode executable")?;
-        reachable_by_others(&data_dir.join("users"), "the users' directory")?;
         // A gateway that died leaves users' terminals and jobs running under their uids.
         for uid in isolation.known_uids() {
             if !reaper::processes_of(uid).is_empty() {
@@ -146,8 +165,9 @@ fn share_tree(path: &Path, gid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Refuses to start when a user's uid could not reach `path` (every directory above it
-/// must let others pass; the file itself must let them read and execute).
+/// Whether users' uids can reach `path`: every directory above it must let others pass; a
+/// file must let them read and execute it. (The data directory itself is made passable by
+/// the gateway.)
 fn reachable_by_others(path: &Path, what: &str) -> anyhow::Result<()> {
     for ancestor in path.ancestors().skip(1) {
         if ancestor.as_os_str().is_empty() {
@@ -167,7 +187,7 @@ fn reachable_by_others(path: &Path, what: &str) -> anyhow::Result<()> {
         }
     }
     let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let need = if meta.is_dir() { 0o001 } else { 0o005 };
+    let need = if meta.is_dir() { 0 } else { 0o005 };
     if meta.mode() & need != need {
         bail!(
             "{what} {} cannot be used by users' uids: mode {:o}",
