@@ -375,10 +375,31 @@ async fn the_gateways_environment_stays_out(setup: Setup) {
             ("AWS_SECRET_ACCESS_KEY", "aws-secret-never-shown"),
             ("ANTHROPIC_API_KEY", "sk-ant-passed-on"),
         ],
-        &["--pass-env", "ANTHROPIC_API_KEY"],
+        &["--pass-env", "ANTHROPIC_API_KEY", "--limit-nofile", "1000"],
     );
+    let config = gw.data.path().join("shared/config/opencode.json");
+    std::fs::write(&config, r#"{"$schema":"https://opencode.ai/config.json"}"#).unwrap();
+    if setup == Setup::Landlock {
+        std::os::unix::fs::chown(&config, Some(GATEWAY_UID), Some(GATEWAY_UID)).unwrap();
+    }
     start(&gw, "alice").await;
     let mut term = Terminal::open(&gw, "alice").await;
+
+    // The organisation's config is every child's, and read-only.
+    let (out, status) = term.run("cat \"$OPENCODE_CONFIG\"").await;
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("opencode.ai/config.json"), "{out}");
+    let (out, status) = term.run("echo '{}' > \"$OPENCODE_CONFIG\"").await;
+    assert_ne!(status, 0, "the shared config was writable: {out}");
+
+    // Per-user limits.
+    let (out, _) = term.run("ulimit -n; ulimit -u").await;
+    let limits: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(limits.first(), Some(&"1000"), "{out}");
+    if setup == Setup::Root {
+        assert_eq!(limits.get(1), Some(&"4096"), "{out}");
+    }
+
     let (out, status) = term.run("env").await;
     assert_eq!(status, 0, "{out}");
     assert!(!out.contains("aws-secret-never-shown"), "{out}");
