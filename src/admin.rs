@@ -65,6 +65,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/stats", web::get().to(stats))
     .route("/metrics", web::get().to(metrics))
     .route("/instances/{user}/stop", web::post().to(stop))
+    .configure(crate::repos::configure_admin)
     .default_service(web::to(|req: HttpRequest| async move {
         HttpResponse::NotFound()
             .json(json!({"error": format!("no such endpoint: {} {}", req.method(), req.path())}))

@@ -30,6 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/instance/start", web::post().to(start)))
         .service(resource("/api/instance/stop", web::post().to(stop)))
         .service(resource("/api/instance/progress", web::get().to(progress)))
+        .configure(crate::repos::configure_public)
         .default_service(web::to(not_found));
 }
 

@@ -219,6 +219,11 @@ pub struct ServeArgs {
     #[arg(long = "pass-env", env = "CHAMBERLAIN_PASS_ENV", value_delimiter = ',', value_parser = env_name)]
     pub pass_env: Vec<String>,
 
+    /// Most clones of shared repositories running at once.
+    #[arg(long, env = "CHAMBERLAIN_MAX_CONCURRENT_CLONES", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_concurrent_clones: u32,
+
     /// Most instances running at once.
     #[arg(long, env = "CHAMBERLAIN_MAX_INSTANCES", default_value_t = 15,
           value_parser = clap::value_parser!(u32).range(1..))]

@@ -41,6 +41,7 @@ pub struct Gateway {
     pub cfg: GatewayConfig,
     pub metrics: HttpMetrics,
     pub ws_metrics: WsMetrics,
+    pub repos: Addr<chamberlain_actors::repos::RepoLibrary>,
     shutting_down: AtomicBool,
     shutdown: CancellationToken,
 }
@@ -56,6 +57,7 @@ pub enum Access {
 }
 
 impl Gateway {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         auth: Authenticator,
         registry: Addr<Registry>,
@@ -64,6 +66,7 @@ impl Gateway {
         cfg: GatewayConfig,
         metrics: HttpMetrics,
         ws_metrics: WsMetrics,
+        repos: Addr<chamberlain_actors::repos::RepoLibrary>,
     ) -> Self {
         Self {
             auth,
@@ -73,6 +76,7 @@ impl Gateway {
             cfg,
             metrics,
             ws_metrics,
+            repos,
             shutting_down: AtomicBool::new(false),
             shutdown: CancellationToken::new(),
         }
@@ -112,6 +116,16 @@ impl Gateway {
         Ok(identity)
     }
 
+    /// Who an instance (or a clone) belongs to.
+    pub fn user_spec(&self, identity: &Identity) -> UserSpec {
+        UserSpec {
+            user_id: identity.user_id.clone(),
+            key: self.user_key(identity),
+            email: identity.email.clone(),
+            name: identity.name.clone(),
+        }
+    }
+
     pub fn user_key(&self, identity: &Identity) -> UserKey {
         UserKey::derive(&identity.user_id)
     }
@@ -129,12 +143,7 @@ impl Gateway {
         if let Some(handle) = self.peek(identity) {
             return Ok(handle);
         }
-        let spec = UserSpec {
-            user_id: identity.user_id.clone(),
-            key: self.user_key(identity),
-            email: identity.email.clone(),
-            name: identity.name.clone(),
-        };
+        let spec = self.user_spec(identity);
         self.registry
             .send(Open(spec))
             .await

@@ -17,5 +17,6 @@ pub mod origin;
 pub mod pages;
 pub mod peer;
 pub mod proxy;
+pub mod repos;
 pub mod server;
 pub mod websocket;

@@ -115,6 +115,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let routes = registry.routes();
     let registry = registry.start();
+    match chamberlain_actors::repos::sweep_partial_clones(&users) {
+        0 => {}
+        n => tracing::warn!(
+            removed = n,
+            "removed clones left half-made by an earlier run"
+        ),
+    }
+    let repos = chamberlain_actors::repos::RepoLibrary::new(
+        shared_paths.repos.clone(),
+        users.clone(),
+        Arc::clone(&isolation),
+        shared_paths.auth_file.clone(),
+        args.max_concurrent_clones as usize,
+    )
+    .start();
 
     let gateway = web::Data::new(Gateway::new(
         auth,
@@ -136,6 +151,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
         metrics.http.clone(),
         metrics.ws.clone(),
+        repos.clone(),
     ));
 
     let public = {
@@ -172,9 +188,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         gateway: gateway.clone(),
         isolation: Arc::clone(&isolation),
     });
+    let admin_library = web::Data::new(crate::repos::Library(repos.clone()));
     let admin = HttpServer::new(move || {
         App::new()
             .app_data(admin_state.clone())
+            .app_data(admin_library.clone())
             .wrap_fn(admin::refuse_users)
             .configure(admin::configure)
     })

@@ -18,6 +18,7 @@ pub mod launcher;
 pub mod metrics;
 pub mod provision;
 pub mod registry;
+pub mod repos;
 pub mod status;
 pub mod workspace;
 

@@ -8,6 +8,7 @@ mod isolation;
 mod lifecycle;
 mod proxy;
 mod real_opencode;
+mod repos;
 mod support;
 mod tokens;
 mod websocket;

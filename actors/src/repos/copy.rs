@@ -1,0 +1,256 @@
+//! Putting a copy of a shared repository into a user's workspace: `git clone
+//! --no-hardlinks` or a plain copy, into a hidden temporary directory, handed to the user's
+//! uid, then renamed into place without replacing anything. A clone that fails or is
+//! interrupted leaves no target behind; its temporary directory is removed on failure or
+//! swept at the next start.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::catalogue::{git_dir, RepoKind, SharedRepository};
+
+/// Prefix of clones in progress inside a workspace.
+pub const PARTIAL_PREFIX: &str = ".chamberlain-clone-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("{0} already exists in your workspace")]
+    Exists(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn failed(what: &str, path: &Path, e: io::Error) -> CopyError {
+    CopyError::Failed(format!("{what} {}: {e}", path.display()))
+}
+
+/// Copies `repo` into `workspace/target`, owned by `owner` (uid, gid) if given.
+pub fn clone_into(
+    repo: &SharedRepository,
+    workspace: &Path,
+    target: &str,
+    owner: Option<(u32, u32)>,
+) -> Result<PathBuf, CopyError> {
+    let dest = workspace.join(target);
+    if fs::symlink_metadata(&dest).is_ok() {
+        return Err(CopyError::Exists(target.to_owned()));
+    }
+    let tmp = workspace.join(format!("{PARTIAL_PREFIX}{target}-{}", unique()));
+    let result = (|| {
+        match repo.kind {
+            RepoKind::Git => git_clone(&repo.path, &tmp)?,
+            RepoKind::Folder => copy_tree(&repo.path, &tmp)?,
+        }
+        if let Some((uid, gid)) = owner {
+            chown_tree(&tmp, uid, gid)?;
+        }
+        rename_noreplace(&tmp, &dest).map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::EEXIST) | Some(nix::libc::ENOTEMPTY) => {
+                CopyError::Exists(target.to_owned())
+            }
+            _ => failed("moving the clone to", &dest, e),
+        })
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result.map(|()| dest)
+}
+
+/// Removes clones left half-made in `workspace` by a crash. Returns how many.
+pub fn sweep(workspace: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(workspace) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX))
+        .filter(|e| fs::remove_dir_all(e.path()).is_ok())
+        .count()
+}
+
+fn unique() -> String {
+    let mut bytes = [0u8; 6];
+    if getrandom::fill(&mut bytes).is_err() {
+        return std::process::id().to_string();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        from,
+        nix::fcntl::AT_FDCWD,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(io::Error::from)
+}
+
+/// A `git` command with a clean environment: no system or global configuration, no
+/// prompts, and any owner's repository accepted (shared repos are the operator's).
+pub fn git() -> Command {
+    let mut cmd = Command::new("git");
+    cmd.env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+        )
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("HOME", "/nonexistent")
+        .args(["-c", "safe.directory=*"])
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `cmd`; an error carries git's own message.
+pub fn run(cmd: &mut Command, what: &str) -> Result<String, CopyError> {
+    let out = cmd
+        .output()
+        .map_err(|e| CopyError::Failed(format!("{what}: cannot run git: {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        Err(CopyError::Failed(format!(
+            "{what}: git failed ({}): {}",
+            out.status,
+            stderr.trim().chars().take(500).collect::<String>()
+        )))
+    }
+}
+
+/// `git clone --no-hardlinks`; the clone's `origin` is the shared repo's own upstream when
+/// it has one (so the user pulls from where the template comes from), else the shared path.
+fn git_clone(source: &Path, dest: &Path) -> Result<(), CopyError> {
+    run(
+        git()
+            .args(["clone", "--quiet", "--no-hardlinks", "--"])
+            .arg(source)
+            .arg(dest),
+        "cloning",
+    )?;
+    let git_dir = git_dir(source).unwrap_or_else(|| source.to_owned());
+    let upstream = run(
+        git()
+            .arg("--git-dir")
+            .arg(&git_dir)
+            .args(["config", "--get", "remote.origin.url"]),
+        "reading the upstream",
+    )
+    .ok()
+    .filter(|u| !u.is_empty());
+    if let Some(url) = upstream {
+        run(
+            git()
+                .arg("-C")
+                .arg(dest)
+                .args(["remote", "set-url", "origin", &url]),
+            "setting origin",
+        )?;
+    }
+    Ok(())
+}
+
+/// Copies a tree: modes kept, ownership not, symlinks copied as symlinks (never followed),
+/// special files (pipes, sockets, devices) skipped.
+pub fn copy_tree(from: &Path, to: &Path) -> Result<(), CopyError> {
+    let meta = fs::symlink_metadata(from).map_err(|e| failed("reading", from, e))?;
+    fs::create_dir(to).map_err(|e| failed("creating", to, e))?;
+    for entry in fs::read_dir(from).map_err(|e| failed("reading", from, e))? {
+        let entry = entry.map_err(|e| failed("reading", from, e))?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type().map_err(|e| failed("reading", &src, e))?;
+        if kind.is_dir() {
+            copy_tree(&src, &dst)?;
+        } else if kind.is_symlink() {
+            let target = fs::read_link(&src).map_err(|e| failed("reading", &src, e))?;
+            symlink(&target, &dst).map_err(|e| failed("creating", &dst, e))?;
+        } else if kind.is_file() {
+            fs::copy(&src, &dst).map_err(|e| failed("copying", &src, e))?;
+        } else {
+            tracing::debug!(path = %src.display(), "not copying a special file");
+        }
+    }
+    // Last, so a read-only directory can still be filled.
+    fs::set_permissions(
+        to,
+        fs::Permissions::from_mode(meta.permissions().mode() & 0o7777),
+    )
+    .map_err(|e| failed("setting the mode of", to, e))
+}
+
+pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), CopyError> {
+    lchown(path, Some(uid), Some(gid)).map_err(|e| failed("handing over", path, e))?;
+    if fs::symlink_metadata(path)
+        .map_err(|e| failed("reading", path, e))?
+        .is_dir()
+    {
+        for entry in fs::read_dir(path).map_err(|e| failed("reading", path, e))? {
+            let entry = entry.map_err(|e| failed("reading", path, e))?;
+            chown_tree(&entry.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repos::catalogue;
+
+    #[test]
+    fn a_clone_lands_whole_or_not_at_all_and_leftovers_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repos");
+        let ws = dir.path().join("ws");
+        fs::create_dir_all(root.join("kit/sub")).unwrap();
+        fs::create_dir_all(&ws).unwrap();
+        fs::write(root.join("kit/sub/f"), "x").unwrap();
+        let repo = catalogue::read(&root, "kit").unwrap();
+        let dest = clone_into(&repo, &ws, "kit", None).unwrap();
+        assert_eq!(fs::read_to_string(dest.join("sub/f")).unwrap(), "x");
+        assert!(matches!(
+            clone_into(&repo, &ws, "kit", None),
+            Err(CopyError::Exists(_))
+        ));
+        // Only the finished clone is there: no temporary directory was left.
+        let names: Vec<_> = fs::read_dir(&ws)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["kit"]);
+
+        fs::create_dir_all(ws.join(format!("{PARTIAL_PREFIX}kit-dead"))).unwrap();
+        assert_eq!(sweep(&ws), 1);
+        assert!(ws.join("kit").is_dir());
+    }
+
+    #[test]
+    fn a_failed_clone_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        fs::create_dir_all(&ws).unwrap();
+        let missing = SharedRepository {
+            name: "gone".into(),
+            path: dir.path().join("gone"),
+            description: None,
+            last_modified: 0,
+            size_bytes: None,
+            kind: RepoKind::Folder,
+            default_branch: None,
+        };
+        assert!(matches!(
+            clone_into(&missing, &ws, "gone", None),
+            Err(CopyError::Failed(_))
+        ));
+        assert_eq!(fs::read_dir(&ws).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,427 @@
+//! `RepoLibrary`: the organisation's template repositories under `shared/repos/`.
+//!
+//! Messages
+//! - `ListRepos` → every repository, sizes from the cache (`None` while being computed).
+//! - `GetRepo { name }` → one repository.
+//! - `CloneRepo { source, target, user }` → copies a repository into the user's workspace.
+//! - `AddRepo`, `RefreshRepo`, `DeleteRepo` → the operator's changes.
+//!
+//! State: a read-write lock per repository (clones share it; refresh and delete take it
+//! alone, so a clone always copies a consistent snapshot), a semaphore bounding clones
+//! (`--max-concurrent-clones`), and the size cache. Nothing runs on the actor: each message
+//! is answered by a future that does its file-system and git work on the blocking pool, so
+//! many clones run at once and a huge repository never stalls a listing. Sizes are computed
+//! in the background (two at a time) and invalidated by the repository's modification time.
+
+pub mod catalogue;
+pub mod copy;
+pub mod names;
+pub mod operator;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use tokio::sync::{RwLock, Semaphore};
+
+use crate::isolation::Isolation;
+use crate::provision::{self, Profile};
+use crate::workspace::{UserKey, UsersRoot};
+pub use catalogue::{RepoKind, SharedRepository};
+use copy::CopyError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no shared repository named {0:?}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<CopyError> for RepoError {
+    fn from(e: CopyError) -> Self {
+        match e {
+            CopyError::Exists(_) => RepoError::Conflict(e.to_string()),
+            CopyError::Failed(m) => RepoError::Failed(m),
+        }
+    }
+}
+
+type Sizes = Arc<Mutex<HashMap<String, (u64, u64)>>>;
+
+pub struct RepoLibrary {
+    root: PathBuf,
+    users: UsersRoot,
+    isolation: Arc<Isolation>,
+    shared_auth: PathBuf,
+    locks: HashMap<String, Arc<RwLock<()>>>,
+    clones: Arc<Semaphore>,
+    /// name → (last modified, bytes).
+    sizes: Sizes,
+    sizing: Arc<Mutex<HashSet<String>>>,
+    size_workers: Arc<Semaphore>,
+}
+
+impl RepoLibrary {
+    pub fn new(
+        root: PathBuf,
+        users: UsersRoot,
+        isolation: Arc<Isolation>,
+        shared_auth: PathBuf,
+        max_concurrent_clones: usize,
+    ) -> Self {
+        RepoLibrary {
+            root,
+            users,
+            isolation,
+            shared_auth,
+            locks: HashMap::new(),
+            clones: Arc::new(Semaphore::new(max_concurrent_clones.max(1))),
+            sizes: Arc::default(),
+            sizing: Arc::default(),
+            size_workers: Arc::new(Semaphore::new(2)),
+        }
+    }
+
+    fn lock(&mut self, name: &str) -> Arc<RwLock<()>> {
+        // Names come from clients; forget the locks nobody holds once there are many.
+        if self.locks.len() > 256 {
+            self.locks.retain(|_, l| Arc::strong_count(l) > 1);
+        }
+        self.locks
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(RwLock::new(())))
+            .clone()
+    }
+
+    /// Sizes from the cache; stale or missing ones are computed in the background.
+    fn with_sizes(
+        repos: Vec<SharedRepository>,
+        sizes: &Sizes,
+        sizing: &Arc<Mutex<HashSet<String>>>,
+        workers: &Arc<Semaphore>,
+    ) -> Vec<SharedRepository> {
+        let cache = sizes.lock().map(|c| c.clone()).unwrap_or_default();
+        repos
+            .into_iter()
+            .map(|mut repo| {
+                match cache.get(&repo.name) {
+                    Some((stamp, bytes)) if *stamp == repo.last_modified => {
+                        repo.size_bytes = Some(*bytes)
+                    }
+                    _ => Self::compute_size(&repo, sizes, sizing, workers),
+                }
+                repo
+            })
+            .collect()
+    }
+
+    fn compute_size(
+        repo: &SharedRepository,
+        sizes: &Sizes,
+        sizing: &Arc<Mutex<HashSet<String>>>,
+        workers: &Arc<Semaphore>,
+    ) {
+        let fresh = sizing
+            .lock()
+            .map(|mut s| s.insert(repo.name.clone()))
+            .unwrap_or(false);
+        if !fresh {
+            return;
+        }
+        let (name, path, stamp) = (repo.name.clone(), repo.path.clone(), repo.last_modified);
+        let (sizes, sizing, workers) = (sizes.clone(), sizing.clone(), workers.clone());
+        actix::spawn(async move {
+            let _worker = workers.acquire_owned().await;
+            let bytes = tokio::task::spawn_blocking(move || catalogue::size_of(&path)).await;
+            if let (Ok(bytes), Ok(mut cache)) = (bytes, sizes.lock()) {
+                cache.insert(name.clone(), (stamp, bytes));
+            }
+            if let Ok(mut s) = sizing.lock() {
+                s.remove(&name);
+            }
+        });
+    }
+}
+
+impl Actor for RepoLibrary {
+    type Context = Context<Self>;
+}
+
+/// A name that can only be a direct entry of the catalogue.
+fn catalogue_name(name: &str) -> Result<&str, RepoError> {
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && !name.contains(['/', '\0'])
+        && name.len() <= 255;
+    if plain {
+        Ok(name)
+    } else {
+        Err(RepoError::NotFound(name.chars().take(100).collect()))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RepoError> + Send + 'static,
+) -> Result<T, RepoError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RepoError::Failed(format!("the operation was interrupted: {e}")))?
+}
+
+#[derive(Message)]
+#[rtype(result = "Vec<SharedRepository>")]
+pub struct ListRepos;
+
+impl Handler<ListRepos> for RepoLibrary {
+    type Result = ResponseFuture<Vec<SharedRepository>>;
+
+    fn handle(&mut self, _: ListRepos, _: &mut Context<Self>) -> Self::Result {
+        let root = self.root.clone();
+        let (sizes, sizing, workers) = (
+            self.sizes.clone(),
+            self.sizing.clone(),
+            self.size_workers.clone(),
+        );
+        Box::pin(async move {
+            let repos = tokio::task::spawn_blocking(move || catalogue::scan(&root))
+                .await
+                .unwrap_or_default();
+            Self::with_sizes(repos, &sizes, &sizing, &workers)
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<SharedRepository, RepoError>")]
+pub struct GetRepo {
+    pub name: String,
+}
+
+impl Handler<GetRepo> for RepoLibrary {
+    type Result = ResponseFuture<Result<SharedRepository, RepoError>>;
+
+    fn handle(&mut self, msg: GetRepo, _: &mut Context<Self>) -> Self::Result {
+        let root = self.root.clone();
+        let (sizes, sizing, workers) = (
+            self.sizes.clone(),
+            self.sizing.clone(),
+            self.size_workers.clone(),
+        );
+        Box::pin(async move {
+            let name = catalogue_name(&msg.name)?.to_owned();
+            let lookup = name.clone();
+            let repo = blocking(move || {
+                catalogue::read(&root, &lookup).ok_or(RepoError::NotFound(lookup))
+            })
+            .await?;
+            Ok(Self::with_sizes(vec![repo], &sizes, &sizing, &workers).remove(0))
+        })
+    }
+}
+
+/// Who is cloning: where their workspace is and who owns it.
+#[derive(Clone, Debug)]
+pub struct Cloner {
+    pub key: UserKey,
+    pub profile: Profile,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<PathBuf, RepoError>")]
+pub struct CloneRepo {
+    pub source: String,
+    /// Defaults to the source's name.
+    pub target: Option<String>,
+    pub user: Cloner,
+}
+
+impl Handler<CloneRepo> for RepoLibrary {
+    type Result = ResponseFuture<Result<PathBuf, RepoError>>;
+
+    fn handle(&mut self, msg: CloneRepo, _: &mut Context<Self>) -> Self::Result {
+        let source = msg.source.clone();
+        let lock = self.lock(&source);
+        let (root, users, isolation, shared_auth, clones) = (
+            self.root.clone(),
+            self.users.clone(),
+            self.isolation.clone(),
+            self.shared_auth.clone(),
+            self.clones.clone(),
+        );
+        Box::pin(async move {
+            catalogue_name(&source)?;
+            let target = msg.target.unwrap_or_else(|| source.clone());
+            names::validate(&target).map_err(RepoError::BadRequest)?;
+            // Refresh and delete of this repository wait for every clone of it.
+            let _snapshot = lock.read_owned().await;
+            let _slot = clones
+                .acquire_owned()
+                .await
+                .map_err(|_| RepoError::Failed("the repository library is closing".into()))?;
+            blocking(move || {
+                let repo = catalogue::read(&root, &source).ok_or(RepoError::NotFound(source))?;
+                let ids = isolation
+                    .ids(&msg.user.key)
+                    .map_err(|e| RepoError::Failed(e.to_string()))?;
+                let ws = provision::provision(
+                    &users,
+                    &msg.user.key,
+                    ids,
+                    &msg.user.profile,
+                    &shared_auth,
+                )
+                .map_err(|e| RepoError::Failed(e.to_string()))?;
+                let owner = ids.map(|i| (i.uid, i.gid));
+                Ok(copy::clone_into(
+                    &repo,
+                    &ws.workspace_dir(),
+                    &target,
+                    owner,
+                )?)
+            })
+            .await
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<SharedRepository, RepoError>")]
+pub struct AddRepo {
+    pub name: String,
+    pub url: String,
+    pub description: Option<String>,
+}
+
+impl Handler<AddRepo> for RepoLibrary {
+    type Result = ResponseFuture<Result<SharedRepository, RepoError>>;
+
+    fn handle(&mut self, msg: AddRepo, _: &mut Context<Self>) -> Self::Result {
+        let lock = self.lock(&msg.name);
+        let root = self.root.clone();
+        let gid = self.isolation.shared_gid();
+        Box::pin(async move {
+            names::validate(&msg.name).map_err(RepoError::BadRequest)?;
+            operator::check_url(&msg.url).map_err(RepoError::BadRequest)?;
+            let _alone = lock.write_owned().await;
+            blocking(move || {
+                operator::add(&root, &msg.name, &msg.url, msg.description.as_deref(), gid)?;
+                tracing::info!(name = %msg.name, url = %msg.url, "shared repository added");
+                catalogue::read(&root, &msg.name)
+                    .ok_or_else(|| RepoError::Failed("the new repository vanished".into()))
+            })
+            .await
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<String, RepoError>")]
+pub struct RefreshRepo {
+    pub name: String,
+}
+
+impl Handler<RefreshRepo> for RepoLibrary {
+    type Result = ResponseFuture<Result<String, RepoError>>;
+
+    fn handle(&mut self, msg: RefreshRepo, _: &mut Context<Self>) -> Self::Result {
+        let lock = self.lock(&msg.name);
+        let root = self.root.clone();
+        let gid = self.isolation.shared_gid();
+        Box::pin(async move {
+            catalogue_name(&msg.name)?;
+            let _alone = lock.write_owned().await;
+            blocking(move || {
+                let repo =
+                    catalogue::read(&root, &msg.name).ok_or(RepoError::NotFound(msg.name))?;
+                let upstream = operator::refresh(&repo.path, gid)?;
+                tracing::info!(name = %repo.name, upstream, "shared repository refreshed");
+                Ok(upstream)
+            })
+            .await
+        })
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), RepoError>")]
+pub struct DeleteRepo {
+    pub name: String,
+}
+
+impl Handler<DeleteRepo> for RepoLibrary {
+    type Result = ResponseFuture<Result<(), RepoError>>;
+
+    fn handle(&mut self, msg: DeleteRepo, _: &mut Context<Self>) -> Self::Result {
+        let lock = self.lock(&msg.name);
+        let root = self.root.clone();
+        Box::pin(async move {
+            catalogue_name(&msg.name)?;
+            let _alone = lock.write_owned().await;
+            blocking(move || {
+                if catalogue::read(&root, &msg.name).is_none() {
+                    return Err(RepoError::NotFound(msg.name));
+                }
+                operator::delete(&root, &msg.name)?;
+                tracing::info!(name = %msg.name, "shared repository deleted");
+                Ok(())
+            })
+            .await
+        })
+    }
+}
+
+/// A user's projects: the directories in their workspace.
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Project {
+    pub name: String,
+    pub path: PathBuf,
+    pub is_git: bool,
+    pub last_modified: u64,
+}
+
+/// Removes clones left half-made by a crash from every workspace (at start-up, when no
+/// clone can be running). Returns how many.
+pub fn sweep_partial_clones(users: &UsersRoot) -> usize {
+    let Ok(homes) = std::fs::read_dir(users.path()) else {
+        return 0;
+    };
+    homes
+        .flatten()
+        .map(|home| copy::sweep(&home.path().join("workspace")))
+        .sum()
+}
+
+pub fn projects(workspace: &Path) -> Vec<Project> {
+    let Ok(entries) = std::fs::read_dir(workspace) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Project> = entries
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| {
+            let path = e.path();
+            let last_modified = e
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64);
+            Project {
+                name: e.file_name().to_string_lossy().into_owned(),
+                is_git: path.join(".git").exists(),
+                path,
+                last_modified,
+            }
+        })
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
+    found
+}
