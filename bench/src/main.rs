@@ -10,6 +10,9 @@
 //! 5. Identity: cost per request of a verified token on a cache hit and a miss
 //!    (`chamberlain-bench identity`, in process; see `identity.rs`).
 //!
+//! 6. Repository library: listing 301 repositories while a huge one is being sized
+//!    (`chamberlain-bench repos`, in process; see `repos.rs`).
+//!
 //! Build first: `cargo build --release --bins` (the gateway and the fake OpenCode), then
 //! `cargo run --release -p chamberlain-bench -- [--upstream fake|opencode] [--seconds N]
 //! [--connections N]`. With `--upstream opencode` the real OpenCode from
@@ -20,6 +23,7 @@
 mod http;
 mod identity;
 mod procs;
+mod repos;
 mod ws;
 
 use std::net::SocketAddr;
@@ -219,7 +223,11 @@ fn report_load(name: &str, direct: &Load, gateway: &Load) -> Value {
 
 fn main() -> anyhow::Result<()> {
     let mut argv = std::env::args().skip(1);
-    if argv.next().as_deref() == Some("identity") {
+    let first = argv.next();
+    if first.as_deref() == Some("repos") {
+        return repos::run();
+    }
+    if first.as_deref() == Some("identity") {
         let mut iterations = 200_000;
         while let Some(arg) = argv.next() {
             match arg.as_str() {
