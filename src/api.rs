@@ -21,7 +21,10 @@ use crate::pages;
 use crate::proxy::streams::Held;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/healthz", web::get().to(healthz)))
+    cfg.service(resource("/", web::get().to(portal)))
+        .service(resource("/static/portal.css", web::get().to(portal_css)))
+        .service(resource("/static/portal.js", web::get().to(portal_js)))
+        .service(resource("/healthz", web::get().to(healthz)))
         .service(resource("/readyz", web::get().to(readyz)))
         .service(resource("/login", web::get().to(login)))
         .service(resource("/logout", web::get().to(logout)))
@@ -47,6 +50,36 @@ fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
 
 async fn not_found(req: HttpRequest) -> HttpResponse {
     GatewayError::NotFound(req.path().to_owned()).respond(&req)
+}
+
+/// The portal page; a browser that is not signed in gets the sign-in page instead.
+async fn portal(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    gateway
+        .identify(&req)
+        .await
+        .map_err(|e| ApiError(e, req.clone()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(pages::PORTAL))
+}
+
+/// The portal's assets: public (they hold nothing about anyone), revalidated each time so
+/// an upgraded gateway is picked up at once.
+async fn portal_css() -> HttpResponse {
+    asset("text/css; charset=utf-8", pages::PORTAL_CSS)
+}
+
+async fn portal_js() -> HttpResponse {
+    asset("text/javascript; charset=utf-8", pages::PORTAL_JS)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-content-type-options", "nosniff"))
+        .body(body)
 }
 
 async fn healthz() -> HttpResponse {

@@ -4,6 +4,9 @@ const STARTING: &str = include_str!("../static/starting.html");
 const UNAUTHORIZED: &str = include_str!("../static/unauthorized.html");
 const LOGIN: &str = include_str!("../static/login.html");
 const SIGNED_OUT: &str = include_str!("../static/signed_out.html");
+pub const PORTAL: &str = include_str!("../static/portal.html");
+pub const PORTAL_CSS: &str = include_str!("../static/portal.css");
+pub const PORTAL_JS: &str = include_str!("../static/portal.js");
 
 /// Shown to a browser navigation while the user's instance is not ready; it follows
 /// `/-/api/instance/progress` and reloads when the instance is ready.

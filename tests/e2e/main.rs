@@ -2,6 +2,7 @@
 //! a client would, in front of either the fake OpenCode (fault injection) or the real,
 //! pinned OpenCode.
 
+mod browser;
 mod identity;
 mod input;
 mod isolation;
@@ -11,4 +12,5 @@ mod real_opencode;
 mod repos;
 mod support;
 mod tokens;
+mod webdriver;
 mod websocket;

@@ -1,0 +1,243 @@
+// The portal: who you are, your instance, the shared repositories and your workspace.
+// Plain JavaScript, no build step; everything it needs is served by the gateway.
+(function () {
+  "use strict";
+
+  var NAME = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$/;
+  var repos = [];
+  var progress = null;
+
+  function $(id) { return document.getElementById(id); }
+
+  function api(method, path, body) {
+    var init = { method: method, headers: { "accept": "application/json" } };
+    if (body !== undefined) {
+      init.headers["content-type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    return fetch(path, init).then(function (resp) {
+      if (resp.status === 401) {
+        window.location.href = "/-/login?next=" + encodeURIComponent("/-/");
+        return new Promise(function () {});
+      }
+      return resp.json().catch(function () { return {}; }).then(function (data) {
+        return { status: resp.status, ok: resp.ok, data: data };
+      });
+    });
+  }
+
+  function when(ms) {
+    if (!ms) { return "—"; }
+    return new Date(ms).toLocaleString();
+  }
+
+  function size(bytes) {
+    if (bytes === null || bytes === undefined) { return "size…"; }
+    var units = ["B", "KiB", "MiB", "GiB", "TiB"], i = 0, n = bytes;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return (i === 0 ? n : n.toFixed(1)) + " " + units[i];
+  }
+
+  // ---- who -------------------------------------------------------------------------------
+  function loadMe() {
+    return api("GET", "/-/api/me").then(function (r) {
+      if (!r.ok) { return; }
+      $("user-name").textContent = r.data.name || r.data.userId;
+      $("user-email").textContent = r.data.email || "";
+      renderInstance(r.data.instance);
+    });
+  }
+
+  // ---- instance --------------------------------------------------------------------------
+  function renderInstance(inst) {
+    var state = inst.state || "stopped";
+    $("state").textContent = state.charAt(0).toUpperCase() + state.slice(1);
+    $("indicator").className = "dot " + state;
+    $("instance-message").textContent = inst.message || "";
+    $("started-at").textContent = when(inst.startedAt);
+    $("last-activity").textContent = when(inst.lastActivity);
+    var busy = state === "queued" || state === "starting" || state === "stopping";
+    $("start").disabled = busy || state === "ready";
+    $("stop").disabled = busy || state === "stopped";
+    $("restart").disabled = busy || state !== "ready";
+  }
+
+  function refreshInstance() {
+    return api("GET", "/-/api/instance").then(function (r) {
+      if (r.ok) { renderInstance(r.data); }
+    });
+  }
+
+  // Live while something happens: the progress stream ends at ready, failed or stopped.
+  function follow() {
+    if (progress) { progress.close(); }
+    progress = new EventSource("/-/api/instance/progress");
+    progress.onmessage = function (ev) {
+      try { renderInstance(JSON.parse(ev.data)); } catch (e) { /* a keep-alive */ }
+    };
+    progress.onerror = function () {
+      progress.close();
+      progress = null;
+      refreshInstance();
+    };
+  }
+
+  function act(path) {
+    return api("POST", path).then(function (r) {
+      if (!r.ok && r.data && r.data.error) { $("instance-message").textContent = r.data.error; }
+      follow();
+      return refreshInstance();
+    });
+  }
+
+  $("start").addEventListener("click", function () { act("/-/api/instance/start"); });
+  $("stop").addEventListener("click", function () { act("/-/api/instance/stop"); });
+  $("restart").addEventListener("click", function () {
+    api("POST", "/-/api/instance/stop").then(function () { act("/-/api/instance/start"); });
+  });
+
+  // ---- repositories ----------------------------------------------------------------------
+  function renderRepos() {
+    var query = $("repo-search").value.trim().toLowerCase();
+    var list = $("repos");
+    list.textContent = "";
+    var shown = repos.filter(function (r) {
+      return !query || r.name.toLowerCase().indexOf(query) >= 0 ||
+        (r.description || "").toLowerCase().indexOf(query) >= 0;
+    });
+    $("repos-empty").hidden = repos.length > 0;
+    shown.forEach(function (r) {
+      var li = document.createElement("li");
+      li.className = "repo";
+      li.dataset.name = r.name;
+      var info = document.createElement("div");
+      var name = document.createElement("span");
+      name.className = "repo-name";
+      name.textContent = r.name;
+      var badge = document.createElement("span");
+      badge.className = "badge";
+      badge.textContent = r.kind + (r.defaultBranch ? " · " + r.defaultBranch : "");
+      var desc = document.createElement("div");
+      desc.className = "description";
+      desc.textContent = r.description || "";
+      var meta = document.createElement("div");
+      meta.className = "meta";
+      meta.textContent = size(r.sizeBytes) + " · changed " + when(r.lastModified);
+      info.appendChild(name);
+      info.appendChild(badge);
+      info.appendChild(desc);
+      info.appendChild(meta);
+      var button = document.createElement("button");
+      button.type = "button";
+      button.className = "clone";
+      button.textContent = "Clone";
+      button.setAttribute("aria-label", "Clone " + r.name);
+      button.addEventListener("click", function () { openClone(r.name); });
+      li.appendChild(info);
+      li.appendChild(button);
+      list.appendChild(li);
+    });
+  }
+
+  function loadRepos() {
+    return api("GET", "/-/api/repos").then(function (r) {
+      if (!r.ok) { return; }
+      repos = r.data;
+      renderRepos();
+      // Sizes arrive in the background; look again while any is missing.
+      if (repos.some(function (x) { return x.sizeBytes === null; })) {
+        setTimeout(loadRepos, 2000);
+      }
+    });
+  }
+
+  $("repo-search").addEventListener("input", renderRepos);
+
+  // ---- workspace -------------------------------------------------------------------------
+  function loadWorkspace() {
+    return api("GET", "/-/api/workspace").then(function (r) {
+      if (!r.ok) { return; }
+      var list = $("workspace");
+      list.textContent = "";
+      $("workspace-empty").hidden = r.data.length > 0;
+      r.data.forEach(function (p) {
+        var li = document.createElement("li");
+        li.className = "project";
+        li.dataset.name = p.name;
+        var name = document.createElement("span");
+        name.className = "repo-name";
+        name.textContent = p.name;
+        var meta = document.createElement("span");
+        meta.className = "meta";
+        meta.textContent = (p.isGit ? "git · " : "") + "changed " + when(p.lastModified);
+        li.appendChild(name);
+        li.appendChild(meta);
+        list.appendChild(li);
+      });
+    });
+  }
+
+  // ---- clone dialog ----------------------------------------------------------------------
+  var cloneSource = null;
+
+  function validate() {
+    var value = $("clone-target").value;
+    var why = "";
+    if (!value) { why = "Choose a name."; }
+    else if (value.charAt(0) === ".") { why = "The name must not start with “.”."; }
+    else if (value.length > 100) { why = "At most 100 characters."; }
+    else if (!NAME.test(value)) { why = "Only letters, digits, “.”, “_” and “-”."; }
+    $("clone-error").textContent = why;
+    $("clone-target").setAttribute("aria-invalid", why ? "true" : "false");
+    $("clone-submit").disabled = !!why;
+    return !why;
+  }
+
+  function openClone(source) {
+    cloneSource = source;
+    $("clone-source").textContent = source;
+    $("clone-target").value = source;
+    $("clone-progress").hidden = true;
+    $("clone-done").hidden = true;
+    $("clone-target").disabled = false;
+    validate();
+    $("clone-dialog").showModal();
+    $("clone-target").focus();
+  }
+
+  $("clone-target").addEventListener("input", validate);
+  $("clone-cancel").addEventListener("click", function () { $("clone-dialog").close(); });
+  $("clone-form").addEventListener("submit", function (ev) {
+    ev.preventDefault();
+    if (!validate()) { return; }
+    var target = $("clone-target").value;
+    $("clone-submit").disabled = true;
+    $("clone-target").disabled = true;
+    $("clone-progress").hidden = false;
+    api("POST", "/-/api/repos/" + encodeURIComponent(cloneSource) + "/clone", { targetName: target })
+      .then(function (r) {
+        $("clone-progress").hidden = true;
+        if (r.ok && r.data.success) {
+          $("clone-done").hidden = false;
+          $("clone-open").href = "/?directory=" + encodeURIComponent(r.data.targetPath);
+          loadWorkspace();
+        } else {
+          $("clone-error").textContent = (r.data && r.data.error) || ("Cloning failed (" + r.status + ").");
+          $("clone-target").disabled = false;
+          $("clone-submit").disabled = false;
+          $("clone-target").focus();
+        }
+      })
+      .catch(function (e) {
+        $("clone-progress").hidden = true;
+        $("clone-error").textContent = "Cloning failed: " + e.message;
+        $("clone-target").disabled = false;
+        $("clone-submit").disabled = false;
+      });
+  });
+
+  loadMe();
+  loadRepos();
+  loadWorkspace();
+  setInterval(refreshInstance, 10000);
+})();

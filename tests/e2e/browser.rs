@@ -1,0 +1,272 @@
+//! The pages a person sees, in a real headless Chromium (Debian `chromium` and
+//! `chromium-driver`, installed by `.ci/run`): the portal, the starting page, OpenCode's
+//! own web UI through the gateway, and two people side by side.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::Gateway;
+use crate::webdriver::{Browser, Driver};
+
+/// Signs `user` in with the dev login form's cookie and lands on `next`.
+async fn sign_in(browser: &Browser<'_>, gw: &Gateway, user: &str, next: &str) {
+    browser
+        .goto(&gw.url(&format!("/-/login?user={user}&next={next}")))
+        .await;
+}
+
+fn add_folder_repo(gw: &Gateway, name: &str, description: &str) {
+    let dir = gw.data.path().join("shared/repos").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("README.md"), format!("# {name}\n")).unwrap();
+    std::fs::write(dir.join(".description"), description).unwrap();
+}
+
+async fn visible_repos(browser: &Browser<'_>) -> Vec<String> {
+    let mut names = Vec::new();
+    for e in browser.find_all("#repos li.repo .repo-name").await {
+        names.push(browser.text(&e).await);
+    }
+    names
+}
+
+#[actix_web::test]
+async fn the_portal_lists_searches_and_clones() {
+    let gw = Gateway::fake(&[]);
+    add_folder_repo(&gw, "alpha-service", "The service template");
+    add_folder_repo(&gw, "beta-web", "A web front end");
+    add_folder_repo(&gw, "gamma-tools", "Handy scripts");
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    sign_in(&browser, &gw, "alice", "/-/").await;
+
+    let name = browser.find("#user-name").await;
+    browser
+        .wait_until(
+            "the user is shown",
+            "return document.getElementById('user-name').textContent === 'alice'",
+        )
+        .await;
+    assert_eq!(browser.text(&name).await, "alice");
+    assert_eq!(
+        browser.text(&browser.find("#user-email").await).await,
+        "alice@localhost"
+    );
+    browser
+        .wait_until(
+            "three repositories",
+            "return document.querySelectorAll('#repos li.repo').length === 3",
+        )
+        .await;
+    assert_eq!(
+        visible_repos(&browser).await,
+        ["alpha-service", "beta-web", "gamma-tools"]
+    );
+
+    // Search filters by name and description.
+    let search = browser.find("#repo-search").await;
+    browser.type_text(&search, "front").await;
+    browser
+        .wait_until(
+            "filtered",
+            "return document.querySelectorAll('#repos li.repo').length === 1",
+        )
+        .await;
+    assert_eq!(visible_repos(&browser).await, ["beta-web"]);
+    browser.clear(&search).await;
+    browser.type_text(&search, "a").await;
+    browser.execute("document.getElementById('repo-search').value=''; document.getElementById('repo-search').dispatchEvent(new Event('input')); return null;", json!([])).await;
+    assert_eq!(visible_repos(&browser).await.len(), 3);
+
+    // The dialog refuses a bad name before anything is sent.
+    browser
+        .click(
+            &browser
+                .find("#repos li.repo[data-name='alpha-service'] button.clone")
+                .await,
+        )
+        .await;
+    let target = browser.find("#clone-target").await;
+    assert_eq!(
+        browser.property(&target, "value").await,
+        "alpha-service",
+        "pre-filled"
+    );
+    browser.clear(&target).await;
+    browser.type_text(&target, "../x").await;
+    let error = browser.find("#clone-error").await;
+    assert!(
+        !browser.text(&error).await.is_empty(),
+        "no validation message"
+    );
+    let submit = browser.find("#clone-submit").await;
+    assert_eq!(browser.property(&submit, "disabled").await, true);
+    assert_eq!(gw.get("alice", "/-/api/workspace").await.json(), json!([]));
+
+    // A good name clones, and the project appears under "My workspace".
+    browser.clear(&target).await;
+    browser.type_text(&target, "alpha").await;
+    assert_eq!(browser.text(&error).await, "");
+    browser.click(&submit).await;
+    browser
+        .wait_until(
+            "the clone succeeded",
+            "return !document.getElementById('clone-done').hidden",
+        )
+        .await;
+    browser
+        .wait_until(
+            "the project is listed",
+            "return !!document.querySelector(\"#workspace li.project[data-name='alpha']\")",
+        )
+        .await;
+    browser.click(&browser.find("#clone-cancel").await).await;
+
+    // The same name again: the server's 409 is shown in the dialog.
+    browser
+        .click(
+            &browser
+                .find("#repos li.repo[data-name='alpha-service'] button.clone")
+                .await,
+        )
+        .await;
+    let target = browser.find("#clone-target").await;
+    browser.clear(&target).await;
+    browser.type_text(&target, "alpha").await;
+    browser.click(&browser.find("#clone-submit").await).await;
+    browser
+        .wait_until(
+            "the conflict is shown",
+            "return document.getElementById('clone-error').textContent.indexOf('already exists') >= 0",
+        )
+        .await;
+
+    // The instance card reacts: start, then ready.
+    browser.click(&browser.find("#clone-cancel").await).await;
+    browser.click(&browser.find("#start").await).await;
+    browser
+        .wait_until(
+            "the instance is ready",
+            "return document.getElementById('state').textContent === 'Ready'",
+        )
+        .await;
+
+    let errors = browser.console_errors(&[("/clone", 409)]).await;
+    assert!(
+        errors.is_empty(),
+        "console errors on the portal: {errors:?}"
+    );
+    browser.quit().await;
+}
+
+#[actix_web::test]
+async fn a_slow_start_shows_the_starting_page_then_the_app() {
+    let gw = Gateway::fake(&["--opencode-arg=--fake-start-delay-ms=2500"]);
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    sign_in(&browser, &gw, "carol", "/").await;
+    browser
+        .wait_until(
+            "the starting page",
+            "return document.title.indexOf('Starting your workspace') === 0",
+        )
+        .await;
+    let steps = browser.find_all("ol li").await;
+    assert_eq!(steps.len(), 3);
+    // No manual reload: the page follows the progress stream and reloads itself.
+    browser
+        .wait_until(
+            "the app (the fake's answer at /)",
+            "return document.body.innerText.indexOf('\"path\"') >= 0",
+        )
+        .await;
+    // The starting page is itself a 503 (not ready yet); nothing else may fail.
+    let errors = browser.console_errors(&[("/", 503)]).await;
+    assert!(
+        errors.is_empty(),
+        "console errors on the starting page: {errors:?}"
+    );
+    browser.quit().await;
+}
+
+#[actix_web::test]
+async fn the_sign_in_and_error_pages_are_clean() {
+    let gw = Gateway::fake(&[]);
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    browser.goto(&gw.url("/-/")).await;
+    browser
+        .wait_until(
+            "the 401 page",
+            "return document.body.innerText.indexOf('Please sign in') >= 0",
+        )
+        .await;
+    browser
+        .click(&browser.find("a[href^='/-/login']").await)
+        .await;
+    let user = browser.find("input[name='user']").await;
+    browser.type_text(&user, "dave\n").await;
+    browser
+        .wait_until("the portal after signing in", "return document.getElementById('user-name') && document.getElementById('user-name').textContent === 'dave'")
+        .await;
+    let errors = browser.console_errors(&[("/-/", 401)]).await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser.quit().await;
+}
+
+#[actix_web::test]
+async fn two_people_in_two_browsers_see_their_own_sessions() {
+    let gw = Gateway::real(&[]);
+    let driver = Driver::start().await;
+    let alice = driver.browser().await;
+    let bob = driver.browser().await;
+    sign_in(&alice, &gw, "alice", "/-/").await;
+    sign_in(&bob, &gw, "bob", "/-/").await;
+    let create = "var done = arguments[arguments.length - 1];
+        fetch('/session', {method: 'POST', headers: {'content-type': 'application/json'}, body: '{}'})
+          .then(function (r) { return r.json(); }).then(function (s) { done(s.id); })
+          .catch(function (e) { done('error: ' + e); });";
+    let list = "var done = arguments[arguments.length - 1];
+        fetch('/session').then(function (r) { return r.json(); })
+          .then(function (l) { done(l.map(function (s) { return s.id; })); })
+          .catch(function (e) { done('error: ' + e); });";
+    let id = alice.execute_async(create).await;
+    let id = id.as_str().expect("session id").to_owned();
+    assert!(id.starts_with("ses"), "{id}");
+    let mine = alice.execute_async(list).await;
+    assert!(
+        mine.as_array().unwrap().iter().any(|s| s == &json!(id)),
+        "{mine}"
+    );
+    let theirs = bob.execute_async(list).await;
+    assert!(
+        !theirs.as_array().unwrap().iter().any(|s| s == &json!(id)),
+        "bob sees {theirs}"
+    );
+    alice.quit().await;
+    bob.quit().await;
+}
+
+#[actix_web::test]
+async fn opencodes_own_web_ui_renders_through_the_gateway() {
+    let gw = Gateway::real(&[]);
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    sign_in(&browser, &gw, "alice", "/").await;
+    // The starting page first (or straight to the app if the start was quick), then the
+    // app renders its own root.
+    browser
+        .wait_until(
+            "OpenCode's UI",
+            "return document.title.indexOf('Starting') < 0 && !!document.querySelector('#root') && document.querySelector('#root').children.length > 0",
+        )
+        .await;
+    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
+    let png = browser.screenshot().await;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("opencode-ui.png"), &png).unwrap();
+    assert!(png.len() > 10_000, "the screenshot is nearly empty");
+    browser.quit().await;
+}

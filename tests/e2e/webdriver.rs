@@ -1,0 +1,300 @@
+//! A small W3C WebDriver client over awc, driving Debian's headless Chromium through
+//! `chromedriver`. Enough for the browser tests: navigate, find, click, type, read, run a
+//! script, take a screenshot, read the console log.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+pub struct Driver {
+    process: Child,
+    base: String,
+    client: awc::Client,
+}
+
+pub struct Browser<'d> {
+    driver: &'d Driver,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+#[derive(Clone, Debug)]
+pub struct Element(String);
+
+impl Driver {
+    /// Starts chromedriver; fails the test when it or Chromium is missing (CI installs the
+    /// Debian packages `chromium` and `chromium-driver`).
+    pub async fn start() -> Driver {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let process = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver) must be installed");
+        let driver = Driver {
+            process,
+            base: format!("http://127.0.0.1:{port}"),
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .finish(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(v) = driver.call("GET", "/status", None).await {
+                if v["ready"] == true {
+                    return driver;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not become ready"
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let url = format!("{}{path}", self.base);
+        let req = match method {
+            "GET" => self.client.get(url),
+            "DELETE" => self.client.delete(url),
+            _ => self.client.post(url),
+        };
+        let mut resp = match body {
+            Some(b) => req.send_json(&b).await,
+            None => req.send().await,
+        }
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+        let bytes = resp
+            .body()
+            .limit(64 << 20)
+            .await
+            .map_err(|e| format!("{method} {path}: {e}"))?;
+        let v: Value =
+            serde_json::from_slice(&bytes).map_err(|e| format!("{method} {path}: {e}"))?;
+        if resp.status().is_success() {
+            Ok(v["value"].clone())
+        } else {
+            Err(format!("{method} {path}: {}", v["value"]))
+        }
+    }
+
+    /// A fresh browser profile (its own cookies): one per simulated person.
+    pub async fn browser(&self) -> Browser<'_> {
+        let profile = tempfile::tempdir().expect("profile dir");
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,900",
+                         format!("--user-data-dir={}", profile.path().display())],
+            },
+            "goog:loggingPrefs": {"browser": "ALL"},
+        }}});
+        let v = self
+            .call("POST", "/session", Some(caps))
+            .await
+            .unwrap_or_else(|e| panic!("cannot start Chromium: {e}"));
+        Browser {
+            driver: self,
+            session: v["sessionId"].as_str().expect("session id").to_owned(),
+            _profile: profile,
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+impl Browser<'_> {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        self.driver
+            .call(method, &format!("/session/{}{path}", self.session), body)
+            .await
+    }
+
+    pub async fn goto(&self, url: &str) {
+        self.call("POST", "/url", Some(json!({ "url": url })))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub async fn url(&self) -> String {
+        self.call("GET", "/url", None)
+            .await
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub async fn find_now(&self, css: &str) -> Option<Element> {
+        let v = self
+            .call(
+                "POST",
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await
+            .ok()?;
+        v[ELEMENT].as_str().map(|id| Element(id.to_owned()))
+    }
+
+    pub async fn find_all(&self, css: &str) -> Vec<Element> {
+        self.call(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        )
+        .await
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| e[ELEMENT].as_str().map(|id| Element(id.to_owned())))
+        .collect()
+    }
+
+    /// Waits (up to 30 s) for an element; fails the test otherwise.
+    pub async fn find(&self, css: &str) -> Element {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(e) = self.find_now(css).await {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no element {css:?} on {}",
+                self.url().await
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits (up to 60 s) until `script` (a function body) returns true.
+    pub async fn wait_until(&self, what: &str, script: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.execute(script, json!([])).await == Value::Bool(true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never: {what} (at {})",
+                self.url().await
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn click(&self, e: &Element) {
+        self.call("POST", &format!("/element/{}/click", e.0), Some(json!({})))
+            .await
+            .unwrap_or_else(|err| panic!("click: {err}"));
+    }
+
+    pub async fn clear(&self, e: &Element) {
+        self.call("POST", &format!("/element/{}/clear", e.0), Some(json!({})))
+            .await
+            .unwrap_or_else(|err| panic!("clear: {err}"));
+    }
+
+    pub async fn type_text(&self, e: &Element, text: &str) {
+        self.call(
+            "POST",
+            &format!("/element/{}/value", e.0),
+            Some(json!({ "text": text })),
+        )
+        .await
+        .unwrap_or_else(|err| panic!("type: {err}"));
+    }
+
+    pub async fn text(&self, e: &Element) -> String {
+        self.call("GET", &format!("/element/{}/text", e.0), None)
+            .await
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    pub async fn property(&self, e: &Element, name: &str) -> Value {
+        self.call("GET", &format!("/element/{}/property/{name}", e.0), None)
+            .await
+            .unwrap_or_default()
+    }
+
+    pub async fn execute(&self, script: &str, args: Value) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("script failed: {e}"))
+    }
+
+    /// Runs an async script; `arguments[arguments.length - 1]` is the callback.
+    pub async fn execute_async(&self, script: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/async",
+            Some(json!({ "script": script, "args": [] })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("async script failed: {e}"))
+    }
+
+    pub async fn screenshot(&self) -> Vec<u8> {
+        let v = self
+            .call("GET", "/screenshot", None)
+            .await
+            .expect("screenshot");
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or_default())
+            .expect("PNG")
+    }
+
+    /// Console messages at level SEVERE (errors) since the last call, except the browser's
+    /// note of an HTTP status the test expects (`expected`: `(path suffix, status)`, e.g. a
+    /// 409 the page shows to its user on purpose).
+    pub async fn console_errors(&self, expected: &[(&str, u16)]) -> Vec<String> {
+        let v = self
+            .call("POST", "/se/log", Some(json!({"type": "browser"})))
+            .await
+            .unwrap_or_else(|e| panic!("reading the console: {e}"));
+        v.as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m["level"] == "SEVERE")
+            .map(|m| m["message"].as_str().unwrap_or_default().to_owned())
+            .filter(|m| {
+                !expected.iter().any(|(path, status)| {
+                    m.split_whitespace()
+                        .next()
+                        .is_some_and(|url| url.ends_with(path))
+                        && m.contains(&format!("status of {status} "))
+                })
+            })
+            .collect()
+    }
+
+    pub async fn quit(self) {
+        let _ = self.call("DELETE", "", None).await;
+    }
+}
