@@ -248,25 +248,159 @@ async fn two_people_in_two_browsers_see_their_own_sessions() {
     bob.quit().await;
 }
 
+/// Records every text a websocket of the page receives (terminal output is drawn on a
+/// canvas, so the page's DOM never holds it).
+const RECORD_WEBSOCKETS: &str = "
+    if (window.__wsText !== undefined) { return null; }
+    window.__wsText = '';
+    var Original = window.WebSocket;
+    function Recording(url, protocols) {
+        var ws = protocols === undefined ? new Original(url) : new Original(url, protocols);
+        ws.addEventListener('message', function (e) {
+            if (typeof e.data === 'string') { window.__wsText += e.data; }
+            else if (e.data instanceof ArrayBuffer) { window.__wsText += new TextDecoder().decode(e.data); }
+            else if (e.data && e.data.text) { e.data.text().then(function (t) { window.__wsText += t; }); }
+        });
+        return ws;
+    }
+    Recording.prototype = Original.prototype;
+    ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED'].forEach(function (k) { Recording[k] = Original[k]; });
+    window.WebSocket = Recording;
+    return null;";
+
+/// Clicks the last button whose text is exactly `text`.
+async fn click_button(browser: &Browser<'_>, text: &str) {
+    let clicked = browser
+        .execute(
+            "var text = arguments[0];
+             var b = Array.from(document.querySelectorAll('button')).filter(function (e) { return e.textContent.trim() === text; });
+             if (!b.length) { return false; } b[b.length - 1].click(); return true;",
+            json!([text]),
+        )
+        .await;
+    assert_eq!(clicked, true, "no button {text:?}");
+}
+
+/// OpenCode's own UI through the gateway: it renders, a session is created from it, and a
+/// terminal opened from it runs a typed command and shows its output.
 #[actix_web::test]
-async fn opencodes_own_web_ui_renders_through_the_gateway() {
+async fn opencodes_own_web_ui_works_through_the_gateway() {
     let gw = Gateway::real(&[]);
     let driver = Driver::start().await;
     let browser = driver.browser().await;
     sign_in(&browser, &gw, "alice", "/").await;
-    // The starting page first (or straight to the app if the start was quick), then the
-    // app renders its own root.
+    // The starting page first (or straight to the app if the start was quick).
     browser
         .wait_until(
             "OpenCode's UI",
-            "return document.title.indexOf('Starting') < 0 && !!document.querySelector('#root') && document.querySelector('#root').children.length > 0",
+            "return document.title.indexOf('Starting') < 0 && Array.from(document.querySelectorAll('button')).some(function (b) { return b.textContent.trim() === 'Add project'; })",
         )
         .await;
-    actix_web::rt::time::sleep(Duration::from_secs(2)).await;
-    let png = browser.screenshot().await;
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
+    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+    let png = browser.screenshot().await;
+    assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     std::fs::write(dir.join("opencode-ui.png"), &png).unwrap();
-    assert!(png.len() > 10_000, "the screenshot is nearly empty");
+
+    // Open the workspace as a project, then start a session by sending a prompt (no model
+    // is reachable here; the session exists as soon as the prompt is sent).
+    click_button(&browser, "Add project").await;
+    browser
+        .wait_until("the folder picker", "return Array.from(document.querySelectorAll('[role=dialog] button')).some(function (b) { return b.textContent.trim() === '~/workspace/'; })")
+        .await;
+    browser
+        .execute(
+            "Array.from(document.querySelectorAll('[role=dialog] button')).filter(function (b) { return b.textContent.trim() === '~/workspace/'; })[0].click(); return null;",
+            json!([]),
+        )
+        .await;
+    browser
+        .wait_until("the project", "return Array.from(document.querySelectorAll('button')).filter(function (b) { return b.textContent.trim() === 'New session'; }).length > 0")
+        .await;
+    click_button(&browser, "New session").await;
+    const PROMPT: &str = "[aria-label='Prompt']";
+    browser.click_css(PROMPT).await;
+    browser
+        .type_css(PROMPT, "hello from the browser test")
+        .await;
+    browser
+        .wait_until("the typed prompt", "return document.querySelector(\"[aria-label='Prompt']\").textContent.indexOf('hello from the browser test') >= 0")
+        .await;
+    // The UI may still be loading its providers when Enter first arrives; press it again
+    // until the session exists.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        browser.type_css(PROMPT, "\u{E007}").await;
+        let sent = browser
+            .execute(
+                "return location.pathname.indexOf('/session/ses') >= 0",
+                json!([]),
+            )
+            .await;
+        if sent == true {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_secs(3)).await;
+        let sent = browser
+            .execute(
+                "return location.pathname.indexOf('/session/ses') >= 0",
+                json!([]),
+            )
+            .await;
+        if sent == true {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            std::fs::write(
+                dir.join("opencode-no-session.png"),
+                browser.screenshot().await,
+            )
+            .unwrap();
+            panic!("no session page after sending the prompt (screenshot saved)");
+        }
+    }
+    let url = browser.url().await;
+    let id = url.rsplit('/').next().unwrap().to_owned();
+    let sessions = gw.get("alice", "/session").await.json();
+    assert!(sessions.to_string().contains(&id), "{id} not in {sessions}");
+    browser
+        .execute("var s = document.querySelector(\"[aria-label='Stop']\"); if (s) { s.click(); } return null;", json!([]))
+        .await;
+
+    // A terminal from the UI (the /terminal command): a typed command's output reaches the
+    // page through the gateway's websocket bridge, and the command really ran.
+    browser.execute(RECORD_WEBSOCKETS, json!([])).await;
+    browser.click_css(PROMPT).await;
+    browser.type_css(PROMPT, "/").await;
+    browser.type_css(PROMPT, "terminal\n").await;
+    browser.find("[aria-label='Terminal input']").await;
+    browser
+        .wait_until("the terminal's prompt", "return window.__wsText.length > 0")
+        .await;
+    browser.click_css("[aria-label='Terminal input']").await;
+    browser
+        .type_css(
+            "[aria-label='Terminal input']",
+            "echo chamberlain-ui-$((6*7)) | tee ~/ui-proof.txt\n",
+        )
+        .await;
+    browser
+        .wait_until(
+            "the command's output on the page",
+            "return window.__wsText.indexOf('chamberlain-ui-42') >= 0",
+        )
+        .await;
+    let proof = gw.data.path().join("users/alice/ui-proof.txt");
+    assert_eq!(
+        std::fs::read_to_string(proof).unwrap().trim(),
+        "chamberlain-ui-42"
+    );
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(
+        dir.join("opencode-terminal.png"),
+        browser.screenshot().await,
+    )
+    .unwrap();
     browser.quit().await;
 }

@@ -207,6 +207,37 @@ impl Browser<'_> {
             .unwrap_or_else(|err| panic!("click: {err}"));
     }
 
+    /// Finds `css` and does `action` (`click`, `value`) to it, again if the page re-rendered
+    /// it in between (a stale element): pages built by frameworks replace nodes at will.
+    async fn on_css(&self, css: &str, action: &str, body: Value) {
+        for _ in 0..20 {
+            let e = self.find(css).await;
+            match self
+                .call(
+                    "POST",
+                    &format!("/element/{}/{action}", e.0),
+                    Some(body.clone()),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(err) if err.contains("stale element") => {
+                    actix_web::rt::time::sleep(Duration::from_millis(100)).await
+                }
+                Err(err) => panic!("{action} {css}: {err}"),
+            }
+        }
+        panic!("{css} kept going stale");
+    }
+
+    pub async fn click_css(&self, css: &str) {
+        self.on_css(css, "click", json!({})).await
+    }
+
+    pub async fn type_css(&self, css: &str, text: &str) {
+        self.on_css(css, "value", json!({ "text": text })).await
+    }
+
     pub async fn clear(&self, e: &Element) {
         self.call("POST", &format!("/element/{}/clear", e.0), Some(json!({})))
             .await
