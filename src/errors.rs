@@ -126,7 +126,36 @@ impl GatewayError {
                     .body(pages::unauthorized(*login, req.uri().path(), reason));
             }
         }
+        if is_navigation(req) {
+            if let Some(title) = self.page_title() {
+                return builder
+                    .content_type("text/html; charset=utf-8")
+                    .body(pages::error(
+                        self.status().as_u16(),
+                        title,
+                        &self.to_string(),
+                    ));
+            }
+        }
         builder.json(self.to_json())
+    }
+
+    /// The heading of the page a browser gets for this error (`None`: JSON is the answer,
+    /// e.g. for a malformed request no person made by hand).
+    fn page_title(&self) -> Option<&'static str> {
+        match self {
+            GatewayError::Forbidden(_) => Some("Not allowed"),
+            GatewayError::NotFound(_) => Some("Not found"),
+            GatewayError::Unavailable { .. } | GatewayError::AuthUnavailable(_) => {
+                Some("Not available right now")
+            }
+            GatewayError::InstanceFailed(_) => Some("Your OpenCode could not start"),
+            GatewayError::UpstreamConnect(_)
+            | GatewayError::UpstreamTimeout(_)
+            | GatewayError::Upstream(_) => Some("OpenCode did not answer"),
+            GatewayError::Internal(_) => Some("Something went wrong"),
+            _ => None,
+        }
     }
 }
 
@@ -167,6 +196,33 @@ mod tests {
         assert_eq!(body["state"], "stopped");
         assert_eq!(body["retryAfter"], 7);
         assert_eq!(body["error"], "full");
+    }
+
+    #[test]
+    fn browsers_get_pages_and_scripts_get_json() {
+        let err = GatewayError::Unavailable {
+            message: "the gateway is shutting down".into(),
+            retry_after: Duration::from_secs(10),
+            state: InstanceState::Stopped,
+        };
+        let nav = TestRequest::get()
+            .insert_header(("accept", "text/html"))
+            .to_http_request();
+        let page = err.respond(&nav);
+        assert_eq!(page.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(page
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        assert!(page.headers().get(header::RETRY_AFTER).is_some());
+        let api = err.respond(&TestRequest::get().to_http_request());
+        assert_eq!(
+            api.headers().get(header::CONTENT_TYPE).unwrap(),
+            "application/json"
+        );
     }
 
     #[test]

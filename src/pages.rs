@@ -4,6 +4,7 @@ const STARTING: &str = include_str!("../static/starting.html");
 const UNAUTHORIZED: &str = include_str!("../static/unauthorized.html");
 const LOGIN: &str = include_str!("../static/login.html");
 const SIGNED_OUT: &str = include_str!("../static/signed_out.html");
+const ERROR: &str = include_str!("../static/error.html");
 pub const PORTAL: &str = include_str!("../static/portal.html");
 pub const PORTAL_CSS: &str = include_str!("../static/portal.css");
 pub const PORTAL_JS: &str = include_str!("../static/portal.js");
@@ -27,6 +28,14 @@ pub fn unauthorized(login: Option<&str>, back_to: &str, reason: &str) -> String 
     UNAUTHORIZED
         .replace("{{action}}", &action)
         .replace("{{reason}}", &escape_html(reason))
+}
+
+/// A browser's page for an error other than "not signed in": same look as the rest.
+pub fn error(status: u16, title: &str, message: &str) -> String {
+    ERROR
+        .replace("{{status}}", &status.to_string())
+        .replace("{{title}}", &escape_html(title))
+        .replace("{{message}}", &escape_html(message))
 }
 
 /// After `/-/logout` when there is no identity-provider logout page to go to.
@@ -99,11 +108,18 @@ mod tests {
     }
 
     #[test]
+    fn error_page_escapes_the_message() {
+        let page = error(503, "Not now", "<script>x</script>");
+        assert!(page.contains("503") && page.contains("Not now"));
+        assert!(!page.contains("<script>x"));
+    }
+
+    #[test]
     fn unauthorized_page_links_back() {
         let page = unauthorized(Some("/-/login"), "/session/a b", "token <expired>");
         assert!(page.contains("/-/login?next=/session/a%20b"));
         assert!(page.contains("token &lt;expired&gt;"));
         let page = unauthorized(None, "/", "no token");
-        assert!(!page.contains("href"));
+        assert!(!page.contains("/-/login"));
     }
 }
