@@ -219,7 +219,9 @@
         $("clone-progress").hidden = true;
         if (r.ok && r.data.success) {
           $("clone-done").hidden = false;
-          $("clone-open").href = "/?directory=" + encodeURIComponent(r.data.targetPath);
+          // OpenCode's UI has no address that opens a given folder as a project (its
+          // "/:dir" route falls back to a new project), so the link is to OpenCode itself.
+          $("clone-path").textContent = "~/workspace/" + target;
           loadWorkspace();
         } else {
           $("clone-error").textContent = (r.data && r.data.error) || ("Cloning failed (" + r.status + ").");
