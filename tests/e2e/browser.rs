@@ -157,6 +157,27 @@ async fn the_portal_lists_searches_and_clones() {
         errors.is_empty(),
         "console errors on the portal: {errors:?}"
     );
+
+    // At phone width: one column, nothing wider than the screen.
+    browser.resize(390, 844).await;
+    browser
+        .wait_until(
+            "a single column",
+            "var a = document.querySelector('.card').getBoundingClientRect();
+             var b = document.querySelector('.card.wide').getBoundingClientRect();
+             return Math.abs(a.left - b.left) < 2 && b.top > a.top;",
+        )
+        .await;
+    let overflow = browser
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(overflow, json!(0), "the portal scrolls sideways on a phone");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("portal-phone.png"), browser.screenshot().await).unwrap();
     browser.quit().await;
 }
 

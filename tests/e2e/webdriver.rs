@@ -290,6 +290,16 @@ impl Browser<'_> {
         .unwrap_or_else(|e| panic!("async script failed: {e}"))
     }
 
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            "POST",
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("resize: {e}"));
+    }
+
     pub async fn screenshot(&self) -> Vec<u8> {
         let v = self
             .call("GET", "/screenshot", None)
