@@ -73,11 +73,12 @@ fn status(e: &RepoError) -> StatusCode {
         RepoError::NotFound(_) => StatusCode::NOT_FOUND,
         RepoError::Conflict(_) => StatusCode::CONFLICT,
         RepoError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        RepoError::Upstream(_) => StatusCode::BAD_GATEWAY,
     }
 }
 
 fn repo_error(e: RepoError) -> HttpResponse {
-    if matches!(e, RepoError::Failed(_)) {
+    if matches!(e, RepoError::Failed(_) | RepoError::Upstream(_)) {
         tracing::error!(error = %e, "repository operation failed");
     }
     HttpResponse::build(status(&e)).json(json!({"success": false, "error": e.to_string()}))

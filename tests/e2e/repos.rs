@@ -434,7 +434,12 @@ async fn the_operator_refreshes_and_deletes_repositories() {
         ),
         (
             json!({"name": "u", "url": "/nonexistent/repo"}),
-            StatusCode::INTERNAL_SERVER_ERROR,
+            StatusCode::BAD_REQUEST,
+        ),
+        // A directory that is no repository: git's refusal is the upstream's fault.
+        (
+            json!({"name": "u", "url": scratch.path()}),
+            StatusCode::BAD_GATEWAY,
         ),
         (json!({"name": "u"}), StatusCode::BAD_REQUEST),
     ] {

@@ -21,6 +21,9 @@ pub enum CopyError {
     Exists(String),
     #[error("{0}")]
     Failed(String),
+    /// The repository's upstream (another server) could not be cloned or fetched.
+    #[error("{0}")]
+    Upstream(String),
 }
 
 fn failed(what: &str, path: &Path, e: io::Error) -> CopyError {

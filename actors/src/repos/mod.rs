@@ -41,6 +41,8 @@ pub enum RepoError {
     Conflict(String),
     #[error("{0}")]
     Failed(String),
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl From<CopyError> for RepoError {
@@ -48,6 +50,7 @@ impl From<CopyError> for RepoError {
         match e {
             CopyError::Exists(_) => RepoError::Conflict(e.to_string()),
             CopyError::Failed(m) => RepoError::Failed(m),
+            CopyError::Upstream(m) => RepoError::Upstream(m),
         }
     }
 }

@@ -9,7 +9,17 @@ use super::catalogue::git_dir;
 use super::copy::{git, run, CopyError};
 
 /// Where a repository may be added from: an absolute path, a `file://` URL or `https://`.
+/// A local path must be a directory that exists.
 pub fn check_url(url: &str) -> Result<(), String> {
+    check_shape(url)?;
+    let local = url.strip_prefix("file://").unwrap_or(url);
+    if local.starts_with('/') && !Path::new(local).is_dir() {
+        return Err(format!("there is no directory at {local}"));
+    }
+    Ok(())
+}
+
+fn check_shape(url: &str) -> Result<(), String> {
     let ok = url.starts_with("https://") || url.starts_with("file:///") || url.starts_with('/');
     if !ok {
         return Err(format!(
@@ -44,7 +54,11 @@ pub fn add(
                 .arg(url)
                 .arg(&tmp),
             "cloning the upstream",
-        )?;
+        )
+        .map_err(|e| match e {
+            CopyError::Failed(m) => CopyError::Upstream(m),
+            other => other,
+        })?;
         if let Some(text) = description {
             let text: String = text.chars().filter(|c| !c.is_control()).take(500).collect();
             fs::write(tmp.join("description"), format!("{text}\n"))
@@ -91,7 +105,10 @@ pub fn refresh(path: &Path, shared_gid: Option<u32>) -> Result<String, CopyError
     if bare {
         cmd.args(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]);
     }
-    run(&mut cmd, "fetching the upstream")?;
+    run(&mut cmd, "fetching the upstream").map_err(|e| match e {
+        CopyError::Failed(m) => CopyError::Upstream(m),
+        other => other,
+    })?;
     if let Some(gid) = shared_gid {
         share(path, gid)?;
     }
