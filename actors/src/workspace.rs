@@ -161,10 +161,10 @@ impl UsersRoot {
     }
 }
 
-fn unique_suffix() -> String {
+/// Twelve random hex digits for temporary names (the pid if the kernel's random source
+/// fails; a collision only costs a retry).
+pub(crate) fn unique_suffix() -> String {
     let mut bytes = [0u8; 6];
-    // A collision only costs a retry by the caller; fall back to the pid if the kernel's
-    // random source is unavailable.
     if getrandom::fill(&mut bytes).is_err() {
         return std::process::id().to_string();
     }

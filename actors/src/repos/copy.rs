@@ -41,7 +41,10 @@ pub fn clone_into(
     if fs::symlink_metadata(&dest).is_ok() {
         return Err(CopyError::Exists(target.to_owned()));
     }
-    let tmp = workspace.join(format!("{PARTIAL_PREFIX}{target}-{}", unique()));
+    let tmp = workspace.join(format!(
+        "{PARTIAL_PREFIX}{target}-{}",
+        crate::workspace::unique_suffix()
+    ));
     let result = (|| {
         match repo.kind {
             RepoKind::Git => git_clone(&repo.path, &tmp)?,
@@ -75,15 +78,8 @@ pub fn sweep(workspace: &Path) -> usize {
         .count()
 }
 
-fn unique() -> String {
-    let mut bytes = [0u8; 6];
-    if getrandom::fill(&mut bytes).is_err() {
-        return std::process::id().to_string();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+/// Renames `from` to `to` unless `to` exists (atomically: never replaces anything).
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     nix::fcntl::renameat2(
         nix::fcntl::AT_FDCWD,
         from,
@@ -140,16 +136,7 @@ fn git_clone(source: &Path, dest: &Path) -> Result<(), CopyError> {
         "cloning",
     )?;
     let git_dir = git_dir(source).unwrap_or_else(|| source.to_owned());
-    let upstream = run(
-        git()
-            .arg("--git-dir")
-            .arg(&git_dir)
-            .args(["config", "--get", "remote.origin.url"]),
-        "reading the upstream",
-    )
-    .ok()
-    .filter(|u| !u.is_empty());
-    if let Some(url) = upstream {
+    if let Some(url) = upstream_url(&git_dir) {
         run(
             git()
                 .arg("-C")
@@ -159,6 +146,19 @@ fn git_clone(source: &Path, dest: &Path) -> Result<(), CopyError> {
         )?;
     }
     Ok(())
+}
+
+/// The `origin` URL of the repository whose git directory is `git_dir`, if it has one.
+pub fn upstream_url(git_dir: &Path) -> Option<String> {
+    run(
+        git()
+            .arg("--git-dir")
+            .arg(git_dir)
+            .args(["config", "--get", "remote.origin.url"]),
+        "reading the upstream",
+    )
+    .ok()
+    .filter(|u| !u.is_empty())
 }
 
 /// Copies a tree: modes kept, ownership not, symlinks copied as symlinks (never followed),

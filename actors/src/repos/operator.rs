@@ -6,7 +6,7 @@ use std::os::unix::fs::{lchown, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use super::catalogue::git_dir;
-use super::copy::{git, run, CopyError};
+use super::copy::{git, rename_noreplace, run, upstream_url, CopyError};
 
 /// Where a repository may be added from: an absolute path, a `file://` URL or `https://`.
 /// A local path must be a directory that exists.
@@ -67,14 +67,7 @@ pub fn add(
         if let Some(gid) = shared_gid {
             share(&tmp, gid)?;
         }
-        nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            &tmp,
-            nix::fcntl::AT_FDCWD,
-            &dest,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        )
-        .map_err(|_| CopyError::Exists(name.to_owned()))
+        rename_noreplace(&tmp, &dest).map_err(|_| CopyError::Exists(name.to_owned()))
     })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);
@@ -89,14 +82,9 @@ pub fn refresh(path: &Path, shared_gid: Option<u32>) -> Result<String, CopyError
             "not a git repository: there is no upstream to fetch".into(),
         ));
     };
-    let upstream = run(
-        git()
-            .arg("--git-dir")
-            .arg(&git_dir)
-            .args(["config", "--get", "remote.origin.url"]),
-        "reading the upstream",
-    )
-    .map_err(|_| CopyError::Failed("the repository has no upstream (remote origin)".into()))?;
+    let upstream = upstream_url(&git_dir).ok_or_else(|| {
+        CopyError::Failed("the repository has no upstream (remote origin)".into())
+    })?;
     let bare = git_dir == path;
     let mut cmd = git();
     cmd.arg("--git-dir")
