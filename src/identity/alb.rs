@@ -13,7 +13,7 @@ use jsonwebtoken::Algorithm;
 use super::alb_keys::{valid_kid, AlbKeys};
 use super::claims::Claims;
 use super::token::RawToken;
-use super::{AuthError, Verified};
+use super::{accept, rejected, AuthError, Verified};
 
 pub const HEADER: &str = "x-amzn-oidc-data";
 /// Also added by the ALB; never forwarded to OpenCode.
@@ -29,41 +29,31 @@ pub struct AlbVerifier {
 
 impl AlbVerifier {
     pub async fn verify(&self, token: &str, now: u64) -> Result<Verified, AuthError> {
-        let reject = |reason: String| AuthError::Rejected(reason);
-        let raw = RawToken::split(token).map_err(|e| reject(e.to_string()))?;
-        let header = raw.header().map_err(|e| reject(e.to_string()))?;
+        let raw = RawToken::split(token).map_err(rejected)?;
+        let header = raw.header().map_err(rejected)?;
         if header.alg != "ES256" {
-            return Err(reject(format!(
+            return Err(rejected(format!(
                 "token alg {:?} is not ES256",
                 truncate(&header.alg)
             )));
         }
         if header.signer.as_deref() != Some(self.arn.as_str()) {
-            return Err(reject(
-                "token signer is not the configured load balancer".into(),
-            ));
+            return Err(rejected("token signer is not the configured load balancer"));
         }
         let kid = header
             .kid
             .as_deref()
             .filter(|k| valid_kid(k))
-            .ok_or_else(|| reject("token kid is missing or malformed".into()))?;
-        let payload = raw.payload_bytes().map_err(|e| reject(e.to_string()))?;
-        let claims = Claims::parse(&payload).map_err(|e| reject(e.to_string()))?;
+            .ok_or_else(|| rejected("token kid is missing or malformed"))?;
+        let payload = raw.payload_bytes().map_err(rejected)?;
+        let claims = Claims::parse(&payload).map_err(rejected)?;
         let valid_until = claims
             .check_time(now, self.leeway, header.exp)
-            .map_err(|e| reject(e.to_string()))?
+            .map_err(rejected)?
             .saturating_add(self.leeway);
         let key = self.keys.key(kid).await?;
         debug_assert_eq!(key.alg, Algorithm::ES256);
-        if !key.verifies(&raw) {
-            return Err(reject("token signature does not verify".into()));
-        }
-        let identity = claims.identity().map_err(|e| reject(e.to_string()))?;
-        Ok(Verified {
-            identity,
-            valid_until,
-        })
+        accept(&key, &raw, &claims, valid_until)
     }
 }
 

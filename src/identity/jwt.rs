@@ -13,7 +13,7 @@ use super::claims::Claims;
 use super::jwks::JwksStore;
 use super::keys::VerifyingKey;
 use super::token::RawToken;
-use super::{AuthError, Verified};
+use super::{accept, rejected, AuthError, Verified};
 
 pub enum JwtKeys {
     /// `--jwt-public-key`: one key; a token's kid is not consulted.
@@ -32,60 +32,50 @@ pub struct JwtVerifier {
 
 impl JwtVerifier {
     pub async fn verify(&self, token: &str, now: u64) -> Result<Verified, AuthError> {
-        let reject = |reason: String| AuthError::Rejected(reason);
-        let raw = RawToken::split(token).map_err(|e| reject(e.to_string()))?;
-        let header = raw.header().map_err(|e| reject(e.to_string()))?;
+        let raw = RawToken::split(token).map_err(rejected)?;
+        let header = raw.header().map_err(rejected)?;
         // Refuse `none` and unknown names by name, before anything else.
         let alg = Algorithm::from_str(&header.alg).map_err(|_| {
-            reject(format!(
+            rejected(format!(
                 "token alg {:?} is not a supported signature algorithm",
                 truncate(&header.alg)
             ))
         })?;
         if matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
-            return Err(reject(format!(
+            return Err(rejected(format!(
                 "token alg {alg:?} is symmetric; only public-key signatures are accepted"
             )));
         }
-        let payload = raw.payload_bytes().map_err(|e| reject(e.to_string()))?;
-        let claims = Claims::parse(&payload).map_err(|e| reject(e.to_string()))?;
+        let payload = raw.payload_bytes().map_err(rejected)?;
+        let claims = Claims::parse(&payload).map_err(rejected)?;
         let valid_until = claims
             .check_time(now, self.leeway, None)
-            .map_err(|e| reject(e.to_string()))?
+            .map_err(rejected)?
             .saturating_add(self.leeway);
         if let Some(issuer) = &self.issuer {
-            claims
-                .check_issuer(issuer)
-                .map_err(|e| reject(e.to_string()))?;
+            claims.check_issuer(issuer).map_err(rejected)?;
         }
         if !self.audiences.is_empty() || !self.client_ids.is_empty() {
             claims
                 .check_audience(&self.audiences, &self.client_ids)
-                .map_err(|e| reject(e.to_string()))?;
+                .map_err(rejected)?;
         }
         let key = match &self.keys {
             JwtKeys::Pem(key) => key.clone(),
             JwtKeys::Jwks(store) => {
                 let kid = header.kid.as_deref();
                 if kid.is_some_and(|k| k.len() > 256) {
-                    return Err(reject("token kid is too long".into()));
+                    return Err(rejected("token kid is too long"));
                 }
                 store.key(kid).await?
             }
         };
         if key.alg != alg {
-            return Err(reject(format!(
+            return Err(rejected(format!(
                 "token alg {alg:?} does not match its key's algorithm {:?}",
                 key.alg
             )));
         }
-        if !key.verifies(&raw) {
-            return Err(reject("token signature does not verify".into()));
-        }
-        let identity = claims.identity().map_err(|e| reject(e.to_string()))?;
-        Ok(Verified {
-            identity,
-            valid_until,
-        })
+        accept(&key, &raw, &claims, valid_until)
     }
 }

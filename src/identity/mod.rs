@@ -66,6 +66,28 @@ pub enum AuthError {
     Unavailable(String),
 }
 
+/// A refusal whose reason is `why`.
+fn rejected(why: impl std::fmt::Display) -> AuthError {
+    AuthError::Rejected(why.to_string())
+}
+
+/// The end both verifiers share: the signature over the token as received, then the
+/// identity its claims name.
+fn accept(
+    key: &keys::VerifyingKey,
+    raw: &token::RawToken<'_>,
+    claims: &claims::Claims,
+    valid_until: u64,
+) -> Result<Verified, AuthError> {
+    if !key.verifies(raw) {
+        return Err(rejected("token signature does not verify"));
+    }
+    Ok(Verified {
+        identity: claims.identity().map_err(rejected)?,
+        valid_until,
+    })
+}
+
 /// Why a signing key could not be had.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum KeyError {
