@@ -36,7 +36,7 @@ where
     let from_user = req
         .app_data::<web::Data<Admin>>()
         .and_then(|admin| {
-            let (first, last) = admin.isolation.info().uid_range?;
+            let (first, last) = admin.isolation.uid_range()?;
             let owner = crate::peer::socket_owner(req.peer_addr()?)?;
             Some((first..=last).contains(&owner).then_some(owner))
         })

@@ -157,9 +157,14 @@ impl Isolation {
             mode: self.mode,
             landlock_abi: self.abi,
             landlock_scoped_signals: self.abi.is_some_and(|a| a >= 6),
-            uid_range: self.uids.as_ref().map(UidMap::range),
+            uid_range: self.uid_range(),
             limits: self.limits,
         }
+    }
+
+    /// `--uid-range` when users have uids of their own.
+    pub fn uid_range(&self) -> Option<(u32, u32)> {
+        self.uids.as_ref().map(UidMap::range)
     }
 
     /// The shared group, when users have uids of their own.

@@ -94,6 +94,15 @@ impl UidMap {
         })
     }
 
+    /// The map; a panic elsewhere while it was held does not make it unreadable (every
+    /// change is persisted before it is made in memory).
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u32>> {
+        match self.users.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
     pub fn shared_gid(&self) -> u32 {
         self.first
     }
@@ -104,10 +113,7 @@ impl UidMap {
 
     /// The user's ids, allocating and persisting them on first use. Blocking (file I/O).
     pub fn ids(&self, key: &UserKey) -> Result<UserIds, UidError> {
-        let mut users = match self.users.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut users = self.lock();
         let uid = match users.get(key.as_str()) {
             Some(uid) => *uid,
             None => {
@@ -135,18 +141,12 @@ impl UidMap {
 
     /// The uid of a user who has one; never allocates.
     pub fn existing(&self, key: &UserKey) -> Option<u32> {
-        let users = match self.users.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let users = self.lock();
         users.get(key.as_str()).copied()
     }
 
     pub fn all(&self) -> Vec<u32> {
-        let users = match self.users.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let users = self.lock();
         users.values().copied().collect()
     }
 

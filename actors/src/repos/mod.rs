@@ -104,24 +104,30 @@ impl RepoLibrary {
 
     /// Sizes from the cache; stale or missing ones are computed in the background.
     fn with_sizes(
-        repos: Vec<SharedRepository>,
+        mut repos: Vec<SharedRepository>,
         sizes: &Sizes,
         sizing: &Arc<Mutex<HashSet<String>>>,
         workers: &Arc<Semaphore>,
     ) -> Vec<SharedRepository> {
-        let cache = sizes.lock().map(|c| c.clone()).unwrap_or_default();
-        repos
-            .into_iter()
-            .map(|mut repo| {
+        let mut stale = Vec::new();
+        {
+            let cache = match sizes.lock() {
+                Ok(c) => c,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for (i, repo) in repos.iter_mut().enumerate() {
                 match cache.get(&repo.name) {
                     Some((stamp, bytes)) if *stamp == repo.last_modified => {
                         repo.size_bytes = Some(*bytes)
                     }
-                    _ => Self::compute_size(&repo, sizes, sizing, workers),
+                    _ => stale.push(i),
                 }
-                repo
-            })
-            .collect()
+            }
+        }
+        for i in stale {
+            Self::compute_size(&repos[i], sizes, sizing, workers);
+        }
+        repos
     }
 
     fn compute_size(
