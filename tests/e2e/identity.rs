@@ -404,6 +404,24 @@ fn es_header(kid: &str) -> Value {
     json!({"alg": "ES256", "typ": "JWT", "kid": kid})
 }
 
+/// A gateway verifying bearer tokens against `keys`' `/jwks.json`, for issuer `ISSUER` and
+/// audience `api`.
+fn jwks_gateway(keys: &KeyServer, extra: &[&str]) -> Gateway {
+    let jwks = format!("{}/jwks.json", keys.url);
+    let mut args = vec![
+        "--auth",
+        "jwt",
+        "--jwks-url",
+        &jwks,
+        "--jwt-issuer",
+        ISSUER,
+        "--jwt-audience",
+        "api",
+    ];
+    args.extend_from_slice(extra);
+    Gateway::fake(&args)
+}
+
 async fn bearer(gw: &Gateway, token: &str) -> Response {
     with_header(gw, "authorization", &format!("Bearer {token}"), "/-/api/me").await
 }
@@ -414,21 +432,15 @@ async fn jwt_jwks_rotation_fetches_a_new_kid_once() {
     let k1 = Key::generate("k1");
     let k2 = Key::generate("k2");
     keys.set("/jwks.json", 200, &json!({"keys": [k1.jwk()]}).to_string());
-    let jwks = format!("{}/jwks.json", keys.url);
-    let gw = Gateway::fake(&[
-        "--auth",
-        "jwt",
-        "--jwks-url",
-        &jwks,
-        "--jwt-issuer",
-        ISSUER,
-        "--jwt-audience",
-        "api",
-        "--jwt-cookie",
-        "id_token",
-        "--jwks-refresh-cooldown",
-        "300ms",
-    ]);
+    let gw = jwks_gateway(
+        &keys,
+        &[
+            "--jwt-cookie",
+            "id_token",
+            "--jwks-refresh-cooldown",
+            "300ms",
+        ],
+    );
 
     let t1 = es256(
         &k1,
@@ -516,19 +528,7 @@ async fn jwt_rejects_wrong_issuer_audience_client_and_expired() {
     let keys = KeyServer::start();
     let key = Key::generate("only");
     keys.set("/jwks.json", 200, &json!({"keys": [key.jwk()]}).to_string());
-    let jwks = format!("{}/jwks.json", keys.url);
-    let gw = Gateway::fake(&[
-        "--auth",
-        "jwt",
-        "--jwks-url",
-        &jwks,
-        "--jwt-issuer",
-        ISSUER,
-        "--jwt-audience",
-        "api",
-        "--jwt-client-id",
-        "client1",
-    ]);
+    let gw = jwks_gateway(&keys, &["--jwt-client-id", "client1"]);
     let header = es_header("only");
     let sign = |claims: &Value| es256(&key, &header, claims, false);
 
