@@ -8,6 +8,11 @@ const ERROR: &str = include_str!("../static/error.html");
 pub const PORTAL: &str = include_str!("../static/portal.html");
 pub const PORTAL_CSS: &str = include_str!("../static/portal.css");
 pub const PORTAL_JS: &str = include_str!("../static/portal.js");
+/// A copy of OpenCode's own `/site.webmanifest` (1.18.33). Browsers fetch a page's manifest
+/// without cookies, so a signed-in person's OpenCode page would get a 401 for it (and a
+/// console error); the gateway answers such requests with this copy. A real-OpenCode test
+/// checks that it still equals what OpenCode serves.
+pub const OPENCODE_MANIFEST: &str = include_str!("../static/opencode.webmanifest");
 
 /// Shown to a browser navigation while the user's instance is not ready; it follows
 /// `/-/api/instance/progress` and reloads when the instance is ready.

@@ -164,21 +164,63 @@
         var li = document.createElement("li");
         li.className = "project";
         li.dataset.name = p.name;
+        var info = document.createElement("div");
         var name = document.createElement("span");
         name.className = "repo-name";
         name.textContent = p.name;
-        var meta = document.createElement("span");
+        var meta = document.createElement("div");
         meta.className = "meta";
         meta.textContent = (p.isGit ? "git · " : "") + "changed " + when(p.lastModified);
-        li.appendChild(name);
-        li.appendChild(meta);
+        var failure = document.createElement("div");
+        failure.className = "error";
+        failure.setAttribute("role", "alert");
+        info.appendChild(name);
+        info.appendChild(meta);
+        info.appendChild(failure);
+        var button = document.createElement("button");
+        button.type = "button";
+        button.className = "open";
+        button.textContent = "Open";
+        button.setAttribute("aria-label", "Open " + p.name + " in OpenCode");
+        button.addEventListener("click", function () { openInOpenCode(p.path, button, failure); });
+        li.appendChild(info);
+        li.appendChild(button);
         list.appendChild(li);
       });
     });
   }
 
+  // OpenCode's UI opens a folder as a project only through one of its sessions: its
+  // "/:dir/session/:id" address, dir being the folder's UTF-8 path in unpadded base64url.
+  // So opening a project makes a session there first, through OpenCode's own API.
+  function base64url(text) {
+    var bytes = new TextEncoder().encode(text), binary = "";
+    for (var i = 0; i < bytes.length; i += 1) { binary += String.fromCharCode(bytes[i]); }
+    return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function openInOpenCode(path, button, failure) {
+    button.disabled = true;
+    failure.textContent = "";
+    api("POST", "/session?directory=" + encodeURIComponent(path), {})
+      .then(function (r) {
+        if (r.ok && r.data && r.data.id) {
+          window.location.href = "/" + base64url(path) + "/session/" + encodeURIComponent(r.data.id);
+          return;
+        }
+        failure.textContent = (r.data && (r.data.error || r.data.message)) ||
+          ("OpenCode could not open it (" + r.status + ").");
+        button.disabled = false;
+      })
+      .catch(function (e) {
+        failure.textContent = "OpenCode could not open it: " + e.message;
+        button.disabled = false;
+      });
+  }
+
   // ---- clone dialog ----------------------------------------------------------------------
   var cloneSource = null;
+  var clonedPath = null;
 
   function validate() {
     var value = $("clone-target").value;
@@ -199,6 +241,7 @@
     $("clone-target").value = source;
     $("clone-progress").hidden = true;
     $("clone-done").hidden = true;
+    $("clone-open").disabled = false;
     $("clone-target").disabled = false;
     validate();
     $("clone-dialog").showModal();
@@ -206,6 +249,9 @@
   }
 
   $("clone-target").addEventListener("input", validate);
+  $("clone-open").addEventListener("click", function () {
+    openInOpenCode(clonedPath, $("clone-open"), $("clone-error"));
+  });
   $("clone-cancel").addEventListener("click", function () { $("clone-dialog").close(); });
   $("clone-form").addEventListener("submit", function (ev) {
     ev.preventDefault();
@@ -219,9 +265,8 @@
         $("clone-progress").hidden = true;
         if (r.ok && r.data.success) {
           $("clone-done").hidden = false;
-          // OpenCode's UI has no address that opens a given folder as a project (its
-          // "/:dir" route falls back to a new project), so the link is to OpenCode itself.
           $("clone-path").textContent = "~/workspace/" + target;
+          clonedPath = r.data.targetPath;
           loadWorkspace();
         } else {
           $("clone-error").textContent = (r.data && r.data.error) || ("Cloning failed (" + r.status + ").");

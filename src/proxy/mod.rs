@@ -42,7 +42,13 @@ async fn proxy(
     gateway: &Gateway,
     clients: &UpstreamClients,
 ) -> Result<HttpResponse, GatewayError> {
-    let identity = gateway.identify(req).await?;
+    let identity = match gateway.identify(req).await {
+        Ok(identity) => identity,
+        Err(GatewayError::Unauthenticated { .. }) if is_app_manifest(req) => {
+            return Ok(app_manifest());
+        }
+        Err(e) => return Err(e),
+    };
     if headers::is_upgrade(req) {
         return crate::websocket::upgrade(req, payload, gateway, clients, &identity).await;
     }
@@ -77,6 +83,21 @@ async fn proxy(
     }
     .send(req, payload)
     .await
+}
+
+fn is_app_manifest(req: &HttpRequest) -> bool {
+    req.path() == "/site.webmanifest"
+        && (req.method() == actix_web::http::Method::GET
+            || req.method() == actix_web::http::Method::HEAD)
+}
+
+/// The same for everyone and about no one, so it needs no sign-in (see
+/// [`pages::OPENCODE_MANIFEST`]).
+fn app_manifest() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/manifest+json")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(pages::OPENCODE_MANIFEST)
 }
 
 /// OpenCode's `PUT`/`DELETE /auth/{provider}` would write the shared auth file (and fail

@@ -23,6 +23,13 @@ fn add_folder_repo(gw: &Gateway, name: &str, description: &str) {
     std::fs::write(dir.join(".description"), description).unwrap();
 }
 
+/// Where screenshots are kept for a person to look at after a run.
+fn artifacts() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 async fn visible_repos(browser: &Browser<'_>) -> Vec<String> {
     let mut names = Vec::new();
     for e in browser.find_all("#repos li.repo .repo-name").await {
@@ -81,11 +88,7 @@ async fn the_portal_lists_searches_and_clones() {
 
     // The dialog refuses a bad name before anything is sent.
     browser
-        .click(
-            &browser
-                .find("#repos li.repo[data-name='alpha-service'] button.clone")
-                .await,
-        )
+        .click_css("#repos li.repo[data-name='alpha-service'] button.clone")
         .await;
     let target = browser.find("#clone-target").await;
     assert_eq!(
@@ -121,20 +124,16 @@ async fn the_portal_lists_searches_and_clones() {
             "return !!document.querySelector(\"#workspace li.project[data-name='alpha']\")",
         )
         .await;
-    browser.click(&browser.find("#clone-cancel").await).await;
+    browser.click_css("#clone-cancel").await;
 
     // The same name again: the server's 409 is shown in the dialog.
     browser
-        .click(
-            &browser
-                .find("#repos li.repo[data-name='alpha-service'] button.clone")
-                .await,
-        )
+        .click_css("#repos li.repo[data-name='alpha-service'] button.clone")
         .await;
     let target = browser.find("#clone-target").await;
     browser.clear(&target).await;
     browser.type_text(&target, "alpha").await;
-    browser.click(&browser.find("#clone-submit").await).await;
+    browser.click_css("#clone-submit").await;
     browser
         .wait_until(
             "the conflict is shown",
@@ -143,8 +142,8 @@ async fn the_portal_lists_searches_and_clones() {
         .await;
 
     // The instance card reacts: start, then ready.
-    browser.click(&browser.find("#clone-cancel").await).await;
-    browser.click(&browser.find("#start").await).await;
+    browser.click_css("#clone-cancel").await;
+    browser.click_css("#start").await;
     browser
         .wait_until(
             "the instance is ready",
@@ -175,8 +174,7 @@ async fn the_portal_lists_searches_and_clones() {
         )
         .await;
     assert_eq!(overflow, json!(0), "the portal scrolls sideways on a phone");
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = artifacts();
     std::fs::write(dir.join("portal-phone.png"), browser.screenshot().await).unwrap();
     browser.quit().await;
 }
@@ -223,9 +221,7 @@ async fn the_sign_in_and_error_pages_are_clean() {
             "return document.body.innerText.indexOf('Please sign in') >= 0",
         )
         .await;
-    browser
-        .click(&browser.find("a[href^='/-/login']").await)
-        .await;
+    browser.click_css("a[href^='/-/login']").await;
     let user = browser.find("input[name='user']").await;
     browser.type_text(&user, "dave\n").await;
     browser
@@ -317,8 +313,7 @@ async fn opencodes_own_web_ui_works_through_the_gateway() {
             "return document.title.indexOf('Starting') < 0 && Array.from(document.querySelectorAll('button')).some(function (b) { return b.textContent.trim() === 'Add project'; })",
         )
         .await;
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts");
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = artifacts();
     actix_web::rt::time::sleep(Duration::from_secs(1)).await;
     let png = browser.screenshot().await;
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
@@ -423,5 +418,95 @@ async fn opencodes_own_web_ui_works_through_the_gateway() {
         browser.screenshot().await,
     )
     .unwrap();
+    browser.quit().await;
+}
+
+/// A clone opens in OpenCode from the portal (the dialog's button and My workspace's), as a
+/// project whose file tree lists the clone's files and opens one of them.
+#[actix_web::test]
+async fn a_clone_opens_in_opencode_with_its_file_tree() {
+    let gw = Gateway::real(&[]);
+    add_folder_repo(&gw, "alpha-service", "The service template");
+    let src = gw.data.path().join("shared/repos/alpha-service/src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("lib.rs"), "pub fn alpha() {}\n").unwrap();
+    let driver = Driver::start().await;
+    let browser = driver.browser().await;
+    sign_in(&browser, &gw, "alice", "/-/").await;
+
+    browser
+        .click_css("#repos li.repo[data-name='alpha-service'] button.clone")
+        .await;
+    browser.click_css("#clone-submit").await;
+    browser
+        .wait_until(
+            "the clone succeeded",
+            "return !document.getElementById('clone-done').hidden",
+        )
+        .await;
+    browser.click_css("#clone-open").await;
+
+    // A session in the clone's folder (OpenCode's UI turns the folder's address into its
+    // own tab address, `/server/…/session/<id>`).
+    let clone = gw.data.path().join("users/alice/workspace/alpha-service");
+    browser
+        .wait_until(
+            "the clone's session in OpenCode",
+            "return /\\/session\\/ses_[A-Za-z0-9]+$/.test(location.pathname)",
+        )
+        .await;
+    let url = browser.url().await;
+    let id = url.rsplit('/').next().unwrap().to_owned();
+    let session = gw.get("alice", &format!("/session/{id}")).await.json();
+    assert_eq!(session["directory"], clone.to_str().unwrap(), "{session}");
+
+    // The workspace's file tree: the side panel's "Open file" tab lists the clone.
+    browser.click_css("[aria-label='Toggle review']").await;
+    browser.click_css("[aria-label='Open file']").await;
+    browser
+        .wait_until(
+            "the clone's files in the tree",
+            "return !!document.querySelector(\"[data-slot='file-tree-v2-row'][data-path='README.md']\") && !!document.querySelector(\"[data-slot='file-tree-v2-row'][data-path='src']\")",
+        )
+        .await;
+    browser
+        .click_css("[data-slot='file-tree-v2-row'][data-path='README.md']")
+        .await;
+    browser
+        .wait_until(
+            "README.md opened in a tab",
+            "return Array.from(document.querySelectorAll('[role=tab]')).some(function (t) { return t.textContent.trim() === 'README.md'; })",
+        )
+        .await;
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    std::fs::write(
+        artifacts().join("opencode-file-tree.png"),
+        browser.screenshot().await,
+    )
+    .unwrap();
+
+    // My workspace's Open button goes to a new session in the same folder.
+    browser.goto(&gw.url("/-/")).await;
+    browser
+        .find("#workspace li.project[data-name='alpha-service'] button.open")
+        .await;
+    let errors = browser.console_errors(&[]).await;
+    assert!(
+        errors.is_empty(),
+        "console errors on the portal: {errors:?}"
+    );
+    browser
+        .click_css("#workspace li.project[data-name='alpha-service'] button.open")
+        .await;
+    browser
+        .wait_until(
+            "another session in the clone",
+            &format!("return /\\/session\\/ses_[A-Za-z0-9]+$/.test(location.pathname) && location.pathname.indexOf('{id}') < 0"),
+        )
+        .await;
+    let url = browser.url().await;
+    let second = url.rsplit('/').next().unwrap().to_owned();
+    let session = gw.get("alice", &format!("/session/{second}")).await.json();
+    assert_eq!(session["directory"], clone.to_str().unwrap(), "{session}");
     browser.quit().await;
 }

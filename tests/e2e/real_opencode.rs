@@ -197,6 +197,25 @@ async fn web_ui_loads_byte_identical_through_the_gateway() {
     assert_eq!(js.status, StatusCode::OK);
     assert!(js.body.len() > 1000, "{script} is {} bytes", js.body.len());
     assert_eq!(js.body, js_direct, "{script} differs");
+
+    // Browsers fetch the app manifest without cookies; the gateway's copy, served without
+    // sign-in, is still OpenCode's own.
+    let (status, manifest_direct) = direct_get(&direct, "/site.webmanifest").await;
+    assert_eq!(status, StatusCode::OK);
+    let mut anonymous = client()
+        .get(gw.url("/site.webmanifest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::OK);
+    assert_eq!(
+        anonymous.body().await.unwrap(),
+        manifest_direct,
+        "static/opencode.webmanifest no longer matches OpenCode's /site.webmanifest"
+    );
+    // Anything else still needs sign-in.
+    let other = client().get(gw.url("/")).send().await.unwrap();
+    assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[actix_web::test]
