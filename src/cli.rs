@@ -199,6 +199,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAMBERLAIN_UID_RANGE", default_value = "200000-265535", value_parser = id_range)]
     pub uid_range: (u32, u32),
 
+    /// Add users' uids to /etc/passwd and /etc/group (named after the user where the name
+    /// fits, else u<uid>), so their shells show a name. For a container whose /etc belongs
+    /// to the gateway; entries outside --uid-range are never touched.
+    #[arg(long, env = "CHAMBERLAIN_SYSTEM_ACCOUNTS")]
+    pub system_accounts: bool,
+
     /// Most processes (threads) a user may run at once (with uid isolation).
     #[arg(long, env = "CHAMBERLAIN_LIMIT_NPROC", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..))]

@@ -7,7 +7,9 @@ use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use chamberlain_actors::isolation::{reaper, Isolation, IsolationConfig, IsolationMode, Limits};
+use chamberlain_actors::isolation::{
+    reaper, AccountFiles, Isolation, IsolationConfig, IsolationMode, Limits,
+};
 
 use crate::cli::{IsolationArg, ServeArgs};
 
@@ -86,6 +88,11 @@ pub fn setup(
         mode,
         uid_range: args.uid_range,
         uid_map: data_dir.join("state").join("uids.json"),
+        accounts: args.system_accounts.then(|| AccountFiles {
+            passwd: "/etc/passwd".into(),
+            group: "/etc/group".into(),
+            homes: data_dir.join("users"),
+        }),
         read_only,
         limits: Limits {
             nproc: Some(args.limit_nproc),

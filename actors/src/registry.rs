@@ -406,6 +406,7 @@ mod tests {
                     mode: crate::isolation::IsolationMode::None,
                     uid_range: (0, 0),
                     uid_map: dir.path().join("uids.json"),
+                    accounts: None,
                     read_only: vec![],
                     limits: Default::default(),
                 })

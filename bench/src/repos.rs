@@ -31,6 +31,7 @@ pub fn run() -> anyhow::Result<()> {
         mode: IsolationMode::None,
         uid_range: (0, 0),
         uid_map: dir.path().join("uids.json"),
+        accounts: None,
         read_only: vec![],
         limits: Default::default(),
     })?);

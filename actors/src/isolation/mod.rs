@@ -14,6 +14,7 @@
 //! Everything is prepared in the gateway; the child only makes system calls between fork
 //! and exec ([`ChildSandbox::apply`]).
 
+pub mod accounts;
 pub mod reaper;
 pub mod sandbox;
 pub mod uids;
@@ -26,6 +27,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::unistd::{Gid, Uid};
 use serde::Serialize;
 
+pub use accounts::AccountFiles;
 pub use sandbox::ReadOnly;
 pub use uids::{UidError, UidMap, UserIds};
 
@@ -99,6 +101,8 @@ pub struct IsolationConfig {
     pub mode: IsolationMode,
     pub uid_range: (u32, u32),
     pub uid_map: PathBuf,
+    /// Name users' uids in these files (with uids only).
+    pub accounts: Option<AccountFiles>,
     /// Shared paths every child may read.
     pub read_only: Vec<PathBuf>,
     pub limits: Limits,
@@ -129,7 +133,11 @@ impl Isolation {
             if first == 0 || last <= first {
                 return Err(IsolationError::Range(first, last));
             }
-            Some(UidMap::load(cfg.uid_map, first, last)?)
+            let map = UidMap::load(cfg.uid_map, first, last)?;
+            Some(match cfg.accounts {
+                Some(files) => map.with_accounts(files),
+                None => map,
+            })
         } else {
             None
         };

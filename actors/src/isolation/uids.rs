@@ -15,6 +15,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use super::accounts::AccountFiles;
 use crate::workspace::UserKey;
 
 /// A user's ids, as the child runs.
@@ -50,6 +51,8 @@ pub struct UidMap {
     first: u32,
     last: u32,
     users: Mutex<BTreeMap<String, u32>>,
+    /// `passwd`/`group` files kept in step with the map (`--system-accounts`).
+    accounts: Option<AccountFiles>,
 }
 
 impl UidMap {
@@ -91,7 +94,26 @@ impl UidMap {
             first,
             last,
             users: Mutex::new(users),
+            accounts: None,
         })
+    }
+
+    /// Keeps `files` listing every user of the map from now on (and at once).
+    pub fn with_accounts(mut self, files: AccountFiles) -> Self {
+        self.accounts = Some(files);
+        let users = self.lock().clone();
+        self.sync_accounts(&users);
+        self
+    }
+
+    /// Names are a convenience in users' shells, not a condition of running: a failure is
+    /// logged, never fatal. Called with the map locked, so rewrites never interleave.
+    fn sync_accounts(&self, users: &BTreeMap<String, u32>) {
+        if let Some(files) = &self.accounts {
+            if let Err(e) = files.sync(users, self.first, self.last) {
+                tracing::warn!(error = %e, "cannot name users' uids in the account files");
+            }
+        }
     }
 
     /// The map; a panic elsewhere while it was held does not make it unreadable (every
@@ -127,6 +149,7 @@ impl UidMap {
                 let mut next = users.clone();
                 next.insert(key.as_str().to_owned(), uid);
                 self.persist(&next)?;
+                self.sync_accounts(&next);
                 *users = next;
                 tracing::info!(user_key = %key, uid, "allocated a Unix id");
                 uid

@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# Builds the image with podman and runs it for real (CI runs this after the tests):
+#   - the base image is made from Debian packages (debootstrap), since no image can be pulled
+#     here, and the gateway binary is built on this host (BINARY=prebuilt) since no Rust image
+#     can be pulled either; the Dockerfile is otherwise the one used everywhere;
+#   - on a fresh volume: healthy (the image's own HEALTHCHECK), the data tree's owners and
+#     modes, two dev users each with a ready OpenCode under their own uid, a terminal that
+#     runs a typed command, the admin port unreachable from outside;
+#   - SIGTERM: the container exits 0 well within the grace period, having stopped every
+#     OpenCode; started again on the same volume it comes back with the users' homes;
+#   - a read-only volume is refused with a clear message; the default (dev identity on a
+#     public address) refuses to start.
+# Needs root, podman, runc and debootstrap (.ci/run installs them). Takes a few minutes, most of
+# it apt and npm inside the build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BASE=${CHAMBERLAIN_VERIFY_BASE:-localhost/chamberlain-base:bookworm}
+IMAGE=localhost/chamberlain:verify
+NAME=chamberlain-verify-$$
+PORT=${CHAMBERLAIN_VERIFY_PORT:-18080}
+GRACE=30
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# This host's sandbox refuses container rlimits above what it allows (nproc 65536 is refused
+# here, 32768 accepted): ask for modest ones, never above the host's own hard limits.
+limit() { local hard; hard=$(ulimit -H "$1"); [ "$hard" = unlimited ] || [ "$hard" -gt "$2" ] && hard=$2; echo "$hard"; }
+nofile=$(limit -n 8192); nproc=$(limit -u 4096)
+ULIMITS=(--ulimit "nofile=$nofile:$nofile" --ulimit "nproc=$nproc:$nproc")
+podman() { command podman --runtime runc "$@"; }
+
+step() { printf '\n==> container: %s\n' "$*"; }
+fail() { echo "container check FAILED: $*" >&2; podman logs "$NAME" 2>&1 | tail -n 60 >&2 || true; exit 1; }
+
+work=$(mktemp -d /var/tmp/chamberlain-verify.XXXXXX)
+cleanup() {
+    podman rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
+    rm -rf "$work" container/.prebuilt
+}
+trap cleanup EXIT
+
+step "base image $BASE"
+if ! podman image exists "$BASE"; then
+    debootstrap --variant=minbase bookworm "$work/rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 ||
+        { tail -n 30 "$work/debootstrap.log"; fail "debootstrap"; }
+    tar -C "$work/rootfs" -c . | podman import - "$BASE" >/dev/null
+    rm -rf "$work/rootfs"
+fi
+
+step "gateway binary (built on this host)"
+cargo build --release --locked --bin chamberlain
+install -D -m 0755 target/release/chamberlain container/.prebuilt/chamberlain
+
+step "image $IMAGE"
+# This host reaches the registries through a proxy with its own CA: lend the host's trust
+# store to the build (a secret, not a layer).
+# Docker format: OCI images have no HEALTHCHECK.
+podman build --format docker --network=host "${ULIMITS[@]}" -f container/Dockerfile \
+    --secret id=build-ca,src=/etc/ssl/certs/ca-certificates.crt \
+    --build-arg BASE_IMAGE="$BASE" --build-arg BINARY=prebuilt -t "$IMAGE" .
+
+url="http://127.0.0.1:$PORT"
+run_gateway() {
+    # podman complains that it cannot set up health timers without systemd (harmless: the
+    # check runs the HEALTHCHECK by hand).
+    podman run -d --name "$NAME" "${ULIMITS[@]}" -p "127.0.0.1:$PORT:8080" \
+        -v "$work/data:/data" \
+        -e CHAMBERLAIN_AUTH=dev -e CHAMBERLAIN_ALLOW_INSECURE_DEV=true \
+        -e CHAMBERLAIN_STOP_GRACE=10s \
+        "$IMAGE" >/dev/null
+}
+wait_healthy() {
+    for _ in $(seq 1 120); do
+        curl -fsS "$url/-/healthz" >/dev/null 2>&1 && return 0
+        [ "$(podman inspect -f '{{.State.Running}}' "$NAME")" = true ] || fail "the container exited"
+        sleep 0.5
+    done
+    fail "no /-/healthz answer"
+}
+admin() { podman exec "$NAME" curl -fsS "http://127.0.0.1:9090$1"; }
+
+step "first start on an empty volume"
+mkdir -p "$work/data"
+run_gateway
+wait_healthy
+podman healthcheck run "$NAME" || fail "the image's HEALTHCHECK reports unhealthy"
+modes=$(cd "$work/data" && stat -c '%n %a %u' . users state shared shared/repos shared/auth shared/config | tr '\n' ';')
+[ "$modes" = ". 711 0;users 711 0;state 700 0;shared 750 0;shared/repos 750 0;shared/auth 750 0;shared/config 750 0;" ] ||
+    fail "data tree modes: $modes"
+
+step "two dev users, each with their own OpenCode"
+for user in alice bob; do
+    health=$(curl -fsS --max-time 120 -H "X-Chamberlain-Dev-User: $user" "$url/global/health") ||
+        fail "$user's OpenCode did not answer"
+    echo "$user: $health"
+done
+stats=$(admin /stats) || fail "/stats"
+python3 - "$stats" <<'PY' || fail "stats: $stats"
+import json, sys
+stats = json.loads(sys.argv[1])
+users = {u["userId"]: u for u in stats["users"]}
+assert set(users) == {"alice", "bob"}, users
+assert all(u["state"] == "ready" for u in users.values()), users
+uids = {u["uid"] for u in users.values()}
+assert len(uids) == 2 and 0 not in uids and None not in uids, uids
+assert stats["isolation"]["mode"] in ("uid", "both"), stats["isolation"]
+print("users", sorted(users), "uids", sorted(uids), "isolation", stats["isolation"]["mode"])
+PY
+# From outside the container (this host, on the container's own address) the public port
+# answers and the admin port does not: it is bound to the container's loopback.
+ip=$(podman inspect -f '{{.NetworkSettings.IPAddress}}' "$NAME")
+[ -n "$ip" ] || fail "no container address"
+curl -fsS --max-time 5 "http://$ip:8080/-/healthz" >/dev/null || fail "public port not reachable at $ip"
+if curl -sS --max-time 5 "http://$ip:9090/stats" >/dev/null 2>&1; then
+    fail "the admin port answers on the container's address $ip"
+fi
+echo "public $ip:8080 answers, admin $ip:9090 does not"
+
+step "a terminal through the gateway"
+python3 container/terminal_check.py 127.0.0.1 "$PORT" alice \
+    'echo "container-$((6*7)) as $(id -u) $(whoami)" | tee ~/terminal-proof.txt' \
+    'container-42 as 200001 alice' || fail "the terminal did not run the command as alice"
+grep -qx 'container-42 as 200001 alice' "$work/data/users/alice/terminal-proof.txt" ||
+    fail "no proof file in alice's home"
+
+step "SIGTERM within the grace period"
+started=$(date +%s%N)
+podman stop -t "$GRACE" "$NAME" >/dev/null
+elapsed_ms=$((($(date +%s%N) - started) / 1000000))
+code=$(podman inspect -f '{{.State.ExitCode}}' "$NAME")
+echo "stopped in ${elapsed_ms} ms with exit code $code"
+[ "$code" = 0 ] || fail "exit code $code after SIGTERM"
+[ "$elapsed_ms" -lt $((GRACE * 1000)) ] || fail "took the whole grace period (${elapsed_ms} ms): SIGKILLed"
+podman logs "$NAME" 2>&1 | grep -q "shutdown complete" || fail "no orderly shutdown in the log"
+
+step "started again on the same volume"
+podman rm "$NAME" >/dev/null
+run_gateway
+wait_healthy
+curl -fsS --max-time 120 -H "X-Chamberlain-Dev-User: alice" "$url/global/health" >/dev/null ||
+    fail "alice's OpenCode did not come back"
+[ -f "$work/data/users/alice/terminal-proof.txt" ] || fail "alice's home lost its file"
+podman stop -t "$GRACE" "$NAME" >/dev/null
+[ "$(podman inspect -f '{{.State.ExitCode}}' "$NAME")" = 0 ] || fail "second stop"
+podman rm "$NAME" >/dev/null
+
+step "refusals"
+if out=$(podman run --rm "${ULIMITS[@]}" -v "$work/data:/data:ro" -e CHAMBERLAIN_AUTH=dev \
+    -e CHAMBERLAIN_ALLOW_INSECURE_DEV=true "$IMAGE" 2>&1); then
+    fail "started on a read-only volume"
+fi
+echo "$out" | grep -q "not writable" || fail "no clear message for a read-only volume: $out"
+echo "read-only volume: $(echo "$out" | tail -n 1)"
+if out=$(podman run --rm "${ULIMITS[@]}" -v "$work/data:/data" "$IMAGE" 2>&1); then
+    fail "started with dev identity on a public address"
+fi
+echo "default configuration: $(echo "$out" | tail -n 1)"
+
+echo "container check passed"
