@@ -34,6 +34,9 @@ fail() { echo "container check FAILED: $*" >&2; podman logs "$NAME" 2>&1 | tail 
 work=$(mktemp -d /var/tmp/chamberlain-verify.XXXXXX)
 cleanup() {
     podman rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
+    # The image and its build's intermediate images (the base image stays, for the next run).
+    podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
+    podman image prune -f >/dev/null 2>&1 || true
     rm -rf "$work" container/.prebuilt
 }
 trap cleanup EXIT
@@ -155,4 +158,5 @@ if out=$(podman run --rm "${ULIMITS[@]}" -v "$work/data:/data" "$IMAGE" 2>&1); t
 fi
 echo "default configuration: $(echo "$out" | tail -n 1)"
 
+echo "image size: $(podman image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1 / 1e6}')"
 echo "container check passed"

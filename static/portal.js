@@ -9,6 +9,28 @@
 
   function $(id) { return document.getElementById(id); }
 
+  function el(tag, className, text) {
+    var e = document.createElement(tag);
+    if (className) { e.className = className; }
+    if (text !== undefined) { e.textContent = text; }
+    return e;
+  }
+
+  // A list row: the information on the left, one action button on the right.
+  function row(className, key, parts, action) {
+    var li = el("li", className);
+    li.dataset.name = key;
+    var info = el("div");
+    parts.forEach(function (part) { info.appendChild(part); });
+    var button = el("button", action.className, action.text);
+    button.type = "button";
+    button.setAttribute("aria-label", action.label);
+    button.addEventListener("click", function () { action.run(button); });
+    li.appendChild(info);
+    li.appendChild(button);
+    return li;
+  }
+
   function api(method, path, body) {
     var init = { method: method, headers: { "accept": "application/json" } };
     if (body !== undefined) {
@@ -107,35 +129,15 @@
     });
     $("repos-empty").hidden = repos.length > 0;
     shown.forEach(function (r) {
-      var li = document.createElement("li");
-      li.className = "repo";
-      li.dataset.name = r.name;
-      var info = document.createElement("div");
-      var name = document.createElement("span");
-      name.className = "repo-name";
-      name.textContent = r.name;
-      var badge = document.createElement("span");
-      badge.className = "badge";
-      badge.textContent = r.kind + (r.defaultBranch ? " · " + r.defaultBranch : "");
-      var desc = document.createElement("div");
-      desc.className = "description";
-      desc.textContent = r.description || "";
-      var meta = document.createElement("div");
-      meta.className = "meta";
-      meta.textContent = size(r.sizeBytes) + " · changed " + when(r.lastModified);
-      info.appendChild(name);
-      info.appendChild(badge);
-      info.appendChild(desc);
-      info.appendChild(meta);
-      var button = document.createElement("button");
-      button.type = "button";
-      button.className = "clone";
-      button.textContent = "Clone";
-      button.setAttribute("aria-label", "Clone " + r.name);
-      button.addEventListener("click", function () { openClone(r.name); });
-      li.appendChild(info);
-      li.appendChild(button);
-      list.appendChild(li);
+      list.appendChild(row("repo", r.name, [
+        el("span", "repo-name", r.name),
+        el("span", "badge", r.kind + (r.defaultBranch ? " · " + r.defaultBranch : "")),
+        el("div", "description", r.description || ""),
+        el("div", "meta", size(r.sizeBytes) + " · changed " + when(r.lastModified))
+      ], {
+        className: "clone", text: "Clone", label: "Clone " + r.name,
+        run: function () { openClone(r.name); }
+      }));
     });
   }
 
@@ -161,31 +163,16 @@
       list.textContent = "";
       $("workspace-empty").hidden = r.data.length > 0;
       r.data.forEach(function (p) {
-        var li = document.createElement("li");
-        li.className = "project";
-        li.dataset.name = p.name;
-        var info = document.createElement("div");
-        var name = document.createElement("span");
-        name.className = "repo-name";
-        name.textContent = p.name;
-        var meta = document.createElement("div");
-        meta.className = "meta";
-        meta.textContent = (p.isGit ? "git · " : "") + "changed " + when(p.lastModified);
-        var failure = document.createElement("div");
-        failure.className = "error";
+        var failure = el("div", "error");
         failure.setAttribute("role", "alert");
-        info.appendChild(name);
-        info.appendChild(meta);
-        info.appendChild(failure);
-        var button = document.createElement("button");
-        button.type = "button";
-        button.className = "open";
-        button.textContent = "Open";
-        button.setAttribute("aria-label", "Open " + p.name + " in OpenCode");
-        button.addEventListener("click", function () { openInOpenCode(p.path, button, failure); });
-        li.appendChild(info);
-        li.appendChild(button);
-        list.appendChild(li);
+        list.appendChild(row("project", p.name, [
+          el("span", "repo-name", p.name),
+          el("div", "meta", (p.isGit ? "git · " : "") + "changed " + when(p.lastModified)),
+          failure
+        ], {
+          className: "open", text: "Open", label: "Open " + p.name + " in OpenCode",
+          run: function (button) { openInOpenCode(p.path, button, failure); }
+        }));
       });
     });
   }

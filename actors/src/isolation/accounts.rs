@@ -209,7 +209,10 @@ mod tests {
         assert_eq!(bobs, 1, "{passwd}");
         assert!(passwd.contains("carol:x:200003:"), "{passwd}");
         let group = fs::read_to_string(&files.group).unwrap();
-        let shared = group.lines().filter(|l| l.starts_with("chamberlain:")).count();
+        let shared = group
+            .lines()
+            .filter(|l| l.starts_with("chamberlain:"))
+            .count();
         assert_eq!(shared, 1, "{group}");
         assert!(
             !dir.path().read_dir().unwrap().any(|e| e
