@@ -75,6 +75,9 @@ pub fn setup(
             Err(e) => return Err(e),
         }
     }
+    if args.system_accounts && !mode.uses_uid() {
+        tracing::warn!("--system-accounts is ignored: users have no uids of their own to name");
+    }
     let mut read_only = vec![
         shared.repos.clone(),
         shared.auth_file.clone(),
