@@ -17,10 +17,11 @@ pub mod catalogue;
 pub mod copy;
 pub mod names;
 pub mod operator;
+pub mod sizes;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::{RwLock, Semaphore};
@@ -30,6 +31,7 @@ use crate::provision::{self, Profile};
 use crate::workspace::{UserKey, UsersRoot};
 pub use catalogue::{RepoKind, SharedRepository};
 use copy::CopyError;
+use sizes::SizeCache;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -55,8 +57,6 @@ impl From<CopyError> for RepoError {
     }
 }
 
-type Sizes = Arc<Mutex<HashMap<String, (u64, u64)>>>;
-
 pub struct RepoLibrary {
     root: PathBuf,
     users: UsersRoot,
@@ -64,10 +64,7 @@ pub struct RepoLibrary {
     shared_auth: PathBuf,
     locks: HashMap<String, Arc<RwLock<()>>>,
     clones: Arc<Semaphore>,
-    /// name → (last modified, bytes).
-    sizes: Sizes,
-    sizing: Arc<Mutex<HashSet<String>>>,
-    size_workers: Arc<Semaphore>,
+    sizes: SizeCache,
 }
 
 impl RepoLibrary {
@@ -85,9 +82,7 @@ impl RepoLibrary {
             shared_auth,
             locks: HashMap::new(),
             clones: Arc::new(Semaphore::new(max_concurrent_clones.max(1))),
-            sizes: Arc::default(),
-            sizing: Arc::default(),
-            size_workers: Arc::new(Semaphore::new(2)),
+            sizes: SizeCache::new(2),
         }
     }
 
@@ -100,61 +95,6 @@ impl RepoLibrary {
             .entry(name.to_owned())
             .or_insert_with(|| Arc::new(RwLock::new(())))
             .clone()
-    }
-
-    /// Sizes from the cache; stale or missing ones are computed in the background.
-    fn with_sizes(
-        mut repos: Vec<SharedRepository>,
-        sizes: &Sizes,
-        sizing: &Arc<Mutex<HashSet<String>>>,
-        workers: &Arc<Semaphore>,
-    ) -> Vec<SharedRepository> {
-        let mut stale = Vec::new();
-        {
-            let cache = match sizes.lock() {
-                Ok(c) => c,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            for (i, repo) in repos.iter_mut().enumerate() {
-                match cache.get(&repo.name) {
-                    Some((stamp, bytes)) if *stamp == repo.last_modified => {
-                        repo.size_bytes = Some(*bytes)
-                    }
-                    _ => stale.push(i),
-                }
-            }
-        }
-        for i in stale {
-            Self::compute_size(&repos[i], sizes, sizing, workers);
-        }
-        repos
-    }
-
-    fn compute_size(
-        repo: &SharedRepository,
-        sizes: &Sizes,
-        sizing: &Arc<Mutex<HashSet<String>>>,
-        workers: &Arc<Semaphore>,
-    ) {
-        let fresh = sizing
-            .lock()
-            .map(|mut s| s.insert(repo.name.clone()))
-            .unwrap_or(false);
-        if !fresh {
-            return;
-        }
-        let (name, path, stamp) = (repo.name.clone(), repo.path.clone(), repo.last_modified);
-        let (sizes, sizing, workers) = (sizes.clone(), sizing.clone(), workers.clone());
-        actix::spawn(async move {
-            let _worker = workers.acquire_owned().await;
-            let bytes = tokio::task::spawn_blocking(move || catalogue::size_of(&path)).await;
-            if let (Ok(bytes), Ok(mut cache)) = (bytes, sizes.lock()) {
-                cache.insert(name.clone(), (stamp, bytes));
-            }
-            if let Ok(mut s) = sizing.lock() {
-                s.remove(&name);
-            }
-        });
     }
 }
 
@@ -192,16 +132,12 @@ impl Handler<ListRepos> for RepoLibrary {
 
     fn handle(&mut self, _: ListRepos, _: &mut Context<Self>) -> Self::Result {
         let root = self.root.clone();
-        let (sizes, sizing, workers) = (
-            self.sizes.clone(),
-            self.sizing.clone(),
-            self.size_workers.clone(),
-        );
+        let sizes = self.sizes.clone();
         Box::pin(async move {
             let repos = tokio::task::spawn_blocking(move || catalogue::scan(&root))
                 .await
                 .unwrap_or_default();
-            Self::with_sizes(repos, &sizes, &sizing, &workers)
+            sizes.fill(repos)
         })
     }
 }
@@ -217,11 +153,7 @@ impl Handler<GetRepo> for RepoLibrary {
 
     fn handle(&mut self, msg: GetRepo, _: &mut Context<Self>) -> Self::Result {
         let root = self.root.clone();
-        let (sizes, sizing, workers) = (
-            self.sizes.clone(),
-            self.sizing.clone(),
-            self.size_workers.clone(),
-        );
+        let sizes = self.sizes.clone();
         Box::pin(async move {
             let name = catalogue_name(&msg.name)?.to_owned();
             let lookup = name.clone();
@@ -229,7 +161,7 @@ impl Handler<GetRepo> for RepoLibrary {
                 catalogue::read(&root, &lookup).ok_or(RepoError::NotFound(lookup))
             })
             .await?;
-            Ok(Self::with_sizes(vec![repo], &sizes, &sizing, &workers).remove(0))
+            Ok(sizes.fill(vec![repo]).remove(0))
         })
     }
 }
