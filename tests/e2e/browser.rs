@@ -151,11 +151,9 @@ async fn the_portal_lists_searches_and_clones() {
         )
         .await;
 
-    let errors = browser.console_errors(&[("/clone", 409)]).await;
-    assert!(
-        errors.is_empty(),
-        "console errors on the portal: {errors:?}"
-    );
+    browser
+        .assert_clean_console("the portal", &[("/clone", 409)])
+        .await;
 
     // At phone width: one column, nothing wider than the screen.
     browser.resize(390, 844).await;
@@ -201,11 +199,9 @@ async fn a_slow_start_shows_the_starting_page_then_the_app() {
         )
         .await;
     // The starting page is itself a 503 (not ready yet); nothing else may fail.
-    let errors = browser.console_errors(&[("/", 503)]).await;
-    assert!(
-        errors.is_empty(),
-        "console errors on the starting page: {errors:?}"
-    );
+    browser
+        .assert_clean_console("the starting page", &[("/", 503)])
+        .await;
     browser.quit().await;
 }
 
@@ -227,8 +223,9 @@ async fn the_sign_in_and_error_pages_are_clean() {
     browser
         .wait_until("the portal after signing in", "return document.getElementById('user-name') && document.getElementById('user-name').textContent === 'dave'")
         .await;
-    let errors = browser.console_errors(&[("/-/", 401)]).await;
-    assert!(errors.is_empty(), "console errors: {errors:?}");
+    browser
+        .assert_clean_console("the sign-in pages", &[("/-/", 401)])
+        .await;
     browser.quit().await;
 }
 
@@ -490,11 +487,7 @@ async fn a_clone_opens_in_opencode_with_its_file_tree() {
     browser
         .find("#workspace li.project[data-name='alpha-service'] button.open")
         .await;
-    let errors = browser.console_errors(&[]).await;
-    assert!(
-        errors.is_empty(),
-        "console errors on the portal: {errors:?}"
-    );
+    browser.assert_clean_console("the portal", &[]).await;
     browser
         .click_css("#workspace li.project[data-name='alpha-service'] button.open")
         .await;

@@ -310,10 +310,15 @@ impl Browser<'_> {
             .expect("PNG")
     }
 
-    /// Console messages at level SEVERE (errors) since the last call, except the browser's
-    /// note of an HTTP status the test expects (`expected`: `(path suffix, status)`, e.g. a
-    /// 409 the page shows to its user on purpose).
-    pub async fn console_errors(&self, expected: &[(&str, u16)]) -> Vec<String> {
+    /// Fails the test if the console holds errors (level SEVERE) since the last look, except
+    /// the browser's note of an HTTP status the test expects (`expected`: `(path suffix,
+    /// status)`, e.g. a 409 the page shows to its user on purpose). `page` names the page.
+    pub async fn assert_clean_console(&self, page: &str, expected: &[(&str, u16)]) {
+        let errors = self.console_errors(expected).await;
+        assert!(errors.is_empty(), "console errors on {page}: {errors:?}");
+    }
+
+    async fn console_errors(&self, expected: &[(&str, u16)]) -> Vec<String> {
         let v = self
             .call("POST", "/se/log", Some(json!({"type": "browser"})))
             .await
