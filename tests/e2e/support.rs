@@ -338,7 +338,12 @@ fn spawn_gateway(
     if !args.contains(&"--uid-range") {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let first = 300_000 + n * 100;
+        // Two test runs on one host (two checkouts) must not share uids either.
+        let base: u32 = std::env::var("CHAMBERLAIN_TEST_UID_BASE")
+            .ok()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(300_000);
+        let first = base + n * 100;
         uid_range = vec!["--uid-range".to_owned(), format!("{first}-{}", first + 99)];
     }
     if let Some(uid) = run_as {
