@@ -123,7 +123,7 @@ async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpRespons
         .await
         .map_err(|e| ApiError(e, req.clone()))?;
     let key = gateway.user_key(&identity);
-    let ws = gateway.users.workspace(&key);
+    let ws = gateway.homes.users().workspace(&key);
     let handle = gateway.peek(&identity);
     Ok(HttpResponse::Ok().json(json!({
         "userId": identity.user_id,
@@ -131,7 +131,7 @@ async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpRespons
         "emailVerified": identity.email_verified,
         "name": identity.name,
         "homeDirectory": ws.home(),
-        "isInitialized": gateway.users.is_initialized(&key),
+        "isInitialized": gateway.homes.users().is_initialized(&key),
         "instance": handle_json(handle.as_ref()),
     })))
 }

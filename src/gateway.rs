@@ -2,13 +2,14 @@
 //! user's OpenCode, ready to serve?
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
 use actix_web::{HttpMessage, HttpRequest};
 use chamberlain_actors::{
-    InstanceHandle, InstanceState, InstanceStatus, Open, Refusal, Registry, Routes, Upstream,
-    UserKey, UserSpec, UsersRoot, Wake, WakeReply,
+    Homes, InstanceHandle, InstanceState, InstanceStatus, Open, Refusal, Registry, Routes,
+    Upstream, UserKey, UserSpec, Wake, WakeReply,
 };
 
 use crate::errors::GatewayError;
@@ -37,7 +38,8 @@ pub struct Gateway {
     pub auth: Authenticator,
     pub registry: Addr<Registry>,
     pub routes: Routes,
-    pub users: UsersRoot,
+    /// Every home; work in one is done as its user.
+    pub homes: Arc<Homes>,
     pub cfg: GatewayConfig,
     pub metrics: HttpMetrics,
     pub ws_metrics: WsMetrics,
@@ -62,7 +64,7 @@ impl Gateway {
         auth: Authenticator,
         registry: Addr<Registry>,
         routes: Routes,
-        users: UsersRoot,
+        homes: Arc<Homes>,
         cfg: GatewayConfig,
         metrics: HttpMetrics,
         ws_metrics: WsMetrics,
@@ -72,7 +74,7 @@ impl Gateway {
             auth,
             registry,
             routes,
-            users,
+            homes,
             cfg,
             metrics,
             ws_metrics,

@@ -51,11 +51,13 @@ pub fn setup(
     args: &ServeArgs,
     data_dir: &Path,
     program: &Path,
+    helper: &Path,
     shared: &SharedPaths,
 ) -> anyhow::Result<Isolation> {
     let mut mode = requested_mode(args.isolation);
     if mode.uses_uid() {
         let reachable = reachable_by_others(program, "the OpenCode executable")
+            .and_then(|()| reachable_by_others(helper, "the gateway's own executable"))
             .and_then(|()| reachable_by_others(data_dir, "the data directory"));
         match reachable {
             Ok(()) => {}
@@ -78,11 +80,10 @@ pub fn setup(
     if args.system_accounts && !mode.uses_uid() {
         tracing::warn!("--system-accounts is ignored: users have no uids of their own to name");
     }
-    let mut read_only = vec![
-        shared.repos.clone(),
-        shared.auth_file.clone(),
-        shared.config_dir.clone(),
-    ];
+    // The organisation's keys and config reach OpenCode in its environment; users read
+    // only the repository library.
+    // The gateway's executable: work in a home runs in it, as the user (`as_user`).
+    let mut read_only = vec![shared.repos.clone(), helper.to_owned()];
     // The OpenCode install (a single executable that reads itself).
     if let Some(dir) = program.parent() {
         read_only.push(dir.to_owned());
@@ -135,10 +136,20 @@ pub fn setup(
 }
 
 /// With a uid per user: the gateway (root) owns everything but the homes; users may pass
-/// through the data directory and `users/` but list neither; the shared files are readable
-/// by the shared group only; `state/` is the gateway's alone.
+/// through the data directory and `users/` but list neither; the repository library is
+/// readable by the shared group only; `state/`, `shared/auth` and `shared/config` are the
+/// gateway's alone.
 fn prepare_for_uids(data_dir: &Path, shared: &SharedPaths, shared_gid: u32) -> anyhow::Result<()> {
     let set = |path: &Path, gid: u32, mode: u32| -> anyhow::Result<()> {
+        // The data directory itself may be reached through a link (a mount point, say);
+        // nothing below it may be one.
+        if path != data_dir && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            bail!(
+                "{} is a symbolic link; the data directory must hold real directories",
+                path.display()
+            );
+        }
         chown(path, Some(0), Some(gid))
             .with_context(|| format!("cannot set the owner of {}", path.display()))?;
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
@@ -150,27 +161,7 @@ fn prepare_for_uids(data_dir: &Path, shared: &SharedPaths, shared_gid: u32) -> a
     set(&data_dir.join("shared"), shared_gid, 0o750)?;
     set(&shared.repos, shared_gid, 0o750)?;
     for dir in [&shared.auth_dir, &shared.config_dir] {
-        share_tree(dir, shared_gid)?;
-    }
-    Ok(())
-}
-
-/// Root's, readable (never writable) by the shared group, all the way down.
-fn share_tree(path: &Path, gid: u32) -> anyhow::Result<()> {
-    let meta =
-        fs::symlink_metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.file_type().is_symlink() {
-        return Ok(());
-    }
-    std::os::unix::fs::lchown(path, Some(0), Some(gid))
-        .with_context(|| format!("cannot set the owner of {}", path.display()))?;
-    let mode = if meta.is_dir() { 0o750 } else { 0o640 };
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot set the mode of {}", path.display()))?;
-    if meta.is_dir() {
-        for entry in fs::read_dir(path)? {
-            share_tree(&entry?.path(), gid)?;
-        }
+        set(dir, 0, 0o700)?;
     }
     Ok(())
 }

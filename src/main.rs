@@ -3,9 +3,15 @@
 use std::process::ExitCode;
 
 use chamberlain::{cli, logging, server};
+use chamberlain_actors::as_user;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Work in a user's home, started by the gateway behind that user's walls (see
+    // `chamberlain_actors::as_user`); not a command for people.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(as_user::HELPER_ARG)) {
+        return ExitCode::from(as_user::serve_helper() as u8);
+    }
     let cli = cli::Cli::parse();
     let cli::Command::Serve(args) = cli.command;
     if let Err(e) = logging::init(args.log_format, &args.log) {

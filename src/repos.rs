@@ -2,12 +2,13 @@
 //! `/-/api/workspace` for users, and `/repos` on the admin listener for operators. The
 //! `RepoLibrary` actor does the work; this only maps requests and errors.
 
+use std::sync::Arc;
+
 use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use chamberlain_actors::repos::{
-    self, AddRepo, CloneRepo, Cloner, DeleteRepo, GetRepo, ListRepos, RefreshRepo, RepoError,
-    RepoLibrary,
+    AddRepo, CloneRepo, Cloner, DeleteRepo, GetRepo, ListRepos, RefreshRepo, RepoError, RepoLibrary,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -197,12 +198,12 @@ async fn workspace(req: HttpRequest, gateway: web::Data<Gateway>) -> HttpRespons
         Ok(i) => i,
         Err(resp) => return resp,
     };
-    let dir = gateway
-        .users
-        .workspace(&gateway.user_key(&identity))
-        .workspace_dir();
-    match web::block(move || repos::projects(&dir)).await {
-        Ok(projects) => HttpResponse::Ok().json(projects),
+    let key = gateway.user_key(&identity);
+    let homes = Arc::clone(&gateway.homes);
+    // Listed as the user: a workspace that is a link elsewhere shows nothing of elsewhere.
+    match web::block(move || homes.projects(&key)).await {
+        Ok(Ok(projects)) => HttpResponse::Ok().json(projects),
+        Ok(Err(e)) => GatewayError::Internal(e.to_string()).respond(&req),
         Err(e) => GatewayError::Internal(e.to_string()).respond(&req),
     }
 }

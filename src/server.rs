@@ -9,9 +9,10 @@ use actix::Actor;
 use actix_web::dev::{ServerHandle, Service};
 use actix_web::{web, App, HttpMessage, HttpServer};
 use anyhow::{bail, Context};
+use chamberlain_actors::as_user::Runner;
 use chamberlain_actors::{
-    InstanceConfig, InstanceMetrics, InstanceShared, LaunchConfig, Launcher, Registry,
-    RegistryConfig, Shutdown, UsersRoot,
+    Homes, InstanceConfig, InstanceMetrics, InstanceShared, LaunchConfig, Launcher, OrgFiles,
+    Registry, RegistryConfig, Shutdown, UsersRoot,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -60,10 +61,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let shared_paths = crate::isolation::SharedPaths::under(&data_dir);
+    let helper = std::env::current_exe()
+        .context("cannot find the gateway's own executable (it runs work in homes as the user)")?;
     let isolation = Arc::new(crate::isolation::setup(
         &args,
         &data_dir,
         &program,
+        &helper,
         &shared_paths,
     )?);
     let mut env_allow: Vec<String> = chamberlain_actors::launcher::DEFAULT_ENV_ALLOW
@@ -79,6 +83,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         env_allow.push(name.clone());
     }
+    let homes = Arc::new(Homes::new(
+        users.clone(),
+        Arc::clone(&isolation),
+        Runner::new(helper),
+        shared_paths.auth_file.clone(),
+    ));
     let shared = InstanceShared {
         cfg: InstanceConfig {
             start_timeout: args.start_timeout,
@@ -94,15 +104,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             extra_args: args.opencode_args.clone(),
             env_allow,
         }),
-        users: users.clone(),
+        homes: Arc::clone(&homes),
         start_slots: Arc::new(tokio::sync::Semaphore::new(
             args.max_concurrent_starts as usize,
         )),
         metrics: instance_metrics,
         account: account_name(),
         isolation: Arc::clone(&isolation),
-        shared_auth: shared_paths.auth_file.clone(),
-        shared_config: shared_paths.config_file.clone(),
+        org: OrgFiles {
+            auth: shared_paths.auth_file.clone(),
+            config: shared_paths.config_file.clone(),
+        },
     };
     let registry = Registry::new(
         RegistryConfig {
@@ -115,18 +127,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let routes = registry.routes();
     let registry = registry.start();
-    match chamberlain_actors::repos::sweep_partial_clones(&users) {
-        0 => {}
-        n => tracing::warn!(
-            removed = n,
-            "removed clones left half-made by an earlier run"
-        ),
-    }
     let repos = chamberlain_actors::repos::RepoLibrary::new(
         shared_paths.repos.clone(),
-        users.clone(),
-        Arc::clone(&isolation),
-        shared_paths.auth_file.clone(),
+        Arc::clone(&homes),
         args.max_concurrent_clones as usize,
     )
     .start();
@@ -135,7 +138,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         auth,
         registry.clone(),
         routes,
-        users,
+        homes,
         GatewayConfig {
             wait_timeout: args.wait_timeout,
             upstream_timeout: args.upstream_timeout,

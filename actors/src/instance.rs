@@ -42,11 +42,12 @@ use crate::health;
 use crate::isolation::{reaper, Isolation, UserIds};
 use crate::launcher::{self, ChildSpec, Launcher, StderrTail};
 use crate::metrics::{CullReason, InstanceMetrics, StartOutcome};
+use crate::org::OrgFiles;
 use crate::proctree::Descendants;
-use crate::provision::{self, Profile};
+use crate::provision::{Homes, Profile};
 use crate::registry::{Admission, Admit, Registry, Released};
 use crate::status::{InstanceState, InstanceStatus, Refusal, Upstream};
-use crate::workspace::{UserKey, UsersRoot, Workspace};
+use crate::workspace::{UserKey, Workspace};
 
 /// Who an instance belongs to.
 #[derive(Clone, Debug)]
@@ -61,19 +62,18 @@ pub struct UserSpec {
 pub struct InstanceShared {
     pub cfg: InstanceConfig,
     pub launcher: Launcher,
-    pub users: UsersRoot,
+    /// Every home, and working in one as its user.
+    pub homes: Arc<Homes>,
     /// `--max-concurrent-starts`; fair (FIFO), so queued instances start in order.
     pub start_slots: Arc<Semaphore>,
     pub metrics: InstanceMetrics,
     /// USER/LOGNAME for children without a uid of their own: the gateway's account.
     pub account: String,
     pub isolation: Arc<Isolation>,
-    /// The organisation's OpenCode auth file (`shared/auth/auth.json`), linked into every
-    /// home when it exists.
-    pub shared_auth: std::path::PathBuf,
-    /// The organisation's OpenCode config (`shared/config/opencode.json`), given to every
-    /// child as `OPENCODE_CONFIG` when it exists.
-    pub shared_config: std::path::PathBuf,
+    /// The organisation's OpenCode auth file (`shared/auth/auth.json`) and config
+    /// (`shared/config/opencode.json`), read by the gateway at every start and handed to
+    /// the child in its environment: users cannot read them on disk.
+    pub org: OrgFiles,
 }
 
 impl UserSpec {
@@ -484,15 +484,15 @@ impl UserInstance {
         self.publish();
     }
 
-    fn on_workspace(
-        &mut self,
-        result: Result<(Workspace, Option<UserIds>), String>,
-        ctx: &mut Context<Self>,
-    ) {
+    fn on_workspace(&mut self, result: Result<Prepared, String>, ctx: &mut Context<Self>) {
         if !matches!(self.phase, Phase::Starting { process: None, .. }) {
             return;
         }
-        let (workspace, ids) = match result {
+        let Prepared {
+            workspace,
+            ids,
+            org_env,
+        } = match result {
             Ok(prepared) => prepared,
             Err(e) => return self.fail_start(StartOutcome::Error, e, ctx),
         };
@@ -512,7 +512,8 @@ impl UserInstance {
             Ok(m) => m,
             Err(e) => return self.fail_start(StartOutcome::Error, e.to_string(), ctx),
         };
-        let mut extra_env = child_env(&self.user.profile(), &self.shared.shared_config);
+        let mut extra_env = child_env(&self.user.profile());
+        extra_env.extend(org_env);
         extra_env.push((launcher::MARKER_VAR.to_owned(), marker.clone()));
         let launched = self.shared.launcher.launch(&ChildSpec {
             workspace: &workspace,
@@ -1028,12 +1029,17 @@ fn with_output(message: String, stderr: &StderrTail) -> String {
     }
 }
 
+/// What [`prepare`] made ready for a start.
+struct Prepared {
+    workspace: Workspace,
+    ids: Option<UserIds>,
+    /// The organisation's keys and config, for the child's environment.
+    org_env: Vec<(String, String)>,
+}
+
 /// Off the actor thread, before a start: the user's ids, leftovers of an earlier run of the
-/// same uid ended, the home provisioned.
-fn prepare(
-    shared: &InstanceShared,
-    user: &UserSpec,
-) -> Result<(Workspace, Option<UserIds>), String> {
+/// same uid ended, the home provisioned, the organisation's files read.
+fn prepare(shared: &InstanceShared, user: &UserSpec) -> Result<Prepared, String> {
     let ids = shared.isolation.ids(&user.key).map_err(|e| e.to_string())?;
     if let Some(ids) = ids {
         // A gateway that died leaves terminals and background jobs behind; with a uid per
@@ -1043,19 +1049,16 @@ fn prepare(
             reaper::signal_uid(ids.uid, Signal::SIGKILL).map_err(|e| e.to_string())?;
         }
     }
-    let ws = provision::provision(
-        &shared.users,
-        &user.key,
+    let (workspace, ids) = shared
+        .homes
+        .prepare(&user.key, &user.profile())
+        .map_err(|e| e.to_string())?;
+    let org_env = shared.org.environment().map_err(|e| e.to_string())?;
+    Ok(Prepared {
+        workspace,
         ids,
-        &user.profile(),
-        &shared.shared_auth,
-    )
-    .map_err(|e| e.to_string())?;
-    if let Some(ids) = ids {
-        provision::share_read_only(&shared.shared_config, ids.shared_gid)
-            .map_err(|e| e.to_string())?;
-    }
-    Ok((ws, ids))
+        org_env,
+    })
 }
 
 /// SIGKILL to every process of `uid` until none is left (a process may be forking as it is
@@ -1076,10 +1079,9 @@ fn reap_uid(uid: u32) -> usize {
     left
 }
 
-/// Variables for one user's child: their git identity, and the organisation's OpenCode
-/// config when there is one.
-fn child_env(profile: &Profile, shared_config: &std::path::Path) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = [
+/// Variables for one user's child: their git identity.
+fn child_env(profile: &Profile) -> Vec<(String, String)> {
+    [
         ("GIT_AUTHOR_NAME", &profile.name),
         ("GIT_AUTHOR_EMAIL", &profile.email),
         ("GIT_COMMITTER_NAME", &profile.name),
@@ -1087,14 +1089,7 @@ fn child_env(profile: &Profile, shared_config: &std::path::Path) -> Vec<(String,
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.clone()))
-    .collect();
-    if shared_config.is_file() {
-        env.push((
-            "OPENCODE_CONFIG".to_owned(),
-            shared_config.display().to_string(),
-        ));
-    }
-    env
+    .collect()
 }
 
 impl Actor for UserInstance {

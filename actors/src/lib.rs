@@ -10,12 +10,15 @@ mod procfs;
 mod proctree;
 
 pub mod activity;
+pub mod as_user;
 pub mod config;
+pub mod handover;
 pub mod health;
 pub mod instance;
 pub mod isolation;
 pub mod launcher;
 pub mod metrics;
+pub mod org;
 pub mod provision;
 pub mod registry;
 pub mod repos;
@@ -27,6 +30,8 @@ pub use config::{InstanceConfig, RegistryConfig};
 pub use instance::{InstanceShared, Stop, StopReason, UserInstance, UserSpec, Wake, WakeReply};
 pub use launcher::{LaunchConfig, Launcher};
 pub use metrics::InstanceMetrics;
+pub use org::OrgFiles;
+pub use provision::Homes;
 pub use registry::{
     Admission, InstanceHandle, Open, PoolStats, Registry, Routes, Shutdown, Stats, StopUser,
     UserStats,

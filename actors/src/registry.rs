@@ -368,7 +368,7 @@ mod tests {
     use crate::instance::{Wake, WakeReply};
     use crate::launcher::{LaunchConfig, Launcher};
     use crate::metrics::InstanceMetrics;
-    use crate::workspace::{UserKey, UsersRoot};
+    use crate::workspace::UserKey;
 
     /// Prints the start line (for a port nothing listens on) and sleeps.
     const LISTENS: &str =
@@ -390,6 +390,17 @@ mod tests {
         std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
         let users = dir.path().join("users");
         std::fs::create_dir(&users).unwrap();
+        let isolation = Arc::new(
+            crate::isolation::Isolation::new(crate::isolation::IsolationConfig {
+                mode: crate::isolation::IsolationMode::None,
+                uid_range: (0, 0),
+                uid_map: dir.path().join("uids.json"),
+                accounts: None,
+                read_only: vec![],
+                limits: Default::default(),
+            })
+            .unwrap(),
+        );
         let shared = InstanceShared {
             cfg: inst,
             launcher: Launcher::new(LaunchConfig {
@@ -397,23 +408,20 @@ mod tests {
                 extra_args: vec![],
                 env_allow: vec!["PATH".into()],
             }),
-            users: UsersRoot::new(&users),
+            homes: Arc::new(crate::provision::Homes::new(
+                crate::workspace::UsersRoot::new(&users),
+                Arc::clone(&isolation),
+                crate::as_user::Runner::in_process(),
+                dir.path().join("shared-auth.json"),
+            )),
             start_slots: Arc::new(tokio::sync::Semaphore::new(reg.max_concurrent_starts)),
             metrics: InstanceMetrics::new(),
             account: "test".into(),
-            isolation: Arc::new(
-                crate::isolation::Isolation::new(crate::isolation::IsolationConfig {
-                    mode: crate::isolation::IsolationMode::None,
-                    uid_range: (0, 0),
-                    uid_map: dir.path().join("uids.json"),
-                    accounts: None,
-                    read_only: vec![],
-                    limits: Default::default(),
-                })
-                .unwrap(),
-            ),
-            shared_auth: dir.path().join("shared-auth.json"),
-            shared_config: dir.path().join("shared-opencode.json"),
+            isolation,
+            org: crate::org::OrgFiles {
+                auth: dir.path().join("shared-auth.json"),
+                config: dir.path().join("shared-opencode.json"),
+            },
         };
         let registry = Registry::new(reg, shared);
         let routes = registry.routes();

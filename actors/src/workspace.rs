@@ -10,7 +10,7 @@
 use std::fmt;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -97,15 +97,18 @@ impl UsersRoot {
         self.workspace(key).home.is_dir()
     }
 
-    /// Creates the user's home if it does not exist and repairs missing subdirectories if it
-    /// does. Idempotent and safe to race with itself. Blocking: run it off the actor thread.
-    pub fn initialize(&self, key: &UserKey) -> Result<Workspace, WorkspaceError> {
+    /// Creates the user's home, empty, if it does not exist, owned by `owner` (uid, gid)
+    /// when given; an existing one must be a directory (never a link). What is inside is
+    /// the user's to make (see `provision`). Idempotent and safe to race with itself.
+    /// Blocking: run it off the actor thread.
+    pub fn initialize(
+        &self,
+        key: &UserKey,
+        owner: Option<(u32, u32)>,
+    ) -> Result<Workspace, WorkspaceError> {
         let ws = self.workspace(key);
         match fs::symlink_metadata(&ws.home) {
-            Ok(meta) if meta.is_dir() => {
-                ws.create_layout_in(&ws.home)?;
-                return Ok(ws);
-            }
+            Ok(meta) if meta.is_dir() => return Ok(ws),
             Ok(_) => return Err(WorkspaceError::NotADirectory { path: ws.home }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => {
@@ -116,22 +119,28 @@ impl UsersRoot {
             }
         }
 
+        // `users/` is the gateway's: nobody else can put anything at this name.
         let partial = self.root.join(format!(
             "{PARTIAL_PREFIX}{}-{}",
             key.as_str(),
             unique_suffix()
         ));
         make_dir(&partial, 0o700)?;
-        if let Err(e) = ws.create_layout_in(&partial) {
-            let _ = fs::remove_dir_all(&partial);
-            return Err(e);
+        if let Some((uid, gid)) = owner {
+            if let Err(source) = std::os::unix::fs::lchown(&partial, Some(uid), Some(gid)) {
+                let _ = fs::remove_dir(&partial);
+                return Err(WorkspaceError::Create {
+                    path: partial,
+                    source,
+                });
+            }
         }
-        match fs::rename(&partial, &ws.home) {
+        match crate::repos::copy::rename_noreplace(&partial, &ws.home) {
             Ok(()) => Ok(ws),
             Err(source) => {
-                let _ = fs::remove_dir_all(&partial);
+                let _ = fs::remove_dir(&partial);
                 // Another initialization won the race: theirs is complete, use it.
-                if ws.home.is_dir() {
+                if fs::symlink_metadata(&ws.home).is_ok_and(|m| m.is_dir()) {
                     Ok(ws)
                 } else {
                     Err(WorkspaceError::Create {
@@ -226,22 +235,12 @@ impl Workspace {
     pub fn layout(&self) -> impl Iterator<Item = &'static str> {
         LAYOUT.iter().copied()
     }
-
-    fn create_layout_in(&self, base: &Path) -> Result<(), WorkspaceError> {
-        for sub in LAYOUT {
-            make_dir(&base.join(sub), 0o700)?;
-        }
-        let perms = fs::Permissions::from_mode(0o700);
-        fs::set_permissions(base, perms).map_err(|source| WorkspaceError::Create {
-            path: base.to_owned(),
-            source,
-        })
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn plain_subjects_are_used_as_is() {
@@ -311,31 +310,40 @@ mod tests {
     }
 
     #[test]
-    fn initialize_creates_layout_idempotently() {
+    fn initialize_creates_an_empty_private_home_idempotently() {
         let dir = tempfile::tempdir().unwrap();
         let users = UsersRoot::new(dir.path());
         let key = UserKey::derive("alice");
         assert!(!users.is_initialized(&key));
-        let ws = users.initialize(&key).unwrap();
+        let ws = users.initialize(&key, None).unwrap();
         assert!(users.is_initialized(&key));
-        for sub in LAYOUT {
-            assert!(ws.home().join(sub).is_dir(), "{sub}");
-        }
         let mode = fs::metadata(ws.home()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
-        fs::write(ws.workspace_dir().join("keep.txt"), "x").unwrap();
-        fs::remove_dir(ws.tmp_dir()).unwrap();
-        let again = users.initialize(&key).unwrap();
+        fs::write(ws.home().join("keep.txt"), "x").unwrap();
+        let again = users.initialize(&key, None).unwrap();
         assert_eq!(again, ws);
-        assert!(ws.tmp_dir().is_dir(), "missing subdirectory repaired");
-        assert!(ws.workspace_dir().join("keep.txt").exists(), "content kept");
+        assert!(ws.home().join("keep.txt").exists(), "content kept");
+        // Nothing half-made is left beside it.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_link_in_place_of_a_home_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = UsersRoot::new(dir.path().join("users"));
+        fs::create_dir(users.path()).unwrap();
+        std::os::unix::fs::symlink(dir.path(), users.path().join("mallory")).unwrap();
+        assert!(matches!(
+            users.initialize(&UserKey::derive("mallory"), None),
+            Err(WorkspaceError::NotADirectory { .. })
+        ));
     }
 
     #[test]
     fn sweep_removes_half_created_homes_only() {
         let dir = tempfile::tempdir().unwrap();
         let users = UsersRoot::new(dir.path());
-        users.initialize(&UserKey::derive("bob")).unwrap();
+        users.initialize(&UserKey::derive("bob"), None).unwrap();
         fs::create_dir_all(dir.path().join(".init-carol-1234/workspace")).unwrap();
         assert_eq!(users.sweep_partial().unwrap(), 1);
         assert!(dir.path().join("bob").is_dir());
@@ -348,7 +356,7 @@ mod tests {
         let users = UsersRoot::new(dir.path());
         fs::write(dir.path().join("eve"), "not a dir").unwrap();
         assert!(matches!(
-            users.initialize(&UserKey::derive("eve")),
+            users.initialize(&UserKey::derive("eve"), None),
             Err(WorkspaceError::NotADirectory { .. })
         ));
     }

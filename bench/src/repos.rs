@@ -7,9 +7,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chamberlain_actors::as_user::Runner;
 use chamberlain_actors::isolation::{Isolation, IsolationConfig, IsolationMode};
 use chamberlain_actors::repos::{ListRepos, RepoLibrary};
-use chamberlain_actors::UsersRoot;
+use chamberlain_actors::{Homes, UsersRoot};
 
 pub fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -39,9 +40,12 @@ pub fn run() -> anyhow::Result<()> {
     system.block_on(async move {
         let library = actix::Actor::start(RepoLibrary::new(
             root,
-            UsersRoot::new(dir.path().join("users")),
-            isolation,
-            dir.path().join("auth.json"),
+            Arc::new(Homes::new(
+                UsersRoot::new(dir.path().join("users")),
+                isolation,
+                Runner::in_process(),
+                dir.path().join("auth.json"),
+            )),
             4,
         ));
         let mut while_sizing = Vec::new();

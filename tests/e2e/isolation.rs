@@ -70,12 +70,12 @@ in_both_setups!(
 );
 
 /// An interactive terminal of one user, driven like a person typing.
-struct Terminal {
+pub struct Terminal {
     socket: Socket,
 }
 
 impl Terminal {
-    async fn open(gw: &Gateway, user: &str) -> Terminal {
+    pub async fn open(gw: &Gateway, user: &str) -> Terminal {
         let id = create_pty(gw, user).await;
         let (_, socket) = gw
             .ws(Some(user), &format!("/pty/{id}/connect"), &[])
@@ -86,7 +86,7 @@ impl Terminal {
 
     /// Runs `script` and returns what it printed and its exit status. The markers are
     /// typed split in two, so the echo of the typed line never matches them.
-    async fn run(&mut self, script: &str) -> (String, i32) {
+    pub async fn run(&mut self, script: &str) -> (String, i32) {
         let line = format!(
             "printf '%s\\n' \"CH-\"\"BEGIN\"; {script}; printf '%s %s\\n' \"CH-\"\"END\" \"$?\"\n"
         );

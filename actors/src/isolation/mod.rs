@@ -242,6 +242,20 @@ pub struct ChildSteps {
 }
 
 impl ChildSandbox {
+    /// Whether the child is walled off at all (a uid of its own or Landlock).
+    pub fn is_walled(&self) -> bool {
+        self.ids.is_some() || self.landlock.is_some()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_test(ids: Option<UserIds>) -> Self {
+        ChildSandbox {
+            ids,
+            landlock: None,
+            limits: Limits::default(),
+        }
+    }
+
     pub fn steps(&self) -> ChildSteps {
         ChildSteps {
             ids: self.ids,

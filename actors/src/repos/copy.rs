@@ -1,16 +1,17 @@
 //! Putting a copy of a shared repository into a user's workspace: `git clone
-//! --no-hardlinks` or a plain copy, into a hidden temporary directory, handed to the user's
-//! uid, then renamed into place without replacing anything. A clone that fails or is
-//! interrupted leaves no target behind; its temporary directory is removed on failure or
-//! swept at the next start.
+//! --no-hardlinks` or a plain copy, into a hidden temporary directory, then renamed into
+//! place without replacing anything. A clone that fails or is interrupted leaves no target
+//! behind; its temporary directory is removed on failure or swept at the next start.
+//!
+//! This runs as the user (see `as_user`): the copy is theirs because they made it.
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::catalogue::{git_dir, RepoKind, SharedRepository};
+use super::catalogue::{git_dir, RepoKind};
 
 /// Prefix of clones in progress inside a workspace.
 pub const PARTIAL_PREFIX: &str = ".chamberlain-clone-";
@@ -30,12 +31,12 @@ fn failed(what: &str, path: &Path, e: io::Error) -> CopyError {
     CopyError::Failed(format!("{what} {}: {e}", path.display()))
 }
 
-/// Copies `repo` into `workspace/target`, owned by `owner` (uid, gid) if given.
+/// Copies the repository at `source` into `workspace/target`.
 pub fn clone_into(
-    repo: &SharedRepository,
+    source: &Path,
+    kind: RepoKind,
     workspace: &Path,
     target: &str,
-    owner: Option<(u32, u32)>,
 ) -> Result<PathBuf, CopyError> {
     let dest = workspace.join(target);
     if fs::symlink_metadata(&dest).is_ok() {
@@ -46,12 +47,9 @@ pub fn clone_into(
         crate::workspace::unique_suffix()
     ));
     let result = (|| {
-        match repo.kind {
-            RepoKind::Git => git_clone(&repo.path, &tmp)?,
-            RepoKind::Folder => copy_tree(&repo.path, &tmp)?,
-        }
-        if let Some((uid, gid)) = owner {
-            chown_tree(&tmp, uid, gid)?;
+        match kind {
+            RepoKind::Git => git_clone(source, &tmp)?,
+            RepoKind::Folder => copy_tree(source, &tmp)?,
         }
         rename_noreplace(&tmp, &dest).map_err(|e| match e.raw_os_error() {
             Some(nix::libc::EEXIST) | Some(nix::libc::ENOTEMPTY) => {
@@ -189,20 +187,6 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), CopyError> {
     .map_err(|e| failed("setting the mode of", to, e))
 }
 
-pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), CopyError> {
-    lchown(path, Some(uid), Some(gid)).map_err(|e| failed("handing over", path, e))?;
-    if fs::symlink_metadata(path)
-        .map_err(|e| failed("reading", path, e))?
-        .is_dir()
-    {
-        for entry in fs::read_dir(path).map_err(|e| failed("reading", path, e))? {
-            let entry = entry.map_err(|e| failed("reading", path, e))?;
-            chown_tree(&entry.path(), uid, gid)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,10 +201,10 @@ mod tests {
         fs::create_dir_all(&ws).unwrap();
         fs::write(root.join("kit/sub/f"), "x").unwrap();
         let repo = catalogue::read(&root, "kit").unwrap();
-        let dest = clone_into(&repo, &ws, "kit", None).unwrap();
+        let dest = clone_into(&repo.path, repo.kind, &ws, "kit").unwrap();
         assert_eq!(fs::read_to_string(dest.join("sub/f")).unwrap(), "x");
         assert!(matches!(
-            clone_into(&repo, &ws, "kit", None),
+            clone_into(&repo.path, repo.kind, &ws, "kit"),
             Err(CopyError::Exists(_))
         ));
         // Only the finished clone is there: no temporary directory was left.
@@ -241,17 +225,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ws = dir.path().join("ws");
         fs::create_dir_all(&ws).unwrap();
-        let missing = SharedRepository {
-            name: "gone".into(),
-            path: dir.path().join("gone"),
-            description: None,
-            last_modified: 0,
-            size_bytes: None,
-            kind: RepoKind::Folder,
-            default_branch: None,
-        };
         assert!(matches!(
-            clone_into(&missing, &ws, "gone", None),
+            clone_into(&dir.path().join("gone"), RepoKind::Folder, &ws, "gone"),
             Err(CopyError::Failed(_))
         ));
         assert_eq!(fs::read_dir(&ws).unwrap().count(), 0);

@@ -20,15 +20,14 @@ pub mod operator;
 pub mod sizes;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use tokio::sync::{RwLock, Semaphore};
 
-use crate::isolation::Isolation;
-use crate::provision::{self, Profile};
-use crate::workspace::{UserKey, UsersRoot};
+use crate::provision::{Homes, Profile, ProvisionError};
+use crate::workspace::UserKey;
 pub use catalogue::{RepoKind, SharedRepository};
 use copy::CopyError;
 use sizes::SizeCache;
@@ -57,29 +56,31 @@ impl From<CopyError> for RepoError {
     }
 }
 
+impl From<ProvisionError> for RepoError {
+    fn from(e: ProvisionError) -> Self {
+        use crate::as_user::TaskError;
+        match e {
+            ProvisionError::Task(TaskError::Exists(m)) => RepoError::Conflict(m),
+            ProvisionError::Task(TaskError::Upstream(m)) => RepoError::Upstream(m),
+            ProvisionError::Task(TaskError::Failed(m)) => RepoError::Failed(m),
+            e => RepoError::Failed(e.to_string()),
+        }
+    }
+}
+
 pub struct RepoLibrary {
     root: PathBuf,
-    users: UsersRoot,
-    isolation: Arc<Isolation>,
-    shared_auth: PathBuf,
+    homes: Arc<Homes>,
     locks: HashMap<String, Arc<RwLock<()>>>,
     clones: Arc<Semaphore>,
     sizes: SizeCache,
 }
 
 impl RepoLibrary {
-    pub fn new(
-        root: PathBuf,
-        users: UsersRoot,
-        isolation: Arc<Isolation>,
-        shared_auth: PathBuf,
-        max_concurrent_clones: usize,
-    ) -> Self {
+    pub fn new(root: PathBuf, homes: Arc<Homes>, max_concurrent_clones: usize) -> Self {
         RepoLibrary {
             root,
-            users,
-            isolation,
-            shared_auth,
+            homes,
             locks: HashMap::new(),
             clones: Arc::new(Semaphore::new(max_concurrent_clones.max(1))),
             sizes: SizeCache::new(2),
@@ -188,13 +189,7 @@ impl Handler<CloneRepo> for RepoLibrary {
     fn handle(&mut self, msg: CloneRepo, _: &mut Context<Self>) -> Self::Result {
         let source = msg.source.clone();
         let lock = self.lock(&source);
-        let (root, users, isolation, shared_auth, clones) = (
-            self.root.clone(),
-            self.users.clone(),
-            self.isolation.clone(),
-            self.shared_auth.clone(),
-            self.clones.clone(),
-        );
+        let (root, homes, clones) = (self.root.clone(), self.homes.clone(), self.clones.clone());
         Box::pin(async move {
             catalogue_name(&source)?;
             let target = msg.target.unwrap_or_else(|| source.clone());
@@ -207,23 +202,13 @@ impl Handler<CloneRepo> for RepoLibrary {
                 .map_err(|_| RepoError::Failed("the repository library is closing".into()))?;
             blocking(move || {
                 let repo = catalogue::read(&root, &source).ok_or(RepoError::NotFound(source))?;
-                let ids = isolation
-                    .ids(&msg.user.key)
-                    .map_err(|e| RepoError::Failed(e.to_string()))?;
-                let ws = provision::provision(
-                    &users,
+                // As the user: the copy lands where the user could put it, and nowhere else.
+                Ok(homes.clone_repo(
                     &msg.user.key,
-                    ids,
                     &msg.user.profile,
-                    &shared_auth,
-                )
-                .map_err(|e| RepoError::Failed(e.to_string()))?;
-                let owner = ids.map(|i| (i.uid, i.gid));
-                Ok(copy::clone_into(
-                    &repo,
-                    &ws.workspace_dir(),
+                    &repo.path,
+                    repo.kind,
                     &target,
-                    owner,
                 )?)
             })
             .await
@@ -245,7 +230,7 @@ impl Handler<AddRepo> for RepoLibrary {
     fn handle(&mut self, msg: AddRepo, _: &mut Context<Self>) -> Self::Result {
         let lock = self.lock(&msg.name);
         let root = self.root.clone();
-        let gid = self.isolation.shared_gid();
+        let gid = self.homes.isolation().shared_gid();
         Box::pin(async move {
             names::validate(&msg.name).map_err(RepoError::BadRequest)?;
             operator::check_url(&msg.url).map_err(RepoError::BadRequest)?;
@@ -273,7 +258,7 @@ impl Handler<RefreshRepo> for RepoLibrary {
     fn handle(&mut self, msg: RefreshRepo, _: &mut Context<Self>) -> Self::Result {
         let lock = self.lock(&msg.name);
         let root = self.root.clone();
-        let gid = self.isolation.shared_gid();
+        let gid = self.homes.isolation().shared_gid();
         Box::pin(async move {
             catalogue_name(&msg.name)?;
             let _alone = lock.write_owned().await;
@@ -315,54 +300,4 @@ impl Handler<DeleteRepo> for RepoLibrary {
             .await
         })
     }
-}
-
-/// A user's projects: the directories in their workspace.
-#[derive(Clone, Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Project {
-    pub name: String,
-    pub path: PathBuf,
-    pub is_git: bool,
-    pub last_modified: u64,
-}
-
-/// Removes clones left half-made by a crash from every workspace (at start-up, when no
-/// clone can be running). Returns how many.
-pub fn sweep_partial_clones(users: &UsersRoot) -> usize {
-    let Ok(homes) = std::fs::read_dir(users.path()) else {
-        return 0;
-    };
-    homes
-        .flatten()
-        .map(|home| copy::sweep(&home.path().join("workspace")))
-        .sum()
-}
-
-pub fn projects(workspace: &Path) -> Vec<Project> {
-    let Ok(entries) = std::fs::read_dir(workspace) else {
-        return Vec::new();
-    };
-    let mut found: Vec<Project> = entries
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| {
-            let path = e.path();
-            let last_modified = e
-                .metadata()
-                .ok()
-                .and_then(|m| m.modified().ok())
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_millis() as u64);
-            Project {
-                name: e.file_name().to_string_lossy().into_owned(),
-                is_git: path.join(".git").exists(),
-                path,
-                last_modified,
-            }
-        })
-        .collect();
-    found.sort_by(|a, b| a.name.cmp(&b.name));
-    found
 }
