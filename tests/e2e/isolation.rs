@@ -168,15 +168,23 @@ async fn shared_keys_work_and_are_read_only(setup: Setup) {
         assert_eq!(put.status, StatusCode::FORBIDDEN, "{}", put.text());
         assert!(put.json()["error"].as_str().unwrap().contains("read-only"));
 
+        // The organisation's file is not in the home, and not readable or writable where
+        // it is: OpenCode has the keys in its environment.
         let mut term = Terminal::open(&gw, user).await;
+        let shared = shared.display();
+        for script in [format!("cat {shared}"), format!("echo '{{}}' > {shared}")] {
+            let (out, status) = term.run(&script).await;
+            assert_ne!(status, 0, "{user}: {script}: {out}");
+            assert!(out.contains("denied"), "{out}");
+        }
         let (out, status) = term
-            .run("echo '{}' > ~/.local/share/opencode/auth.json")
+            .run("echo '{}' > ~/.local/share/opencode/auth.json && ls -ld ~/.local/share/opencode")
             .await;
-        assert_ne!(status, 0, "{user} overwrote the shared keys: {out}");
-        assert!(out.contains("denied"), "{out}");
-        let (out, status) = term.run("cat ~/.local/share/opencode/auth.json").await;
-        assert_eq!(status, 0, "{out}");
-        assert!(out.contains("sk-ant-shared-test-key"), "{out}");
+        assert_eq!(status, 0, "{user}'s own auth file is theirs: {out}");
+        assert!(
+            !out.contains("root"),
+            "a root-owned directory in the home: {out}"
+        );
     }
     assert_eq!(std::fs::read_to_string(&shared).unwrap(), keys);
 }
@@ -385,12 +393,20 @@ async fn the_gateways_environment_stays_out(setup: Setup) {
     start(&gw, "alice").await;
     let mut term = Terminal::open(&gw, "alice").await;
 
-    // The organisation's config is every child's, and read-only.
-    let (out, status) = term.run("cat \"$OPENCODE_CONFIG\"").await;
+    // The organisation's config is every child's, in its environment; the file itself is
+    // the gateway's.
+    let (out, status) = term
+        .run("printf '%s\\n' \"$OPENCODE_CONFIG_CONTENT\"")
+        .await;
     assert_eq!(status, 0, "{out}");
     assert!(out.contains("opencode.ai/config.json"), "{out}");
-    let (out, status) = term.run("echo '{}' > \"$OPENCODE_CONFIG\"").await;
-    assert_ne!(status, 0, "the shared config was writable: {out}");
+    for script in [
+        format!("cat {}", config.display()),
+        format!("echo '{{}}' > {}", config.display()),
+    ] {
+        let (out, status) = term.run(&script).await;
+        assert_ne!(status, 0, "the shared config: {script}: {out}");
+    }
 
     // Per-user limits.
     let (out, _) = term.run("ulimit -n; ulimit -u").await;

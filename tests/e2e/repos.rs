@@ -192,10 +192,12 @@ async fn folders_keep_modes_and_symlinks_stay_symlinks() {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    std::fs::write(folder.join("private.key"), "k").unwrap();
+    // Users copy what they can read (the clone runs as the user): an unusual mode that
+    // lets them read it.
+    std::fs::write(folder.join("odd-mode.txt"), "k").unwrap();
     std::fs::set_permissions(
-        folder.join("private.key"),
-        std::fs::Permissions::from_mode(0o600),
+        folder.join("odd-mode.txt"),
+        std::fs::Permissions::from_mode(0o604),
     )
     .unwrap();
     std::os::unix::fs::symlink("/etc/passwd", folder.join("passwd")).unwrap();
@@ -216,7 +218,7 @@ async fn folders_keep_modes_and_symlinks_stay_symlinks() {
     let ws = workspace(&gw, "alice");
     let mode = |p: &str| std::fs::metadata(ws.join(p)).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode("my-kit/bin/run.sh"), 0o755);
-    assert_eq!(mode("my-kit/private.key"), 0o600);
+    assert_eq!(mode("my-kit/odd-mode.txt"), 0o604);
     for link in ["my-kit/passwd", "gitkit/passwd-link"] {
         let meta = std::fs::symlink_metadata(ws.join(link)).unwrap();
         assert!(meta.file_type().is_symlink(), "{link} was followed");

@@ -128,7 +128,16 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<String, CopyError> {
 fn git_clone(source: &Path, dest: &Path) -> Result<(), CopyError> {
     run(
         git()
-            .args(["clone", "--quiet", "--no-hardlinks", "--"])
+            // The shared repository is root's and the clone runs as the user: git checks
+            // ownership in `upload-pack` too, which does not inherit `-c` options.
+            .args([
+                "clone",
+                "--quiet",
+                "--no-hardlinks",
+                "--upload-pack",
+                "git -c safe.directory='*' upload-pack",
+                "--",
+            ])
             .arg(source)
             .arg(dest),
         "cloning",
