@@ -3,7 +3,7 @@
 //! need (or could reach what they must not).
 
 use std::fs;
-use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{chown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -32,6 +32,40 @@ impl SharedPaths {
             config_dir: shared.join("config"),
             config_file: shared.join("config").join("opencode.json"),
         }
+    }
+}
+
+/// `oom_score_adj` of the gateway itself: the kernel's last choice when memory runs out
+/// (users' processes are its first, see `CHILD_OOM_SCORE_ADJ`).
+const GATEWAY_OOM_SCORE_ADJ: &str = "-900";
+
+/// The gateway's own process: last in line for the OOM killer (needs privilege; without it
+/// the score stays and the log says so), and as many open files as its hard limit allows
+/// (every user's requests and websockets hold descriptors of the gateway's).
+pub fn harden_gateway() {
+    match fs::write("/proc/self/oom_score_adj", GATEWAY_OOM_SCORE_ADJ) {
+        Ok(()) => tracing::debug!(
+            oom_score_adj = GATEWAY_OOM_SCORE_ADJ,
+            "gateway protected from the OOM killer"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot lower the gateway's oom_score_adj: under memory pressure the kernel may pick the gateway")
+        }
+    }
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(
+                from = soft,
+                to = hard,
+                "raised the gateway's open-file limit"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the gateway's open-file limit")
+            }
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the gateway's open-file limit"),
     }
 }
 
@@ -105,7 +139,8 @@ pub fn setup(
         },
     })
     .context("cannot set up isolation")?;
-    if let Some(shared_gid) = isolation.shared_gid() {
+    if let (Some(shared_gid), Some(range)) = (isolation.shared_gid(), isolation.uid_range()) {
+        claim_uid_range(range, &isolation.known_uids())?;
         prepare_for_uids(data_dir, shared, shared_gid)?;
         // A gateway that died leaves users' terminals and jobs running under their uids.
         for uid in isolation.known_uids() {
@@ -133,6 +168,55 @@ pub fn setup(
         ),
     }
     Ok(isolation)
+}
+
+/// Where the locks on uid ranges live: one file per range, held while a gateway runs.
+const RANGE_LOCKS: &str = "/run/chamberlain";
+
+/// A gateway ends every process of the uids it hands out, so two gateways sharing uids end
+/// each other's users. Holds an exclusive lock named after the range for as long as the
+/// gateway runs (the descriptor is leaked on purpose; the kernel drops the lock at exit),
+/// and refuses to start when processes of the range exist that are not this gateway's
+/// users (another gateway's, or someone else's).
+fn claim_uid_range(range: (u32, u32), known: &[u32]) -> anyhow::Result<()> {
+    use std::os::fd::AsRawFd;
+    fs::create_dir_all(RANGE_LOCKS)
+        .with_context(|| format!("cannot create {RANGE_LOCKS} for the --uid-range lock"))?;
+    let path = Path::new(RANGE_LOCKS).join(format!("uid-range-{}-{}.lock", range.0, range.1));
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open the --uid-range lock {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { nix::libc::flock(file.as_raw_fd(), nix::libc::LOCK_EX | nix::libc::LOCK_NB) } != 0 {
+        bail!(
+            "--uid-range {}-{} is in use by another gateway on this host (it holds {}); \
+             give each gateway a range of its own",
+            range.0,
+            range.1,
+            path.display()
+        );
+    }
+    let strangers: Vec<(u32, u32)> = reaper::processes_in(range.0, range.1)
+        .into_iter()
+        .filter(|(_, uid)| !known.contains(uid))
+        .collect();
+    if let Some((pid, uid)) = strangers.first() {
+        bail!(
+            "--uid-range {}-{} is not free: {} process(es) run under its uids that this gateway \
+             never gave out (e.g. pid {pid}, uid {uid}). Another gateway or program uses these \
+             uids; choose another range (and keep state/uids.json with it)",
+            range.0,
+            range.1,
+            strangers.len()
+        );
+    }
+    std::mem::forget(file);
+    Ok(())
 }
 
 /// With a uid per user: the gateway (root) owns everything but the homes; users may pass

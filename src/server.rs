@@ -45,6 +45,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.ws_max_frame
         );
     }
+    crate::isolation::harden_gateway();
     let instance_metrics = InstanceMetrics::new();
     let metrics = Arc::new(Metrics::new(&instance_metrics));
     let auth = Authenticator::from_args(&args.auth, metrics.auth.clone())?;

@@ -268,6 +268,9 @@ impl ChildSandbox {
 impl ChildSteps {
     /// Limits and the group drop, done while still privileged. Between fork and exec.
     pub fn before_uid_change(&self) -> io::Result<()> {
+        // Under memory pressure the kernel kills a user's process, never the gateway (which
+        // lowered its own score at start; children inherit it and must raise theirs).
+        prefer_for_oom_kill()?;
         let set = |r: Resource, v: Option<u64>| -> io::Result<()> {
             match v {
                 Some(v) => Ok(setrlimit(r, v, v)?),
@@ -304,4 +307,32 @@ impl ChildSteps {
             None => Ok(()),
         }
     }
+}
+
+/// `oom_score_adj` of every user's process: first in line for the OOM killer.
+pub const CHILD_OOM_SCORE_ADJ: &[u8] = b"1000";
+
+/// Writes [`CHILD_OOM_SCORE_ADJ`] to `/proc/self/oom_score_adj`. Between fork and exec:
+/// only system calls on constant data. Raising one's own score needs no privilege.
+fn prefer_for_oom_kill() -> io::Result<()> {
+    // SAFETY: open/write/close on a constant, NUL-terminated path and constant bytes.
+    unsafe {
+        let fd = nix::libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            nix::libc::O_WRONLY | nix::libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let written = nix::libc::write(
+            fd,
+            CHILD_OOM_SCORE_ADJ.as_ptr().cast(),
+            CHILD_OOM_SCORE_ADJ.len(),
+        );
+        nix::libc::close(fd);
+        if written < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

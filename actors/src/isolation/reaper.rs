@@ -49,25 +49,36 @@ pub fn signal_uid(uid: u32, sig: Signal) -> io::Result<()> {
 
 /// Pids of live (non-zombie) processes whose real uid is `uid`, from `/proc`.
 pub fn processes_of(uid: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
+    live_processes()
+        .filter(|(_, real)| *real == uid)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// (pid, real uid) of live processes whose real uid lies in `first..=last`.
+pub fn processes_in(first: u32, last: u32) -> Vec<(u32, u32)> {
+    live_processes()
+        .filter(|(_, real)| (first..=last).contains(real))
+        .collect()
+}
+
+/// (pid, real uid) of every live (non-zombie) process, from `/proc`.
+fn live_processes() -> impl Iterator<Item = (u32, u32)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-                return false;
-            };
+        .filter_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
             let real_uid = status
                 .lines()
                 .find_map(|l| l.strip_prefix("Uid:"))
                 .and_then(|rest| rest.split_whitespace().next())
-                .and_then(|u| u.parse::<u32>().ok());
+                .and_then(|u| u.parse::<u32>().ok())?;
             let zombie = status
                 .lines()
                 .find_map(|l| l.strip_prefix("State:"))
                 .is_some_and(|s| s.trim_start().starts_with('Z'));
-            real_uid == Some(uid) && !zombie
+            (!zombie).then_some((pid, real_uid))
         })
-        .collect()
 }

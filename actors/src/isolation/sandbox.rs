@@ -3,8 +3,8 @@
 //!
 //! The child may read and write its own home; read and execute the system (`/usr`, `/etc`,
 //! `/bin`, `/lib*`, `/opt`, `/run`, `/proc`, `/sys`) and the OpenCode install; read the
-//! organisation's shared files; use `/dev`; and nothing else — not `/tmp`, not the rest of
-//! the data directory. With ABI 6 or later it may also not signal, nor connect to abstract
+//! organisation's shared files; use the common devices ([`DEVICES`]); and nothing else —
+//! not `/tmp`, not `/dev/shm`, not the rest of the data directory. With ABI 6 or later it may also not signal, nor connect to abstract
 //! Unix sockets of, processes outside its own Landlock domain.
 
 use std::os::fd::OwnedFd;
@@ -23,6 +23,19 @@ const TARGET: ABI = ABI::V6;
 pub const SYSTEM_READ: &[&str] = &[
     "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt", "/run",
     "/proc", "/sys",
+];
+
+/// What a child may use under `/dev` (everything else there, `/dev/shm` included, is
+/// refused). Terminals are `/dev/ptmx` and `/dev/pts`.
+pub const DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/ptmx",
+    "/dev/pts",
 ];
 
 /// The kernel's Landlock ABI version, or `None` when Landlock is unavailable (not built,
@@ -62,7 +75,9 @@ fn build(home: &Path, shared: &ReadOnly) -> Result<Option<OwnedFd>, RulesetError
         .create()?
         .add_rules(path_beneath_rules(SYSTEM_READ, read))?
         .add_rules(path_beneath_rules(&shared.0, read))?
-        .add_rules(path_beneath_rules(["/dev"], all))?
+        // Devices a shell and OpenCode use, one by one: not all of /dev, whose `shm` is
+        // host memory any user could fill and that outlives their instance.
+        .add_rules(path_beneath_rules(DEVICES, all))?
         .add_rules(path_beneath_rules([home], all))?;
     Ok(created.into())
 }

@@ -67,13 +67,22 @@ impl UidMap {
                         reason: e.to_string(),
                     })?;
                 let mut seen = std::collections::BTreeSet::new();
+                let (low, high) = (
+                    stored.users.values().min().copied().unwrap_or(0),
+                    stored.users.values().max().copied().unwrap_or(0),
+                );
                 for (key, uid) in &stored.users {
                     if *uid <= first || *uid > last {
                         return Err(UidError::Corrupt {
                             path,
                             reason: format!(
-                                "{key} has uid {uid}, outside the user range {}-{last}",
-                                first + 1
+                                "{key} has uid {uid}, outside the user range {}-{last}. The map \
+                                 was made with another --uid-range: start with one that holds \
+                                 uids {low}-{high} (its first id is the shared group, so it must \
+                                 start below {low}), e.g. --uid-range {}-{}",
+                                first + 1,
+                                low.saturating_sub(1),
+                                high.max(last),
                             ),
                         });
                     }
@@ -181,11 +190,18 @@ impl UidMap {
         let write = |path: &Path| -> io::Result<()> {
             let dir = path.parent().unwrap_or(Path::new("."));
             let tmp = dir.join(format!(".uids.json.{}", std::process::id()));
-            let mut file = fs::File::create(&tmp)?;
             let text = serde_json::to_vec_pretty(&stored).map_err(io::Error::other)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-            fs::rename(&tmp, path)?;
+            let written = (|| {
+                let mut file = fs::File::create(&tmp)?;
+                file.write_all(&text)?;
+                file.sync_all()?;
+                fs::rename(&tmp, path)
+            })();
+            if written.is_err() {
+                // A full disk must not leave a half-written file beside the map.
+                let _ = fs::remove_file(&tmp);
+            }
+            written?;
             fs::File::open(dir)?.sync_all()
         };
         write(&self.path).map_err(|source| UidError::Write {

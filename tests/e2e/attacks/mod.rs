@@ -4,6 +4,7 @@
 //! for mode. See issue 13 for the classes.
 
 mod homes;
+mod resources;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,113 @@
+//! Class 4 and 5: one user starving the others or the gateway, and gateways on one host
+//! ending each other's users.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use awc::http::StatusCode;
+
+use crate::isolation::Terminal;
+use crate::support::{Gateway, FAKE};
+
+#[actix_web::test]
+async fn dev_shm_is_closed_and_users_go_first_when_memory_runs_out() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the attack tests run the gateway as root (CI runs them as root)"
+    );
+    let gw = Gateway::real_with(&["--isolation", "both"], &[], None);
+    let resp = gw.get("alice", "/session").await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let mut term = Terminal::open(&gw, "alice").await;
+
+    // Host memory every user could fill, and that outlives their instance.
+    let name = format!("/dev/shm/chamberlain-attack-{}", std::process::id());
+    let (out, status) = term.run(&format!("echo x > {name}")).await;
+    assert_ne!(status, 0, "a user wrote to /dev/shm: {out}");
+    assert!(!std::path::Path::new(&name).exists());
+    // What a shell needs from /dev still works.
+    let (out, status) = term
+        .run("echo ok > /dev/null && head -c 4 /dev/urandom | wc -c && tty")
+        .await;
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("/dev/pts/"), "{out}");
+
+    // The OOM killer's order: the user's processes first, the gateway last.
+    let (out, status) = term.run("cat /proc/self/oom_score_adj").await;
+    assert_eq!((status, out.trim()), (0, "1000"), "{out}");
+    // Lowering a score needs CAP_SYS_RESOURCE, which some sandboxes (this CI's, say) take
+    // away even from root: then the gateway stays at 0, still below every user, and says so.
+    let gateway = std::fs::read_to_string(format!("/proc/{}/oom_score_adj", gw.pid)).unwrap();
+    match gateway.trim() {
+        "-900" => {}
+        "0" => assert!(
+            gw.log().contains("cannot lower the gateway's oom_score_adj"),
+            "{}",
+            gw.log()
+        ),
+        other => panic!("the gateway's oom_score_adj is {other}"),
+    }
+}
+
+/// Runs a gateway that must refuse to start; returns what it said.
+fn refused(args: &[&str]) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chamberlain"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--opencode-bin", FAKE])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the second gateway started");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    err
+}
+
+#[actix_web::test]
+async fn two_gateways_cannot_share_uids() {
+    assert!(nix::unistd::Uid::effective().is_root(), "uids need root");
+    let base: u32 = std::env::var("CHAMBERLAIN_TEST_UID_BASE")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(300_000);
+    // Far above the ranges other tests take (100 each).
+    let first = base + 90_000;
+    let range = format!("{first}-{}", first + 99);
+    let gw = Gateway::fake(&["--isolation", "uid", "--uid-range", &range]);
+    let resp = gw.get("alice", "/session").await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+
+    let err = refused(&["--isolation", "uid", "--uid-range", &range]);
+    assert!(err.contains("in use by another gateway"), "{err}");
+    // A range overlapping a running user's uid, under another name: that user's process is
+    // a stranger to the second gateway.
+    let overlapping = format!("{}-{}", first - 50, first + 49);
+    let err = refused(&["--isolation", "uid", "--uid-range", &overlapping]);
+    assert!(err.contains("is not free"), "{err}");
+    // The first gateway's user was never touched.
+    assert_eq!(gw.state("alice").await, "ready");
+}
