@@ -107,6 +107,8 @@ pub fn instance_json(status: &InstanceStatus, last_activity: Option<u64>) -> Val
         "lastActivity": last_activity,
         "restarts": status.restarts,
         "retryAfter": retry_after,
+        "diskBytes": status.disk_bytes,
+        "diskQuota": status.disk_quota,
     })
 }
 

@@ -214,6 +214,16 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAMBERLAIN_LIMIT_FSIZE", default_value = "16GiB", value_parser = size)]
     pub limit_fsize: usize,
 
+    /// Largest a user's home may grow (e.g. 20GiB), measured as the user every
+    /// --disk-check-interval: from 90% the portal and the log warn; at 100% new starts of
+    /// that user are refused with a message saying why. Off by default.
+    #[arg(long, env = "CHAMBERLAIN_DISK_QUOTA", value_parser = size)]
+    pub disk_quota: Option<usize>,
+
+    /// How often a running user's home is measured (as the user).
+    #[arg(long, env = "CHAMBERLAIN_DISK_CHECK_INTERVAL", default_value = "10m", value_parser = duration)]
+    pub disk_check_interval: Duration,
+
     /// Most open files per process of a user (capped at the gateway's own hard limit).
     #[arg(long, env = "CHAMBERLAIN_LIMIT_NOFILE", default_value_t = 8192,
           value_parser = clap::value_parser!(u64).range(16..))]

@@ -98,6 +98,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             health_timeout: args.health_interval.min(Duration::from_secs(5)),
             stop_grace: args.stop_grace,
             idle_timeout: args.idle_timeout,
+            disk_quota: args.disk_quota.map(|q| q as u64),
+            disk_check_interval: args.disk_check_interval,
             ..InstanceConfig::default()
         },
         launcher: Launcher::new(LaunchConfig {

@@ -78,10 +78,26 @@
     $("instance-message").textContent = inst.message || "";
     $("started-at").textContent = when(inst.startedAt);
     $("last-activity").textContent = when(inst.lastActivity);
+    renderDisk(inst.diskBytes, inst.diskQuota);
     var busy = state === "queued" || state === "starting" || state === "stopping";
     $("start").disabled = busy || state === "ready";
     $("stop").disabled = busy || state === "stopped";
     $("restart").disabled = busy || state !== "ready";
+  }
+
+  // From 90% of the quota the person is told; at 100% new starts are refused.
+  function renderDisk(bytes, quota) {
+    var known = bytes !== null && bytes !== undefined;
+    $("disk").textContent = !known ? "—" : quota ? size(bytes) + " of " + size(quota) : size(bytes);
+    var warning = $("disk-warning");
+    if (known && quota && bytes * 100 >= quota * 90) {
+      warning.textContent = bytes >= quota
+        ? "Your home is over its disk quota: OpenCode cannot start again until space is freed."
+        : "Your home is nearly full: delete files you no longer need.";
+      warning.hidden = false;
+    } else {
+      warning.hidden = true;
+    }
   }
 
   function refreshInstance() {

@@ -20,7 +20,15 @@ pub struct InstanceConfig {
     /// First restart delay after a crash; doubles per further crash in the window.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Bytes a home may take before new starts are refused (`--disk-quota`); users are
+    /// warned from [`DISK_WARN_PERCENT`] of it.
+    pub disk_quota: Option<u64>,
+    /// How often a running instance's home is measured (as the user).
+    pub disk_check_interval: Duration,
 }
+
+/// Share of `--disk-quota` from which the user and the log are warned.
+pub const DISK_WARN_PERCENT: u64 = 90;
 
 impl Default for InstanceConfig {
     fn default() -> Self {
@@ -35,6 +43,8 @@ impl Default for InstanceConfig {
             crash_window: Duration::from_secs(5 * 60),
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(30),
+            disk_quota: None,
+            disk_check_interval: Duration::from_secs(10 * 60),
         }
     }
 }
@@ -49,6 +59,17 @@ impl InstanceConfig {
         self.backoff_base
             .saturating_mul(1u32 << exp)
             .min(self.backoff_max)
+    }
+
+    /// Whether `bytes` is at or over the warning share of the quota.
+    pub fn disk_warning(&self, bytes: u64) -> bool {
+        self.disk_quota
+            .is_some_and(|q| bytes.saturating_mul(100) >= q.saturating_mul(DISK_WARN_PERCENT))
+    }
+
+    /// Whether `bytes` is at or over the quota: no new starts.
+    pub fn disk_full(&self, bytes: u64) -> bool {
+        self.disk_quota.is_some_and(|q| bytes >= q)
     }
 
     /// How often the idle timer looks at activity: fine enough to honour short timeouts

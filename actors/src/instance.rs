@@ -245,6 +245,10 @@ pub struct UserInstance {
     message: Option<String>,
     refusal: Option<Refusal>,
     health_client: Option<awc::Client>,
+    /// The home's size as last measured, and when.
+    disk: Option<(u64, Instant)>,
+    /// A measurement is under way.
+    measuring_disk: bool,
 }
 
 impl UserInstance {
@@ -269,6 +273,8 @@ impl UserInstance {
             restarts: 0,
             message: None,
             refusal: None,
+            disk: None,
+            measuring_disk: false,
             health_client: None,
         }
     }
@@ -296,6 +302,57 @@ impl UserInstance {
         }
     }
 
+    /// With a quota, a start waits for a measurement unless a recent one was under it
+    /// (one over it is always taken again: the operator may have freed space).
+    fn must_measure_before_start(&self) -> bool {
+        let cfg = self.cfg();
+        cfg.disk_quota.is_some()
+            && self.disk.is_none_or(|(bytes, at)| {
+                cfg.disk_full(bytes) || at.elapsed() >= cfg.disk_check_interval
+            })
+    }
+
+    /// A running instance's home is measured now and then, as the user, off the actor.
+    fn on_disk_tick(&mut self, ctx: &mut Context<Self>) {
+        if self.measuring_disk || !matches!(self.phase, Phase::Ready { .. }) {
+            return;
+        }
+        self.measuring_disk = true;
+        let shared = Arc::clone(&self.shared);
+        let key = self.user.key.clone();
+        ctx.spawn(
+            async move { tokio::task::spawn_blocking(move || shared.homes.usage(&key)).await }
+                .into_actor(self)
+                .map(|result, act, _ctx| {
+                    act.measuring_disk = false;
+                    match result {
+                        Ok(Ok(Some(bytes))) => act.on_disk_measured(bytes),
+                        Ok(Ok(None)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(user = %act.user.user_id, error = %e, "cannot measure the home")
+                        }
+                        Err(e) => {
+                            tracing::warn!(user = %act.user.user_id, error = %e, "measuring the home was interrupted")
+                        }
+                    }
+                }),
+        );
+    }
+
+    fn on_disk_measured(&mut self, bytes: u64) {
+        self.disk = Some((bytes, Instant::now()));
+        if self.cfg().disk_warning(bytes) {
+            tracing::warn!(
+                user = %self.user.user_id,
+                bytes,
+                quota = self.cfg().disk_quota,
+                full = self.cfg().disk_full(bytes),
+                "the home is near or over the disk quota"
+            );
+        }
+        self.publish();
+    }
+
     fn publish(&self) {
         let state = self.state();
         let (upstream, started_at_ms) = match &self.phase {
@@ -314,6 +371,8 @@ impl UserInstance {
             pid: self.process().map(|p| p.pid.as_raw() as u32),
             started_at_ms,
             restarts: self.restarts,
+            disk_bytes: self.disk.map(|(bytes, _)| bytes),
+            disk_quota: self.cfg().disk_quota,
         };
         let previous = self.status.send_replace(status);
         if previous.state != state {
@@ -461,12 +520,13 @@ impl UserInstance {
     fn begin_starting(&mut self, permit: OwnedSemaphorePermit, ctx: &mut Context<Self>) {
         let shared = Arc::clone(&self.shared);
         let user = Arc::clone(&self.user);
+        let measure = self.must_measure_before_start();
         let timeout = ctx.run_later(self.cfg().start_timeout, |act, ctx| {
             act.on_start_timeout(ctx)
         });
         let task = ctx.spawn(
             async move {
-                match tokio::task::spawn_blocking(move || prepare(&shared, &user)).await {
+                match tokio::task::spawn_blocking(move || prepare(&shared, &user, measure)).await {
                     Ok(result) => result,
                     Err(join) => Err(format!("preparing the workspace: {join}")),
                 }
@@ -492,10 +552,24 @@ impl UserInstance {
             workspace,
             ids,
             org_env,
+            disk_bytes,
         } = match result {
             Ok(prepared) => prepared,
             Err(e) => return self.fail_start(StartOutcome::Error, e, ctx),
         };
+        if let Some(bytes) = disk_bytes {
+            self.disk = Some((bytes, Instant::now()));
+            if self.cfg().disk_full(bytes) {
+                tracing::warn!(user = %self.user.user_id, bytes, quota = self.cfg().disk_quota, "start refused: the home is over the disk quota");
+                let message = format!(
+                    "your home takes {}, over this gateway's disk quota of {}: an operator must \
+                     free space in it before OpenCode can start again",
+                    human_bytes(bytes),
+                    human_bytes(self.cfg().disk_quota.unwrap_or(0))
+                );
+                return self.fail_start(StartOutcome::Error, message, ctx);
+            }
+        }
         let password = match launcher::generate_password() {
             Ok(p) => p,
             Err(e) => return self.fail_start(StartOutcome::Error, e.to_string(), ctx),
@@ -631,6 +705,10 @@ impl UserInstance {
             probing: false,
         };
         self.publish();
+        // The first size of a home is known soon after its first start, not an interval on.
+        if self.disk.is_none() {
+            self.on_disk_tick(ctx);
+        }
     }
 
     fn on_start_timeout(&mut self, ctx: &mut Context<Self>) {
@@ -1010,6 +1088,22 @@ impl UserInstance {
     }
 }
 
+/// `1.5 GiB`, for people.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
 fn stop_message(reason: StopReason) -> &'static str {
     match reason {
         StopReason::Person => "stopped by the user",
@@ -1035,11 +1129,13 @@ struct Prepared {
     ids: Option<UserIds>,
     /// The organisation's keys and config, for the child's environment.
     org_env: Vec<(String, String)>,
+    /// The home's size, when it was measured for this start.
+    disk_bytes: Option<u64>,
 }
 
 /// Off the actor thread, before a start: the user's ids, leftovers of an earlier run of the
 /// same uid ended, the home provisioned, the organisation's files read.
-fn prepare(shared: &InstanceShared, user: &UserSpec) -> Result<Prepared, String> {
+fn prepare(shared: &InstanceShared, user: &UserSpec, measure: bool) -> Result<Prepared, String> {
     let ids = shared.isolation.ids(&user.key).map_err(|e| e.to_string())?;
     if let Some(ids) = ids {
         // A gateway that died leaves terminals and background jobs behind; with a uid per
@@ -1054,10 +1150,19 @@ fn prepare(shared: &InstanceShared, user: &UserSpec) -> Result<Prepared, String>
         .prepare(&user.key, &user.profile())
         .map_err(|e| e.to_string())?;
     let org_env = shared.org.environment().map_err(|e| e.to_string())?;
+    let disk_bytes = if measure {
+        shared
+            .homes
+            .usage(&user.key)
+            .map_err(|e| format!("measuring the home: {e}"))?
+    } else {
+        None
+    };
     Ok(Prepared {
         workspace,
         ids,
         org_env,
+        disk_bytes,
     })
 }
 
@@ -1101,6 +1206,9 @@ impl Actor for UserInstance {
         });
         ctx.run_interval(self.cfg().idle_check_interval(), |act, ctx| {
             act.on_idle_tick(ctx)
+        });
+        ctx.run_interval(self.cfg().disk_check_interval, |act, ctx| {
+            act.on_disk_tick(ctx)
         });
     }
 

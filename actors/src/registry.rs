@@ -84,6 +84,8 @@ pub struct Shutdown;
 pub struct PoolStats {
     pub max_instances: usize,
     pub max_concurrent_starts: usize,
+    /// `--disk-quota`, bytes.
+    pub disk_quota: Option<u64>,
     /// Instances holding room under the limit (running, starting or about to).
     pub instances: usize,
     pub by_state: BTreeMap<&'static str, usize>,
@@ -101,6 +103,8 @@ pub struct UserStats {
     pub last_activity: u64,
     pub restarts: u32,
     pub rss_bytes: Option<u64>,
+    /// The home's size as last measured (as the user); `None` before the first look.
+    pub disk_bytes: Option<u64>,
     pub message: Option<String>,
 }
 
@@ -243,6 +247,7 @@ impl Registry {
                     last_activity: handle.activity.last_epoch_ms(),
                     restarts: status.restarts,
                     rss_bytes: status.pid.and_then(procfs::rss_bytes),
+                    disk_bytes: status.disk_bytes,
                     message: status.message,
                 }
             })
@@ -254,6 +259,7 @@ impl Registry {
         PoolStats {
             max_instances: self.cfg.max_instances,
             max_concurrent_starts: self.cfg.max_concurrent_starts,
+            disk_quota: self.shared.cfg.disk_quota,
             instances: self.holders.len(),
             by_state,
             users,

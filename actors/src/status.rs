@@ -92,6 +92,10 @@ pub struct InstanceStatus {
     pub started_at_ms: Option<u64>,
     /// Automatic restarts (after a crash or failed health checks) over the instance's life.
     pub restarts: u32,
+    /// Bytes the user's home takes, as last measured (as the user).
+    pub disk_bytes: Option<u64>,
+    /// `--disk-quota`, so clients can warn before starts are refused.
+    pub disk_quota: Option<u64>,
 }
 
 impl Default for InstanceStatus {
@@ -104,6 +108,8 @@ impl Default for InstanceStatus {
             pid: None,
             started_at_ms: None,
             restarts: 0,
+            disk_bytes: None,
+            disk_quota: None,
         }
     }
 }

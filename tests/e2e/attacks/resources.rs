@@ -41,7 +41,8 @@ async fn dev_shm_is_closed_and_users_go_first_when_memory_runs_out() {
     match gateway.trim() {
         "-900" => {}
         "0" => assert!(
-            gw.log().contains("cannot lower the gateway's oom_score_adj"),
+            gw.log()
+                .contains("cannot lower the gateway's oom_score_adj"),
             "{}",
             gw.log()
         ),
@@ -110,4 +111,89 @@ async fn two_gateways_cannot_share_uids() {
     assert!(err.contains("is not free"), "{err}");
     // The first gateway's user was never touched.
     assert_eq!(gw.state("alice").await, "ready");
+}
+
+#[actix_web::test]
+async fn a_user_filling_their_home_is_stopped_at_the_quota_and_no_one_else_is() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the attack tests run the gateway as root (CI runs them as root)"
+    );
+    let gw = Gateway::real_with(
+        &[
+            "--isolation",
+            "both",
+            "--disk-quota",
+            "40MiB",
+            "--disk-check-interval",
+            "1s",
+        ],
+        &[],
+        None,
+    );
+    for user in ["alice", "bob"] {
+        let resp = gw.get(user, "/session").await;
+        assert_eq!(resp.status, StatusCode::OK, "{user}: {}", resp.text());
+    }
+    let measured = gw
+        .wait_user("alice", "had her home measured", |u| {
+            u["diskBytes"].is_u64()
+        })
+        .await;
+    assert!(
+        crate::support::as_u64(&measured["diskBytes"]) < 40 << 20,
+        "a fresh home is over the quota already: {measured}"
+    );
+
+    let mut term = Terminal::open(&gw, "alice").await;
+    let (out, status) = term
+        .run("head -c 50000000 /dev/zero > ~/workspace/big && sync")
+        .await;
+    assert_eq!(status, 0, "{out}");
+    gw.wait_user("alice", "was measured over the quota", |u| {
+        u["diskBytes"].as_u64().is_some_and(|b| b >= 40 << 20)
+    })
+    .await;
+    let mine = gw.get("alice", "/-/api/instance").await.json();
+    assert_eq!(mine["diskQuota"], 40 << 20, "{mine}");
+
+    // Her next start is refused, with the reason.
+    let stop = gw.post("alice", "/-/api/instance/stop").await;
+    assert_eq!(stop.status, StatusCode::OK, "{}", stop.text());
+    let start = gw.post("alice", "/-/api/instance/start").await;
+    assert!(
+        start.status.is_success(),
+        "{} {}",
+        start.status,
+        start.text()
+    );
+    let failed = gw.wait_state("alice", "failed").await;
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("disk quota"),
+        "{failed}"
+    );
+    // Everyone else goes on, and new users still get uids (state/ is written).
+    assert_eq!(gw.state("bob").await, "ready");
+    let carol = gw.get("carol", "/session").await;
+    assert_eq!(carol.status, StatusCode::OK, "{}", carol.text());
+
+    // Once an operator frees space, she starts again.
+    let home = gw.data.path().join("users/alice/workspace/big");
+    std::fs::remove_file(home).unwrap();
+    let again = gw.post("alice", "/-/api/instance/start").await;
+    assert!(
+        again.status.is_success(),
+        "{} {}",
+        again.status,
+        again.text()
+    );
+    let refusal = failed["message"].clone();
+    gw.wait_user("alice", "started again once space was freed", |u| {
+        u["state"] == "ready" || (u["state"] == "failed" && u["message"] != refusal)
+    })
+    .await;
+    assert_eq!(gw.state("alice").await, "ready", "{}", gw.log());
 }
