@@ -43,6 +43,7 @@ use crate::isolation::{reaper, Isolation, UserIds};
 use crate::launcher::{self, ChildSpec, Launcher, StderrTail};
 use crate::metrics::{CullReason, InstanceMetrics, StartOutcome};
 use crate::org::OrgFiles;
+use crate::procfs;
 use crate::proctree::Descendants;
 use crate::provision::{Homes, Profile};
 use crate::registry::{Admission, Admit, Registry, Released};
@@ -140,6 +141,8 @@ struct Listening {
 struct Exited {
     generation: u64,
     status: String,
+    /// Ended by SIGKILL (which the gateway did not send, if it was not stopping it).
+    killed: bool,
 }
 
 /// One spawned OpenCode process.
@@ -157,6 +160,9 @@ struct Process {
     /// The value of [`launcher::MARKER_VAR`] in this process's environment, which all it
     /// starts inherits.
     marker: String,
+    /// The host's OOM-kill count when it was spawned: a SIGKILL nobody here sent, with the
+    /// count grown since, was the kernel's OOM killer.
+    host_oom_kills_at_spawn: Option<u64>,
 }
 
 impl Process {
@@ -249,6 +255,8 @@ pub struct UserInstance {
     disk: Option<(u64, Instant)>,
     /// A measurement is under way.
     measuring_disk: bool,
+    /// OpenCode processes of this user the kernel's OOM killer ended.
+    oom_kills: u32,
 }
 
 impl UserInstance {
@@ -275,6 +283,7 @@ impl UserInstance {
             refusal: None,
             disk: None,
             measuring_disk: false,
+            oom_kills: 0,
             health_client: None,
         }
     }
@@ -373,6 +382,7 @@ impl UserInstance {
             restarts: self.restarts,
             disk_bytes: self.disk.map(|(bytes, _)| bytes),
             disk_quota: self.cfg().disk_quota,
+            oom_kills: self.oom_kills,
         };
         let previous = self.status.send_replace(status);
         if previous.state != state {
@@ -619,11 +629,21 @@ impl UserInstance {
         let me = ctx.address();
         let mut child = launched.child;
         actix::spawn(async move {
-            let status = match child.wait().await {
-                Ok(status) => status.to_string(),
-                Err(e) => format!("wait failed: {e}"),
+            let (status, killed) = match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    (
+                        status.to_string(),
+                        status.signal() == Some(nix::libc::SIGKILL),
+                    )
+                }
+                Err(e) => (format!("wait failed: {e}"), false),
             };
-            me.do_send(Exited { generation, status });
+            me.do_send(Exited {
+                generation,
+                status,
+                killed,
+            });
         });
         tracing::info!(
             user = %self.user.user_id,
@@ -643,6 +663,7 @@ impl UserInstance {
                 descendants: Descendants::default(),
                 uid: ids.map(|i| i.uid),
                 marker,
+                host_oom_kills_at_spawn: procfs::host_oom_kills(),
             });
         }
         self.publish();
@@ -843,6 +864,21 @@ impl UserInstance {
         if process.generation != msg.generation {
             return;
         }
+        let out_of_memory = msg.killed
+            && process
+                .host_oom_kills_at_spawn
+                .zip(procfs::host_oom_kills())
+                .is_some_and(|(then, now)| now > then);
+        let how = if out_of_memory {
+            self.oom_kills += 1;
+            self.shared.metrics.oom_kill();
+            format!(
+                "{}: killed by the kernel's OOM killer (the machine ran out of memory)",
+                msg.status
+            )
+        } else {
+            msg.status.clone()
+        };
         match std::mem::replace(&mut self.phase, Phase::Stopped) {
             Phase::Starting {
                 process: Some(process),
@@ -851,16 +887,10 @@ impl UserInstance {
             } => {
                 ctx.cancel_future(timeout);
                 self.shared.metrics.start(StartOutcome::Exited);
-                self.crash(
-                    process,
-                    format!("OpenCode exited while starting ({})", msg.status),
-                );
+                self.crash(process, format!("OpenCode exited while starting ({how})"));
             }
             Phase::Ready { process, .. } => {
-                self.crash(
-                    process,
-                    format!("OpenCode exited unexpectedly ({})", msg.status),
-                );
+                self.crash(process, format!("OpenCode exited unexpectedly ({how})"));
             }
             Phase::Stopping {
                 mut process,

@@ -17,6 +17,7 @@ pub struct InstanceMetrics {
     spawn_seconds: Histogram,
     culls: Family<Label, Counter>,
     crashes: Counter,
+    oom_kills: Counter,
     restarts: Counter,
     by_state: Family<Label, Gauge>,
 }
@@ -68,6 +69,7 @@ impl InstanceMetrics {
             spawn_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 12)),
             culls: Family::default(),
             crashes: Counter::default(),
+            oom_kills: Counter::default(),
             restarts: Counter::default(),
             by_state: Family::default(),
         }
@@ -93,6 +95,11 @@ impl InstanceMetrics {
             "chamberlain_instance_crashes",
             "OpenCode processes that exited unexpectedly",
             self.crashes.clone(),
+        );
+        registry.register(
+            "chamberlain_instance_oom_kills",
+            "OpenCode processes the kernel's OOM killer ended (also counted as crashes)",
+            self.oom_kills.clone(),
         );
         registry.register(
             "chamberlain_instance_restarts",
@@ -126,6 +133,10 @@ impl InstanceMetrics {
 
     pub fn crash(&self) {
         self.crashes.inc();
+    }
+
+    pub fn oom_kill(&self) {
+        self.oom_kills.inc();
     }
 
     pub fn restart(&self) {

@@ -18,6 +18,20 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Processes the kernel's OOM killer has ended on this host since boot (`oom_kill` in
+/// `/proc/vmstat`, Linux 4.13 and later).
+pub fn host_oom_kills() -> Option<u64> {
+    let vmstat = std::fs::read_to_string("/proc/vmstat").ok()?;
+    parse_oom_kills(&vmstat)
+}
+
+fn parse_oom_kills(vmstat: &str) -> Option<u64> {
+    vmstat
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -27,6 +41,16 @@ mod tests {
         let text = "Name:\tx\nVmPeak:\t  10 kB\nVmRSS:\t    2048 kB\nThreads:\t1\n";
         assert_eq!(parse_vm_rss(text), Some(2048 * 1024));
         assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn parses_and_reads_oom_kills() {
+        assert_eq!(parse_oom_kills("pgfault 1\noom_kill 7\nx 2\n"), Some(7));
+        assert_eq!(parse_oom_kills("oom_kill_x 1\n"), None);
+        assert!(
+            host_oom_kills().is_some(),
+            "this kernel has no oom_kill in /proc/vmstat"
+        );
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct PoolStats {
     pub max_concurrent_starts: usize,
     /// `--disk-quota`, bytes.
     pub disk_quota: Option<u64>,
+    /// Processes the kernel's OOM killer ended on this host since boot, any user's or
+    /// not (a user's terminal process included); `None` where the kernel does not say.
+    pub host_oom_kills: Option<u64>,
     /// Instances holding room under the limit (running, starting or about to).
     pub instances: usize,
     pub by_state: BTreeMap<&'static str, usize>,
@@ -105,6 +108,8 @@ pub struct UserStats {
     pub rss_bytes: Option<u64>,
     /// The home's size as last measured (as the user); `None` before the first look.
     pub disk_bytes: Option<u64>,
+    /// OpenCode processes of this user the kernel's OOM killer ended.
+    pub oom_kills: u32,
     pub message: Option<String>,
 }
 
@@ -248,6 +253,7 @@ impl Registry {
                     restarts: status.restarts,
                     rss_bytes: status.pid.and_then(procfs::rss_bytes),
                     disk_bytes: status.disk_bytes,
+                    oom_kills: status.oom_kills,
                     message: status.message,
                 }
             })
@@ -260,6 +266,7 @@ impl Registry {
             max_instances: self.cfg.max_instances,
             max_concurrent_starts: self.cfg.max_concurrent_starts,
             disk_quota: self.shared.cfg.disk_quota,
+            host_oom_kills: procfs::host_oom_kills(),
             instances: self.holders.len(),
             by_state,
             users,

@@ -96,6 +96,8 @@ pub struct InstanceStatus {
     pub disk_bytes: Option<u64>,
     /// `--disk-quota`, so clients can warn before starts are refused.
     pub disk_quota: Option<u64>,
+    /// OpenCode processes of this user the kernel's OOM killer ended.
+    pub oom_kills: u32,
 }
 
 impl Default for InstanceStatus {
@@ -110,6 +112,7 @@ impl Default for InstanceStatus {
             restarts: 0,
             disk_bytes: None,
             disk_quota: None,
+            oom_kills: 0,
         }
     }
 }

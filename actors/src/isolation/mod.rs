@@ -86,6 +86,9 @@ pub struct IsolationInfo {
     pub landlock_scoped_signals: bool,
     pub uid_range: Option<(u32, u32)>,
     pub limits: Limits,
+    /// Per-user memory and CPU limits by cgroup: not applied by this version; says what
+    /// the host would offer.
+    pub cgroups: &'static str,
 }
 
 pub struct Isolation {
@@ -167,6 +170,7 @@ impl Isolation {
             landlock_scoped_signals: self.abi.is_some_and(|a| a >= 6),
             uid_range: self.uid_range(),
             limits: self.limits,
+            cgroups: cgroup_support(),
         }
     }
 
@@ -212,6 +216,16 @@ impl Isolation {
             landlock,
             limits: clamp(self.limits),
         })
+    }
+}
+
+/// What the host offers for per-user memory and CPU limits. Nothing is applied yet: users
+/// are bounded by rlimits, the OOM killer's order and the disk quota.
+fn cgroup_support() -> &'static str {
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "not applied (the host has cgroup v2; per-user memory and CPU limits are not implemented yet)"
+    } else {
+        "not applied (no cgroup v2 hierarchy at /sys/fs/cgroup on this host)"
     }
 }
 
