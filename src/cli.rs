@@ -161,13 +161,27 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAMBERLAIN_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Admin address (/stats, /metrics, stopping instances). Keep it off the public network.
+    /// Admin address (/stats, /metrics, stopping instances), or `none`. Every request but
+    /// GET /healthz needs `Authorization: Bearer <token>` (see --admin-token-file). Keep it
+    /// off the public network.
     #[arg(
         long,
         env = "CHAMBERLAIN_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9090"
+        default_value = "127.0.0.1:9090",
+        value_parser = admin_listen
     )]
-    pub admin_listen: SocketAddr,
+    pub admin_listen: AdminListen,
+
+    /// Also serve the admin API on this Unix socket (mode 0600, the gateway's own uid), to
+    /// clients running as root or as the gateway's uid (kernel credentials); no token needed.
+    #[arg(long, env = "CHAMBERLAIN_ADMIN_SOCKET")]
+    pub admin_socket: Option<PathBuf>,
+
+    /// The admin API's operator token, in a file only its owner can read. Default: a new
+    /// random token at every start, written to <data-dir>/state/admin-token (mode 0600).
+    #[arg(long, env = "CHAMBERLAIN_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
 
     /// Data directory: users/ (homes), shared/ (org keys, repos), state/.
     #[arg(long, env = "CHAMBERLAIN_DATA_DIR", default_value = "./data")]
@@ -317,6 +331,32 @@ pub struct ServeArgs {
     pub log: String,
 }
 
+/// `--admin-listen`: an address, or `none` for no TCP admin listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    Off,
+    At(SocketAddr),
+}
+
+impl AdminListen {
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            AdminListen::Off => None,
+            AdminListen::At(addr) => Some(addr),
+        }
+    }
+}
+
+fn admin_listen(text: &str) -> Result<AdminListen, String> {
+    if matches!(text.trim(), "none" | "off") {
+        return Ok(AdminListen::Off);
+    }
+    text.trim()
+        .parse()
+        .map(AdminListen::At)
+        .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:9090, or `none`"))
+}
+
 /// Parses a byte size: `1048576`, `64KiB`, `16MiB`, `1GiB` (also `KB`/`MB`/`GB`, taken as
 /// binary units, and `K`/`M`/`G`).
 fn size(text: &str) -> Result<usize, String> {
@@ -442,7 +482,12 @@ mod tests {
     fn defaults_match_the_documentation() {
         let args = serve(&[]).unwrap();
         assert_eq!(args.listen, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(args.admin_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(
+            args.admin_listen,
+            AdminListen::At("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(args.admin_socket, None);
+        assert_eq!(args.admin_token_file, None);
         assert_eq!(args.data_dir, PathBuf::from("./data"));
         assert_eq!(args.max_instances, 15);
         assert_eq!(args.max_concurrent_starts, 3);
@@ -494,6 +539,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.opencode_args, ["--pure", "--log-level=WARN"]);
+    }
+
+    #[test]
+    fn admin_flags() {
+        let args = serve(&["--admin-listen", "none", "--admin-socket", "/run/a.sock"]).unwrap();
+        assert_eq!(args.admin_listen, AdminListen::Off);
+        assert_eq!(args.admin_socket, Some(PathBuf::from("/run/a.sock")));
+        let args = serve(&["--admin-listen", "[::]:9090"]).unwrap();
+        assert_eq!(args.admin_listen.addr(), Some("[::]:9090".parse().unwrap()));
+        assert!(serve(&["--admin-listen", "nowhere"]).is_err());
     }
 
     #[test]

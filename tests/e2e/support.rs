@@ -63,7 +63,10 @@ pub struct Gateway {
     child: Option<Child>,
     pub pid: u32,
     pub base: String,
+    /// The TCP admin listener's base URL (`none` when it is off).
     pub admin: String,
+    /// The operator token of the TCP admin listener.
+    pub admin_token: Option<String>,
     pub data: tempfile::TempDir,
     log: Arc<Mutex<String>>,
     pub client: awc::Client,
@@ -125,11 +128,21 @@ impl Gateway {
                 ),
             }
         };
+        // Generated at every start, or the one the test named.
+        let token_file = args
+            .iter()
+            .position(|a| *a == "--admin-token-file")
+            .map(|i| PathBuf::from(args[i + 1]))
+            .unwrap_or_else(|| data.path().join("state/admin-token"));
+        let admin_token = std::fs::read_to_string(token_file)
+            .ok()
+            .map(|t| t.trim().to_owned());
         Gateway {
             child: Some(child),
             pid,
             base,
             admin,
+            admin_token,
             data,
             log,
             client: client(),
@@ -196,10 +209,29 @@ impl Gateway {
         .await
     }
 
+    /// An operator's request to the TCP admin listener (with the token).
     pub async fn admin_request(&self, method: Method, path: &str) -> Response {
-        let mut resp = self
-            .client
-            .request(method, format!("{}{path}", self.admin))
+        let bearer = self.admin_token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| ("authorization", b))
+            .into_iter()
+            .collect();
+        self.admin_request_with(method, path, &headers).await
+    }
+
+    /// A request to the TCP admin listener with exactly `headers`.
+    pub async fn admin_request_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut req = self.client.request(method, format!("{}{path}", self.admin));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let mut resp = req
             .send()
             .await
             .unwrap_or_else(|e| panic!("admin {path}: {e}"));
@@ -351,13 +383,11 @@ fn spawn_gateway(
         // std drops root's supplementary groups when it sets the uid.
         cmd.uid(uid).gid(uid);
     }
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ])
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+    if !args.contains(&"--admin-listen") {
+        cmd.args(["--admin-listen", "127.0.0.1:0"]);
+    }
+    cmd
     .arg("--data-dir")
     .arg(data)
     .arg("--opencode-bin")
