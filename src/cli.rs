@@ -182,6 +182,27 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAMBERLAIN_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// The URL people reach the gateway at, e.g. https://chamberlain.example.com
+    /// (repeatable; comma-separated in the variable). Requests naming another host are
+    /// refused (DNS rebinding) and only these origins may change state. Default: loopback
+    /// names only, or any host for --auth alb/jwt on a non-loopback address (warned).
+    #[arg(
+        long = "public-url",
+        env = "CHAMBERLAIN_PUBLIC_URL",
+        value_delimiter = ',',
+        value_parser = crate::site::PublicUrl::parse
+    )]
+    pub public_urls: Vec<crate::site::PublicUrl>,
+
+    /// Networks whose X-Forwarded-For/-Proto/-Host are believed (comma-separated CIDRs, or
+    /// `none`). Default: the private networks (10/8, 172.16/12, 192.168/16, fc00::/7) with
+    /// --auth alb, where the load balancer connects from the VPC; `none` otherwise.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_TRUSTED_PROXIES",
+        value_parser = crate::forwarded::TrustedProxies::parse
+    )]
+    pub trusted_proxies: Option<crate::forwarded::TrustedProxies>,
 
     /// Data directory: users/ (homes), shared/ (org keys, repos), state/.
     #[arg(long, env = "CHAMBERLAIN_DATA_DIR", default_value = "./data")]
@@ -357,6 +378,17 @@ fn admin_listen(text: &str) -> Result<AdminListen, String> {
         .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:9090, or `none`"))
 }
 
+impl ServeArgs {
+    /// `--trusted-proxies`, or its default for the identity mode.
+    pub fn trusted_proxies(&self) -> crate::forwarded::TrustedProxies {
+        match (&self.trusted_proxies, self.auth.mode) {
+            (Some(list), _) => list.clone(),
+            (None, AuthMode::Alb) => crate::forwarded::TrustedProxies::private_networks(),
+            (None, _) => crate::forwarded::TrustedProxies::none(),
+        }
+    }
+}
+
 /// Parses a byte size: `1048576`, `64KiB`, `16MiB`, `1GiB` (also `KB`/`MB`/`GB`, taken as
 /// binary units, and `K`/`M`/`G`).
 fn size(text: &str) -> Result<usize, String> {
@@ -488,6 +520,8 @@ mod tests {
         );
         assert_eq!(args.admin_socket, None);
         assert_eq!(args.admin_token_file, None);
+        assert!(args.public_urls.is_empty());
+        assert!(args.trusted_proxies().is_empty());
         assert_eq!(args.data_dir, PathBuf::from("./data"));
         assert_eq!(args.max_instances, 15);
         assert_eq!(args.max_concurrent_starts, 3);
@@ -542,13 +576,40 @@ mod tests {
     }
 
     #[test]
-    fn admin_flags() {
+    fn admin_and_site_flags() {
         let args = serve(&["--admin-listen", "none", "--admin-socket", "/run/a.sock"]).unwrap();
         assert_eq!(args.admin_listen, AdminListen::Off);
         assert_eq!(args.admin_socket, Some(PathBuf::from("/run/a.sock")));
         let args = serve(&["--admin-listen", "[::]:9090"]).unwrap();
         assert_eq!(args.admin_listen.addr(), Some("[::]:9090".parse().unwrap()));
         assert!(serve(&["--admin-listen", "nowhere"]).is_err());
+
+        let args = serve(&[
+            "--public-url",
+            "https://a.example,https://b.example",
+            "--public-url",
+            "http://localhost:8080",
+        ])
+        .unwrap();
+        assert_eq!(args.public_urls.len(), 3);
+        assert!(serve(&["--public-url", "a.example"]).is_err());
+
+        let alb = [
+            "--auth",
+            "alb",
+            "--alb-arn",
+            "arn:x",
+            "--alb-region",
+            "eu-west-1",
+        ];
+        let args = serve(&alb).unwrap();
+        assert!(args.trusted_proxies().trusts("10.0.0.1".parse().unwrap()));
+        let mut none = alb.to_vec();
+        none.extend(["--trusted-proxies", "none"]);
+        assert!(serve(&none).unwrap().trusted_proxies().is_empty());
+        let args = serve(&["--trusted-proxies", "192.0.2.0/24"]).unwrap();
+        assert!(args.trusted_proxies().trusts("192.0.2.9".parse().unwrap()));
+        assert!(serve(&["--trusted-proxies", "10.0.0.0/99"]).is_err());
     }
 
     #[test]

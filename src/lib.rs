@@ -20,4 +20,5 @@ pub mod peer;
 pub mod proxy;
 pub mod repos;
 pub mod server;
+pub mod site;
 pub mod websocket;

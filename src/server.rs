@@ -131,6 +131,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .start();
 
+    let site = Arc::new(site(&args));
     let gateway = web::Data::new(Gateway::new(
         auth,
         registry.clone(),
@@ -140,7 +141,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             wait_timeout: args.wait_timeout,
             upstream_timeout: args.upstream_timeout,
             sse_keepalive: args.sse_keepalive,
-            allowed_origins: args.allowed_origins.clone(),
+            site: Arc::clone(&site),
             ws: WsConfig {
                 max_frame: args.ws_max_frame,
                 max_buffer: args.ws_max_buffer,
@@ -156,6 +157,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let public = {
         let gateway = gateway.clone();
+        let site = Arc::clone(&site);
         let upstream_timeout = args.upstream_timeout;
         let workers = args.workers.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -163,11 +165,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         HttpServer::new(move || {
             let http_metrics = gateway.metrics.clone();
+            let site = Arc::clone(&site);
             App::new()
                 .app_data(gateway.clone())
                 .app_data(web::Data::new(proxy::UpstreamClients::new(
                     upstream_timeout,
                 )))
+                .wrap_fn(move |req, srv| crate::site::check_host(&site, req, srv))
                 .wrap_fn(crate::limits::limit_headers)
                 .wrap_fn(move |req, srv| access_log(req, srv, http_metrics.clone()))
                 .service(web::scope("/-").configure(api::configure))
@@ -358,6 +362,35 @@ where
         }
         Ok(response)
     }
+}
+
+/// The gateway's hosts and origins, with a warning where the Host check is off.
+fn site(args: &ServeArgs) -> crate::site::Site {
+    let site = crate::site::Site::new(
+        args.public_urls.clone(),
+        args.listen,
+        args.auth.mode,
+        args.allowed_origins.clone(),
+        args.trusted_proxies(),
+    );
+    match site.rule() {
+        crate::site::HostRule::Listed => tracing::info!(
+            public_urls = %site.origins().join(","),
+            trusted_proxies = %site.proxies(),
+            "serving these hosts only"
+        ),
+        crate::site::HostRule::Loopback => tracing::info!(
+            trusted_proxies = %site.proxies(),
+            "serving loopback host names only (localhost, 127.0.0.1, [::1]); set --public-url \
+             to be reached by another name"
+        ),
+        crate::site::HostRule::Any => tracing::warn!(
+            trusted_proxies = %site.proxies(),
+            "no --public-url: requests for any host name are served (DNS-rebinding protection \
+             is off); set --public-url to the address people use"
+        ),
+    }
+    site
 }
 
 fn format_addrs(addrs: &[std::net::SocketAddr]) -> String {

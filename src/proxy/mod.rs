@@ -56,6 +56,11 @@ async fn proxy(
         }
         Err(e) => return Err(e),
     };
+    // A cookie comes with requests other sites make: a form posted from another page must
+    // not create sessions or run commands in this user's OpenCode.
+    if identity.credential.is_ambient() && !crate::origin::is_safe(req.method()) {
+        crate::origin::check(req, &gateway.cfg.site)?;
+    }
     if headers::is_upgrade(req) {
         return crate::websocket::upgrade(req, payload, gateway, clients, &identity).await;
     }
@@ -82,7 +87,7 @@ async fn proxy(
     Forward {
         client: &client,
         upstream: &upstream,
-        filter: RequestFilter::new(&gateway.auth, access == Access::Passive),
+        filter: RequestFilter::new(gateway, access == Access::Passive),
         timeout: gateway.cfg.upstream_timeout,
         sse_keepalive: gateway.cfg.sse_keepalive,
         metrics: &gateway.metrics,
@@ -115,8 +120,7 @@ fn changes_shared_keys(req: &HttpRequest, gateway: &Gateway) -> bool {
 }
 
 fn writes_keys(method: &actix_web::http::Method, path: &str) -> bool {
-    use actix_web::http::Method;
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) && path::is_under(path, "/auth/")
+    !crate::origin::is_safe(method) && path::is_under(path, "/auth/")
 }
 
 /// A browser loading a page while the instance is not ready gets the "starting your
