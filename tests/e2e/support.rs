@@ -626,3 +626,62 @@ pub async fn read_terminal(socket: &mut Socket, found: impl Fn(&str) -> bool) ->
     }
     out
 }
+
+/// An interactive terminal of one user through the gateway, driven like a person typing.
+pub struct Terminal {
+    socket: Socket,
+}
+
+impl Terminal {
+    pub async fn open(gw: &Gateway, user: &str) -> Terminal {
+        let id = create_pty(gw, user).await;
+        let (_, socket) = gw
+            .ws(Some(user), &format!("/pty/{id}/connect"), &[])
+            .await
+            .expect("terminal websocket");
+        Terminal { socket }
+    }
+
+    /// Runs `script` and returns what it printed and its exit status. The markers are
+    /// typed split in two, so the echo of the typed line never matches them.
+    pub async fn run(&mut self, script: &str) -> (String, i32) {
+        let line = format!(
+            "printf '%s\\n' \"CH-\"\"BEGIN\"; {script}; printf '%s %s\\n' \"CH-\"\"END\" \"$?\"\n"
+        );
+        send(&mut self.socket, awc::ws::Message::Text(line.into())).await;
+        let out = read_terminal(&mut self.socket, |o| end_status(o).is_some()).await;
+        let status = end_status(&out).unwrap_or(-1);
+        let begin = out.rfind("CH-BEGIN").map_or(0, |i| i + "CH-BEGIN".len());
+        let end = out.rfind("CH-END").unwrap_or(out.len()).max(begin);
+        (out[begin..end].trim().to_owned(), status)
+    }
+}
+
+fn end_status(out: &str) -> Option<i32> {
+    let at = out.rfind("CH-END ")?;
+    let digits: String = out[at + 7..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// One HTTP/1.1 request over a Unix socket (the admin socket): the status and the body.
+pub fn unix_request(socket: &Path, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Ok((status, body))
+}
