@@ -105,8 +105,14 @@ mod tests {
         );
         assert_eq!(hex_v4([127, 0, 0, 1], 0xB4FD), "0100007F:B4FD");
         assert_eq!(find(&table, "0100007F:B4FD"), [200_001]);
-        assert!(find(&table, "0100007F:B4FE").is_empty(), "TIME_WAIT is nobody's");
-        assert!(find(&table, "0100007F:B4FF").is_empty(), "closed by its process");
+        assert!(
+            find(&table, "0100007F:B4FE").is_empty(),
+            "TIME_WAIT is nobody's"
+        );
+        assert!(
+            find(&table, "0100007F:B4FF").is_empty(),
+            "closed by its process"
+        );
         assert!(find(&table, "0100007F:B500").is_empty());
     }
 

@@ -213,7 +213,12 @@ fn host_name(host: &str) -> Option<String> {
             .strip_prefix(':')
             .is_some_and(|p| (1..=5).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit()));
     let name_ok = match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
-        Some(v6) => !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b":.".contains(&b)),
+        Some(v6) => {
+            !v6.is_empty()
+                && v6
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b":.".contains(&b))
+        }
         None => {
             !name.is_empty()
                 && name
@@ -242,7 +247,10 @@ where
         if let Err(e) = site.check_host(req.request()) {
             tracing::warn!(
                 path = req.path(),
-                peer = req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+                peer = req
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default(),
                 host = site.view(req.request()).host.unwrap_or_default(),
                 "request for a host that is not the gateway's refused (DNS rebinding?)"
             );
@@ -263,7 +271,10 @@ mod tests {
 
     fn site(public: &[&str], listen: &str, auth: AuthMode) -> Site {
         Site::new(
-            public.iter().map(|u| PublicUrl::parse(u).unwrap()).collect(),
+            public
+                .iter()
+                .map(|u| PublicUrl::parse(u).unwrap())
+                .collect(),
             listen.parse().unwrap(),
             auth,
             vec!["https://ide.example.com".to_owned()],
@@ -311,7 +322,13 @@ mod tests {
     fn hosts_by_rule() {
         let dev = site(&[], "127.0.0.1:8080", AuthMode::Dev);
         assert_eq!(dev.rule(), &HostRule::Loopback);
-        for ok in ["localhost", "localhost:8080", "127.0.0.1:1", "[::1]:8080", "LOCALHOST"] {
+        for ok in [
+            "localhost",
+            "localhost:8080",
+            "127.0.0.1:1",
+            "[::1]:8080",
+            "LOCALHOST",
+        ] {
             assert!(dev.host_allowed(ok), "{ok}");
         }
         for bad in [
@@ -343,12 +360,18 @@ mod tests {
         let listed = site(&["https://gw.example.com"], "0.0.0.0:8080", AuthMode::Alb);
         let from_alb = req(
             "10.0.3.4:1234",
-            &[("host", "10.0.9.9:8080"), ("x-forwarded-host", "gw.example.com")],
+            &[
+                ("host", "10.0.9.9:8080"),
+                ("x-forwarded-host", "gw.example.com"),
+            ],
         );
         assert!(listed.check_host(&from_alb).is_ok());
         let forged = req(
             "203.0.113.5:1234",
-            &[("host", "evil.example"), ("x-forwarded-host", "gw.example.com")],
+            &[
+                ("host", "evil.example"),
+                ("x-forwarded-host", "gw.example.com"),
+            ],
         );
         assert!(listed.check_host(&forged).is_err());
         let dev = site(&[], "127.0.0.1:8080", AuthMode::Dev);
@@ -379,7 +402,10 @@ mod tests {
         let r = req("10.0.0.1:1", &[("host", "gw.example.com")]);
         assert!(listed.origin_allowed("https://gw.example.com", &r));
         assert!(listed.origin_allowed("https://GW.example.com:443", &r));
-        assert!(!listed.origin_allowed("http://gw.example.com", &r), "scheme");
+        assert!(
+            !listed.origin_allowed("http://gw.example.com", &r),
+            "scheme"
+        );
         assert!(!listed.origin_allowed("https://gw.example.com:8443", &r));
         assert!(!listed.origin_allowed("https://evil.example", &r));
     }

@@ -96,13 +96,22 @@ where
         return pass(req, srv);
     }
     let Some(admin) = req.app_data::<web::Data<Admin>>().cloned() else {
-        return refuse(req, StatusCode::FORBIDDEN, "the admin API is not configured");
+        return refuse(
+            req,
+            StatusCode::FORBIDDEN,
+            "the admin API is not configured",
+        );
     };
     let peer = req.peer_addr();
     let shown_peer = peer.map(|p| p.to_string()).unwrap_or_default();
     let local = req.conn_data::<TcpLocal>().map(|l| l.0);
     if let Some(why) = from_users(&admin, peer, local) {
-        tracing::warn!(peer = shown_peer, path = req.path(), why, "admin request from a user's process refused");
+        tracing::warn!(
+            peer = shown_peer,
+            path = req.path(),
+            why,
+            "admin request from a user's process refused"
+        );
         return refuse(
             req,
             StatusCode::FORBIDDEN,
@@ -133,7 +142,11 @@ where
 
 /// Why a TCP client must be a user's process, if it may be: with a uid per user, its socket
 /// is owned by one of their uids, or it is on this host and its owner cannot be told.
-fn from_users(admin: &Admin, peer: Option<SocketAddr>, local: Option<SocketAddr>) -> Option<String> {
+fn from_users(
+    admin: &Admin,
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+) -> Option<String> {
     let (first, last) = admin.isolation.uid_range()?;
     let Some(peer) = peer else {
         return Some("no peer address".to_owned());
@@ -169,6 +182,9 @@ mod tests {
         assert!(on_this_host(at("10.0.0.5:5000"), local));
         assert!(on_this_host(at("[::ffff:10.0.0.5]:5000"), local));
         assert!(!on_this_host(at("10.0.0.6:5000"), local));
-        assert!(on_this_host(at("10.0.0.6:5000"), None), "unknown: assume so");
+        assert!(
+            on_this_host(at("10.0.0.6:5000"), None),
+            "unknown: assume so"
+        );
     }
 }

@@ -25,15 +25,15 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
                 .recursive(true)
                 .mode(0o700)
                 .create(parent)
-                .with_context(|| format!("cannot create the directory of --admin-socket {shown}"))?;
+                .with_context(|| {
+                    format!("cannot create the directory of --admin-socket {shown}")
+                })?;
         }
     }
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
             .with_context(|| format!("cannot remove the stale socket {shown}"))?,
-        Ok(_) => bail!(
-            "--admin-socket {shown} exists and is not a socket; refusing to replace it"
-        ),
+        Ok(_) => bail!("--admin-socket {shown} exists and is not a socket; refusing to replace it"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("--admin-socket {shown}")),
     }
@@ -77,7 +77,11 @@ mod tests {
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert_eq!(
-            std::fs::metadata(dir.path().join("run")).unwrap().permissions().mode() & 0o777,
+            std::fs::metadata(dir.path().join("run"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
             0o700
         );
         drop(first);

@@ -100,7 +100,8 @@ impl AdminToken {
         };
         if let Err(e) = write() {
             let _ = std::fs::remove_file(&temp);
-            return Err(e).with_context(|| format!("cannot write the admin token {}", path.display()));
+            return Err(e)
+                .with_context(|| format!("cannot write the admin token {}", path.display()));
         }
         Ok(AdminToken {
             digest: digest(&token),
@@ -123,9 +124,13 @@ impl AdminToken {
 pub fn remove_generated(data_dir: &Path) {
     let path = data_dir.join(GENERATED);
     match std::fs::remove_file(&path) {
-        Ok(()) => tracing::info!(path = %path.display(), "removed the admin token of an earlier run"),
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "removed the admin token of an earlier run")
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove an old admin token"),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove an old admin token")
+        }
     }
 }
 

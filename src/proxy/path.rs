@@ -50,7 +50,8 @@ pub fn not_normal(path: &str) -> Option<&'static str> {
 
 /// Whether `path` (in normal form) is under `prefix` (`/auth/`) as OpenCode routes it.
 pub fn is_under(path: &str, prefix: &str) -> bool {
-    path.len() >= prefix.len() && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    path.len() >= prefix.len()
+        && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
 }
 
 #[cfg(test)]

@@ -139,12 +139,23 @@ async fn the_admin_listener_needs_the_operator_token() {
     start(&gw, "bob").await;
     for (what, headers) in [
         ("no token", vec![]),
-        ("a wrong token", vec![("authorization", "Bearer not-the-token")]),
+        (
+            "a wrong token",
+            vec![("authorization", "Bearer not-the-token")],
+        ),
         ("a Basic header", vec![("authorization", "Basic b3A6b3A=")]),
     ] {
-        for (method, path) in [(Method::GET, "/stats"), (Method::POST, "/instances/bob/stop")] {
+        for (method, path) in [
+            (Method::GET, "/stats"),
+            (Method::POST, "/instances/bob/stop"),
+        ] {
             let resp = gw.admin_request_with(method, path, &headers).await;
-            assert_eq!(resp.status, StatusCode::UNAUTHORIZED, "{what} {path}: {}", resp.text());
+            assert_eq!(
+                resp.status,
+                StatusCode::UNAUTHORIZED,
+                "{what} {path}: {}",
+                resp.text()
+            );
             assert!(resp.json()["error"].as_str().unwrap().contains("token"));
         }
     }
@@ -155,7 +166,10 @@ async fn the_admin_listener_needs_the_operator_token() {
     let file = gw.data.path().join("state/admin-token");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    assert!(gw.log().contains(&file.display().to_string()), "the log says where");
+    assert!(
+        gw.log().contains(&file.display().to_string()),
+        "the log says where"
+    );
     let stats = gw.admin_request(Method::GET, "/stats").await;
     assert_eq!(stats.status, StatusCode::OK);
 }
@@ -190,7 +204,10 @@ async fn the_admin_socket_serves_root_only() {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     let (out, _) = term.run(&attempt).await;
     assert!(out.contains("code=403"), "{out}");
-    assert!(!out.contains("code=200") && !out.contains("userId"), "{out}");
+    assert!(
+        !out.contains("code=200") && !out.contains("userId"),
+        "{out}"
+    );
 
     let (status, body) = unix_request(&socket, "GET", "/stats").unwrap();
     assert_eq!(status, 200, "{body}");
@@ -215,10 +232,10 @@ async fn start_via_socket(gw: &Gateway, socket: &std::path::Path, user: &str) ->
         let (status, body) = unix_request(socket, "GET", "/stats").unwrap();
         assert_eq!(status, 200, "{body}");
         let stats: Value = serde_json::from_str(&body).unwrap();
-        if let Some(entry) = stats["users"]
-            .as_array()
-            .and_then(|u| u.iter().find(|u| u["userId"] == user && u["state"] == "ready"))
-        {
+        if let Some(entry) = stats["users"].as_array().and_then(|u| {
+            u.iter()
+                .find(|u| u["userId"] == user && u["state"] == "ready")
+        }) {
             return entry.clone();
         }
         actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -240,15 +257,24 @@ async fn a_rebound_host_is_refused() {
         let resp = gw
             .request(method.clone(), Some("alice"), path, &evil, None)
             .await;
-        assert_eq!(resp.status, StatusCode::MISDIRECTED_REQUEST, "{method} {path}: {}", resp.text());
+        assert_eq!(
+            resp.status,
+            StatusCode::MISDIRECTED_REQUEST,
+            "{method} {path}: {}",
+            resp.text()
+        );
     }
     // A forwarded host from a peer that is not a trusted proxy counts for nothing.
-    let forged = [
-        ("host", "evil.example"),
-        ("x-forwarded-host", "127.0.0.1"),
-    ];
-    let resp = gw.request(Method::GET, Some("alice"), "/session", &forged, None).await;
-    assert_eq!(resp.status, StatusCode::MISDIRECTED_REQUEST, "{}", resp.text());
+    let forged = [("host", "evil.example"), ("x-forwarded-host", "127.0.0.1")];
+    let resp = gw
+        .request(Method::GET, Some("alice"), "/session", &forged, None)
+        .await;
+    assert_eq!(
+        resp.status,
+        StatusCode::MISDIRECTED_REQUEST,
+        "{}",
+        resp.text()
+    );
 
     let pty = gw.post("alice", "/pty").await;
     let id = pty.json()["id"].as_str().unwrap().to_owned();
@@ -259,11 +285,23 @@ async fn a_rebound_host_is_refused() {
 
     // The gateway's own names work, and health checks answer any host.
     let local = gw
-        .request(Method::GET, Some("alice"), "/session", &[("host", "localhost")], None)
+        .request(
+            Method::GET,
+            Some("alice"),
+            "/session",
+            &[("host", "localhost")],
+            None,
+        )
         .await;
     assert_eq!(local.status, StatusCode::OK, "{}", local.text());
     let health = gw
-        .request(Method::GET, None, "/-/healthz", &[("host", "10.1.2.3:8080")], None)
+        .request(
+            Method::GET,
+            None,
+            "/-/healthz",
+            &[("host", "10.1.2.3:8080")],
+            None,
+        )
         .await;
     assert_eq!(health.status, StatusCode::OK);
 }
@@ -282,18 +320,39 @@ async fn cross_site_posts_with_the_cookie_are_refused() {
     let cookie = ("cookie", "chamberlain_dev_user=alice");
     let form = ("content-type", "text/plain");
     for (what, headers) in [
-        ("a foreign Origin", vec![cookie, form, ("origin", "http://evil.example")]),
+        (
+            "a foreign Origin",
+            vec![cookie, form, ("origin", "http://evil.example")],
+        ),
         ("Origin: null", vec![cookie, form, ("origin", "null")]),
-        ("Sec-Fetch-Site: cross-site", vec![cookie, form, ("sec-fetch-site", "cross-site")]),
+        (
+            "Sec-Fetch-Site: cross-site",
+            vec![cookie, form, ("sec-fetch-site", "cross-site")],
+        ),
     ] {
         for path in ["/session", "/project/git/init"] {
             let resp = gw
-                .request(Method::POST, None, path, &headers, Some(Bytes::from_static(b"{}")))
+                .request(
+                    Method::POST,
+                    None,
+                    path,
+                    &headers,
+                    Some(Bytes::from_static(b"{}")),
+                )
                 .await;
-            assert_eq!(resp.status, StatusCode::FORBIDDEN, "{what} {path}: {}", resp.text());
+            assert_eq!(
+                resp.status,
+                StatusCode::FORBIDDEN,
+                "{what} {path}: {}",
+                resp.text()
+            );
         }
     }
-    assert_eq!(sessions(&gw, "alice").await, before, "a session was created");
+    assert_eq!(
+        sessions(&gw, "alice").await,
+        before,
+        "a session was created"
+    );
     assert!(
         !gw.data.path().join("users/alice/workspace/.git").exists(),
         "git init ran"
@@ -306,7 +365,11 @@ async fn cross_site_posts_with_the_cookie_are_refused() {
             Method::POST,
             None,
             "/session",
-            &[cookie, ("content-type", "application/json"), ("origin", &own)],
+            &[
+                cookie,
+                ("content-type", "application/json"),
+                ("origin", &own),
+            ],
             Some(Bytes::from_static(b"{}")),
         )
         .await;
@@ -316,7 +379,10 @@ async fn cross_site_posts_with_the_cookie_are_refused() {
             Method::POST,
             Some("alice"),
             "/session",
-            &[("content-type", "application/json"), ("origin", "http://tool.example")],
+            &[
+                ("content-type", "application/json"),
+                ("origin", "http://tool.example"),
+            ],
             Some(Bytes::from_static(b"{}")),
         )
         .await;
@@ -343,7 +409,13 @@ async fn other_spellings_of_the_key_routes_are_refused() {
     ] {
         for method in [Method::PUT, Method::DELETE] {
             let resp = gw
-                .request(method.clone(), Some("alice"), path, &json, Some(body.clone()))
+                .request(
+                    method.clone(),
+                    Some("alice"),
+                    path,
+                    &json,
+                    Some(body.clone()),
+                )
                 .await;
             assert_eq!(resp.status, status, "{method} {path}: {}", resp.text());
         }

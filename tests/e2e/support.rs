@@ -387,18 +387,17 @@ fn spawn_gateway(
     if !args.contains(&"--admin-listen") {
         cmd.args(["--admin-listen", "127.0.0.1:0"]);
     }
-    cmd
-    .arg("--data-dir")
-    .arg(data)
-    .arg("--opencode-bin")
-    .arg(opencode)
-    .args(["--log", "info,chamberlain=debug,chamberlain_actors=debug"])
-    .args(&uid_range)
-    .args(args)
-    .envs(env.iter().copied())
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    cmd.arg("--data-dir")
+        .arg(data)
+        .arg("--opencode-bin")
+        .arg(opencode)
+        .args(["--log", "info,chamberlain=debug,chamberlain_actors=debug"])
+        .args(&uid_range)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("start chamberlain");
     let stderr = child.stderr.take().expect("stderr");
     let log = Arc::new(Mutex::new(String::new()));
