@@ -226,6 +226,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         admin_servers.push(server.run());
     }
     if let Some(path) = &args.admin_socket {
+        if isolation.uid_range().is_none() {
+            tracing::warn!(
+                socket = %path.display(),
+                "without a uid per user the admin socket cannot tell an operator from a user \
+                 and refuses every request; use the TCP admin listener and its token"
+            );
+        }
         let listener = admin::socket::bind(path)?;
         let (state, library) = (admin_state.clone(), admin_library.clone());
         let server = HttpServer::new(move || {

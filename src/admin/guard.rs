@@ -2,6 +2,8 @@
 //!
 //! - **Unix socket** (`--admin-socket`): the kernel's credentials of the connecting process
 //!   (`SO_PEERCRED`, recorded by `socket.rs`) must be root or the gateway's own uid. No token.
+//!   Without a uid per user, users' processes run as the gateway's uid (or as root inside
+//!   Landlock), so the socket cannot tell them apart and refuses everyone.
 //! - **TCP** (`--admin-listen`): every request but `GET /healthz` needs
 //!   `Authorization: Bearer <operator token>` (401 otherwise). Before the token, and with
 //!   a uid per user, a client socket on this host owned by a user's uid — or whose owner
@@ -67,22 +69,31 @@ where
     B: 'static,
 {
     let uid = req.conn_data::<UnixPeer>().and_then(|p| p.0);
+    let users_have_uids = req
+        .app_data::<web::Data<Admin>>()
+        .is_some_and(|admin| admin.isolation.uid_range().is_some());
     let me = nix::unistd::geteuid().as_raw();
-    match uid {
-        Some(uid) if uid == 0 || uid == me => pass(req, srv),
-        _ => {
-            tracing::warn!(
-                uid,
-                path = req.path(),
-                "admin request on the socket from another user refused"
-            );
-            refuse(
-                req,
-                StatusCode::FORBIDDEN,
-                "the admin socket serves root and the gateway's own user only",
-            )
-        }
+    if socket_admits(uid, me, users_have_uids) {
+        return pass(req, srv);
     }
+    tracing::warn!(
+        uid,
+        path = req.path(),
+        "admin request on the socket refused"
+    );
+    let why = if users_have_uids {
+        "the admin socket serves root and the gateway's own user only"
+    } else {
+        "users' processes run as the gateway's uid (no uid per user), so the admin socket \
+         cannot tell an operator from a user and serves no one: use the TCP listener and its token"
+    };
+    refuse(req, StatusCode::FORBIDDEN, why)
+}
+
+/// Whether a socket peer of `uid` is an operator: root or the gateway's own uid, and only
+/// while users have uids of their own (otherwise they run as one of those two).
+fn socket_admits(uid: Option<u32>, gateway_uid: u32, users_have_uids: bool) -> bool {
+    users_have_uids && uid.is_some_and(|uid| uid == 0 || uid == gateway_uid)
 }
 
 /// Middleware of the TCP admin listener.
@@ -171,6 +182,19 @@ fn on_this_host(peer: SocketAddr, local: Option<SocketAddr>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_socket_admits_root_and_the_gateway_while_users_have_uids() {
+        assert!(socket_admits(Some(0), 0, true));
+        assert!(socket_admits(Some(1000), 1000, true));
+        assert!(!socket_admits(Some(200_001), 0, true));
+        assert!(!socket_admits(None, 0, true), "no credentials");
+        assert!(!socket_admits(Some(0), 0, false), "users may be root too");
+        assert!(
+            !socket_admits(Some(1000), 1000, false),
+            "users share the uid"
+        );
+    }
 
     #[test]
     fn loopback_and_the_connections_own_address_are_this_host() {
