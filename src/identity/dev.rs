@@ -103,13 +103,18 @@ mod tests {
             .insert_header((HEADER, "alice"))
             .insert_header(("cookie", "chamberlain_dev_user=bob"))
             .to_http_request();
-        assert_eq!(identify(&req).unwrap().user_id, "alice");
+        let id = identify(&req).unwrap();
+        assert_eq!(id.user_id, "alice");
+        assert_eq!(id.credential, Credential::Header);
+        assert!(!id.credential.is_ambient());
         let req = TestRequest::default()
             .insert_header(("cookie", "x=1; chamberlain_dev_user=bob"))
             .to_http_request();
         let id = identify(&req).unwrap();
         assert_eq!(id.user_id, "bob");
         assert_eq!(id.email.as_deref(), Some("bob@localhost"));
+        assert_eq!(id.credential, Credential::Cookie, "a cookie is ambient");
+        assert!(id.credential.is_ambient());
     }
 
     #[test]

@@ -461,3 +461,50 @@ fn epoch_secs() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn jwt_with_cookie() -> Authenticator {
+        let pem = include_bytes!("../../tests/fixtures/ed25519-test-public.pem");
+        let key = VerifyingKey::from_pem(pem, None).unwrap();
+        let verifier = JwtVerifier {
+            keys: JwtKeys::Pem(Arc::new(key)),
+            issuer: None,
+            audiences: Vec::new(),
+            client_ids: Vec::new(),
+            cookie: Some("session".to_owned()),
+            leeway: 30,
+        };
+        Authenticator::with_mode(
+            Mode::Jwt(verifier),
+            10,
+            AuthMetrics::default(),
+            Some("session".to_owned()),
+            None,
+        )
+    }
+
+    #[test]
+    fn a_token_from_a_cookie_is_ambient_and_a_bearer_token_is_not() {
+        let auth = jwt_with_cookie();
+        let bearer = TestRequest::default()
+            .insert_header(("authorization", "Bearer abc"))
+            .insert_header(("cookie", "session=def"))
+            .to_http_request();
+        assert_eq!(
+            auth.credential(&bearer).unwrap(),
+            ("abc", Credential::Bearer)
+        );
+        let cookie = TestRequest::default()
+            .insert_header(("cookie", "session=def"))
+            .to_http_request();
+        assert_eq!(
+            auth.credential(&cookie).unwrap(),
+            ("def", Credential::Cookie)
+        );
+        assert!(Credential::Cookie.is_ambient() && !Credential::Bearer.is_ambient());
+    }
+}
