@@ -5,7 +5,8 @@
 #     can be pulled either; the Dockerfile is otherwise the one used everywhere;
 #   - on a fresh volume: healthy (the image's own HEALTHCHECK), the data tree's owners and
 #     modes, two dev users each with a ready OpenCode under their own uid, a terminal that
-#     runs a typed command, the admin port unreachable from outside;
+#     runs a typed command, the admin API on its socket for root only (not for a user's
+#     terminal, no TCP admin port);
 #   - SIGTERM: the container exits 0 well within the grace period, having stopped every
 #     OpenCode; started again on the same volume it comes back with the users' homes;
 #   - a read-only volume is refused with a clear message; the default (dev identity on a
@@ -79,7 +80,8 @@ wait_healthy() {
     done
     fail "no /-/healthz answer"
 }
-admin() { podman exec "$NAME" curl -fsS "http://127.0.0.1:9090$1"; }
+SOCKET=/run/chamberlain/admin.sock
+admin() { podman exec "$NAME" curl -fsS --unix-socket "$SOCKET" "http://admin$1"; }
 
 step "first start on an empty volume"
 mkdir -p "$work/data"
@@ -109,14 +111,18 @@ assert stats["isolation"]["mode"] in ("uid", "both"), stats["isolation"]
 print("users", sorted(users), "uids", sorted(uids), "isolation", stats["isolation"]["mode"])
 PY
 # From outside the container (this host, on the container's own address) the public port
-# answers and the admin port does not: it is bound to the container's loopback.
+# answers; there is no TCP admin port, inside or out: the admin API is the socket.
 ip=$(podman inspect -f '{{.NetworkSettings.IPAddress}}' "$NAME")
 [ -n "$ip" ] || fail "no container address"
 curl -fsS --max-time 5 "http://$ip:8080/-/healthz" >/dev/null || fail "public port not reachable at $ip"
-if curl -sS --max-time 5 "http://$ip:9090/stats" >/dev/null 2>&1; then
-    fail "the admin port answers on the container's address $ip"
-fi
-echo "public $ip:8080 answers, admin $ip:9090 does not"
+for where in "$ip" 127.0.0.1; do
+    if podman exec "$NAME" curl -sS --max-time 5 "http://$where:9090/stats" >/dev/null 2>&1; then
+        fail "an admin port answers on $where:9090"
+    fi
+done
+mode=$(podman exec "$NAME" stat -c '%a %u' "$SOCKET" "$(dirname "$SOCKET")" | tr '\n' ';')
+[ "$mode" = "600 0;700 0;" ] || fail "admin socket and its directory: $mode"
+echo "public $ip:8080 answers; no admin port; admin socket $SOCKET ($mode)"
 
 step "a terminal through the gateway"
 python3 container/terminal_check.py 127.0.0.1 "$PORT" alice \
@@ -124,6 +130,9 @@ python3 container/terminal_check.py 127.0.0.1 "$PORT" alice \
     'container-42 as 200001 alice' || fail "the terminal did not run the command as alice"
 grep -qx 'container-42 as 200001 alice' "$work/data/users/alice/terminal-proof.txt" ||
     fail "no proof file in alice's home"
+python3 container/terminal_check.py 127.0.0.1 "$PORT" alice \
+    "curl -s -o /dev/null -w 'admin-%{http_code}' --unix-socket $SOCKET http://admin/stats; echo" \
+    'admin-000' || fail "alice's terminal reached the admin socket"
 
 step "SIGTERM within the grace period"
 started=$(date +%s%N)

@@ -149,7 +149,7 @@ async fn instance(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpR
 async fn start(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let fail = |e| ApiError(e, req.clone());
     let identity = gateway.identify(&req).await.map_err(fail)?;
-    crate::origin::check(&req, &gateway.cfg.allowed_origins).map_err(fail)?;
+    crate::origin::check(&req, &gateway.cfg.site).map_err(fail)?;
     if gateway.is_shutting_down() {
         return Err(fail(GatewayError::Unavailable {
             message: "the gateway is shutting down".to_owned(),
@@ -164,7 +164,7 @@ async fn start(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResp
 async fn stop(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let fail = |e| ApiError(e, req.clone());
     let identity = gateway.identify(&req).await.map_err(fail)?;
-    crate::origin::check(&req, &gateway.cfg.allowed_origins).map_err(fail)?;
+    crate::origin::check(&req, &gateway.cfg.site).map_err(fail)?;
     let handle = gateway.peek(&identity);
     if let Some(handle) = &handle {
         handle

@@ -161,13 +161,48 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAMBERLAIN_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Admin address (/stats, /metrics, stopping instances). Keep it off the public network.
+    /// Admin address (/stats, /metrics, stopping instances), or `none`. Every request but
+    /// GET /healthz needs `Authorization: Bearer <token>` (see --admin-token-file). Keep it
+    /// off the public network.
     #[arg(
         long,
         env = "CHAMBERLAIN_ADMIN_LISTEN",
-        default_value = "127.0.0.1:9090"
+        default_value = "127.0.0.1:9090",
+        value_parser = admin_listen
     )]
-    pub admin_listen: SocketAddr,
+    pub admin_listen: AdminListen,
+
+    /// Also serve the admin API on this Unix socket (mode 0600, the gateway's own uid), to
+    /// clients running as root or as the gateway's uid (kernel credentials); no token needed.
+    #[arg(long, env = "CHAMBERLAIN_ADMIN_SOCKET")]
+    pub admin_socket: Option<PathBuf>,
+
+    /// The admin API's operator token, in a file only its owner can read. Default: a new
+    /// random token at every start, written to <data-dir>/state/admin-token (mode 0600).
+    #[arg(long, env = "CHAMBERLAIN_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// The URL people reach the gateway at, e.g. https://chamberlain.example.com
+    /// (repeatable; comma-separated in the variable). Requests naming another host are
+    /// refused (DNS rebinding) and only these origins may change state. Default: loopback
+    /// names only, or any host for --auth alb/jwt on a non-loopback address (warned).
+    #[arg(
+        long = "public-url",
+        env = "CHAMBERLAIN_PUBLIC_URL",
+        value_delimiter = ',',
+        value_parser = crate::site::PublicUrl::parse
+    )]
+    pub public_urls: Vec<crate::site::PublicUrl>,
+
+    /// Networks whose X-Forwarded-For/-Proto/-Host are believed (comma-separated CIDRs, or
+    /// `none`). Default: the private networks (10/8, 172.16/12, 192.168/16, fc00::/7) with
+    /// --auth alb, where the load balancer connects from the VPC; `none` otherwise.
+    #[arg(
+        long,
+        env = "CHAMBERLAIN_TRUSTED_PROXIES",
+        value_parser = crate::forwarded::TrustedProxies::parse
+    )]
+    pub trusted_proxies: Option<crate::forwarded::TrustedProxies>,
 
     /// Data directory: users/ (homes), shared/ (org keys, repos), state/.
     #[arg(long, env = "CHAMBERLAIN_DATA_DIR", default_value = "./data")]
@@ -327,6 +362,43 @@ pub struct ServeArgs {
     pub log: String,
 }
 
+/// `--admin-listen`: an address, or `none` for no TCP admin listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminListen {
+    Off,
+    At(SocketAddr),
+}
+
+impl AdminListen {
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            AdminListen::Off => None,
+            AdminListen::At(addr) => Some(addr),
+        }
+    }
+}
+
+fn admin_listen(text: &str) -> Result<AdminListen, String> {
+    if matches!(text.trim(), "none" | "off") {
+        return Ok(AdminListen::Off);
+    }
+    text.trim()
+        .parse()
+        .map(AdminListen::At)
+        .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:9090, or `none`"))
+}
+
+impl ServeArgs {
+    /// `--trusted-proxies`, or its default for the identity mode.
+    pub fn trusted_proxies(&self) -> crate::forwarded::TrustedProxies {
+        match (&self.trusted_proxies, self.auth.mode) {
+            (Some(list), _) => list.clone(),
+            (None, AuthMode::Alb) => crate::forwarded::TrustedProxies::private_networks(),
+            (None, _) => crate::forwarded::TrustedProxies::none(),
+        }
+    }
+}
+
 /// Parses a byte size: `1048576`, `64KiB`, `16MiB`, `1GiB` (also `KB`/`MB`/`GB`, taken as
 /// binary units, and `K`/`M`/`G`).
 fn size(text: &str) -> Result<usize, String> {
@@ -452,7 +524,14 @@ mod tests {
     fn defaults_match_the_documentation() {
         let args = serve(&[]).unwrap();
         assert_eq!(args.listen, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(args.admin_listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(
+            args.admin_listen,
+            AdminListen::At("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(args.admin_socket, None);
+        assert_eq!(args.admin_token_file, None);
+        assert!(args.public_urls.is_empty());
+        assert!(args.trusted_proxies().is_empty());
         assert_eq!(args.data_dir, PathBuf::from("./data"));
         assert_eq!(args.max_instances, 15);
         assert_eq!(args.max_concurrent_starts, 3);
@@ -504,6 +583,43 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(args.opencode_args, ["--pure", "--log-level=WARN"]);
+    }
+
+    #[test]
+    fn admin_and_site_flags() {
+        let args = serve(&["--admin-listen", "none", "--admin-socket", "/run/a.sock"]).unwrap();
+        assert_eq!(args.admin_listen, AdminListen::Off);
+        assert_eq!(args.admin_socket, Some(PathBuf::from("/run/a.sock")));
+        let args = serve(&["--admin-listen", "[::]:9090"]).unwrap();
+        assert_eq!(args.admin_listen.addr(), Some("[::]:9090".parse().unwrap()));
+        assert!(serve(&["--admin-listen", "nowhere"]).is_err());
+
+        let args = serve(&[
+            "--public-url",
+            "https://a.example,https://b.example",
+            "--public-url",
+            "http://localhost:8080",
+        ])
+        .unwrap();
+        assert_eq!(args.public_urls.len(), 3);
+        assert!(serve(&["--public-url", "a.example"]).is_err());
+
+        let alb = [
+            "--auth",
+            "alb",
+            "--alb-arn",
+            "arn:x",
+            "--alb-region",
+            "eu-west-1",
+        ];
+        let args = serve(&alb).unwrap();
+        assert!(args.trusted_proxies().trusts("10.0.0.1".parse().unwrap()));
+        let mut none = alb.to_vec();
+        none.extend(["--trusted-proxies", "none"]);
+        assert!(serve(&none).unwrap().trusted_proxies().is_empty());
+        let args = serve(&["--trusted-proxies", "192.0.2.0/24"]).unwrap();
+        assert!(args.trusted_proxies().trusts("192.0.2.9".parse().unwrap()));
+        assert!(serve(&["--trusted-proxies", "10.0.0.0/99"]).is_err());
     }
 
     #[test]

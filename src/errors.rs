@@ -27,6 +27,10 @@ pub enum GatewayError {
     BadRequest(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The request names a host that is not the gateway's (DNS rebinding, or a missing
+    /// `--public-url`).
+    #[error("{0}")]
+    MisdirectedHost(String),
     #[error("no such endpoint: {0}")]
     NotFound(String),
     /// The instance cannot serve now; waiting may help.
@@ -74,6 +78,7 @@ impl GatewayError {
             GatewayError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
+            GatewayError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::Unavailable { .. }
             | GatewayError::InstanceFailed(_)
@@ -144,7 +149,7 @@ impl GatewayError {
     /// e.g. for a malformed request no person made by hand).
     fn page_title(&self) -> Option<&'static str> {
         match self {
-            GatewayError::Forbidden(_) => Some("Not allowed"),
+            GatewayError::Forbidden(_) | GatewayError::MisdirectedHost(_) => Some("Not allowed"),
             GatewayError::NotFound(_) => Some("Not found"),
             GatewayError::Unavailable { .. } | GatewayError::AuthUnavailable(_) => {
                 Some("Not available right now")

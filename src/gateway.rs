@@ -27,8 +27,9 @@ pub struct GatewayConfig {
     pub wait_timeout: Duration,
     pub upstream_timeout: Duration,
     pub sse_keepalive: Duration,
-    /// Origins besides the gateway's own that may open sockets and change state.
-    pub allowed_origins: Vec<String>,
+    /// The gateway's own hosts and origins (and those allowed besides), and the proxies
+    /// whose forwarded headers count.
+    pub site: std::sync::Arc<crate::site::Site>,
     pub ws: WsConfig,
     /// The organisation's OpenCode auth file; while it exists, users' keys are read-only.
     pub shared_auth: std::path::PathBuf,

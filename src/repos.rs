@@ -145,7 +145,7 @@ async fn clone(
         Ok(i) => i,
         Err(resp) => return resp,
     };
-    if let Err(e) = crate::origin::check(&req, &gateway.cfg.allowed_origins) {
+    if let Err(e) = crate::origin::check(&req, &gateway.cfg.site) {
         return e.respond(&req);
     }
     if body.len() > MAX_BODY {

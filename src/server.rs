@@ -137,6 +137,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .start();
 
+    let site = Arc::new(site(&args));
     let gateway = web::Data::new(Gateway::new(
         auth,
         registry.clone(),
@@ -146,7 +147,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             wait_timeout: args.wait_timeout,
             upstream_timeout: args.upstream_timeout,
             sse_keepalive: args.sse_keepalive,
-            allowed_origins: args.allowed_origins.clone(),
+            site: Arc::clone(&site),
             ws: WsConfig {
                 max_frame: args.ws_max_frame,
                 max_buffer: args.ws_max_buffer,
@@ -162,6 +163,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let public = {
         let gateway = gateway.clone();
+        let site = Arc::clone(&site);
         let upstream_timeout = args.upstream_timeout;
         let workers = args.workers.map_or_else(
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -169,11 +171,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         HttpServer::new(move || {
             let http_metrics = gateway.metrics.clone();
+            let site = Arc::clone(&site);
             App::new()
                 .app_data(gateway.clone())
                 .app_data(web::Data::new(proxy::UpstreamClients::new(
                     upstream_timeout,
                 )))
+                .wrap_fn(move |req, srv| crate::site::check_host(&site, req, srv))
                 .wrap_fn(crate::limits::limit_headers)
                 .wrap_fn(move |req, srv| access_log(req, srv, http_metrics.clone()))
                 .service(web::scope("/-").configure(api::configure))
@@ -188,41 +192,95 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let public_addrs = public.addrs();
     let public = public.run();
 
+    let token = match (args.admin_listen.addr(), &args.admin_token_file) {
+        (None, _) => {
+            admin::token::remove_generated(&data_dir);
+            None
+        }
+        (Some(_), Some(file)) => {
+            admin::token::remove_generated(&data_dir);
+            Some(Arc::new(admin::AdminToken::read(file)?))
+        }
+        (Some(_), None) => Some(Arc::new(admin::AdminToken::generate(&data_dir)?)),
+    };
     let admin_state = web::Data::new(Admin {
         registry: registry.clone(),
         metrics: Arc::clone(&metrics),
         gateway: gateway.clone(),
         isolation: Arc::clone(&isolation),
+        token: token.clone(),
     });
     let admin_library = web::Data::new(crate::repos::Library(repos.clone()));
-    let admin = HttpServer::new(move || {
-        App::new()
-            .app_data(admin_state.clone())
-            .app_data(admin_library.clone())
-            .wrap_fn(admin::refuse_users)
-            .configure(admin::configure)
-    })
-    .workers(1)
-    .disable_signals()
-    .shutdown_timeout(1)
-    .bind(args.admin_listen)
-    .with_context(|| format!("cannot listen on {} (admin)", args.admin_listen))?;
-    let admin_addrs = admin.addrs();
-    let admin = admin.run();
+    let mut admin_servers = Vec::new();
+    let mut admin_addrs = Vec::new();
+    if let Some(addr) = args.admin_listen.addr() {
+        let (state, library) = (admin_state.clone(), admin_library.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(library.clone())
+                .wrap_fn(admin::guard::tcp)
+                .configure(admin::configure)
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .on_connect(admin::guard::record_tcp_local)
+        .bind(addr)
+        .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+        admin_addrs = server.addrs();
+        admin_servers.push(server.run());
+    }
+    if let Some(path) = &args.admin_socket {
+        if isolation.uid_range().is_none() {
+            tracing::warn!(
+                socket = %path.display(),
+                "without a uid per user the admin socket cannot tell an operator from a user \
+                 and refuses every request; use the TCP admin listener and its token"
+            );
+        }
+        let listener = admin::socket::bind(path)?;
+        let (state, library) = (admin_state.clone(), admin_library.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(library.clone())
+                .wrap_fn(admin::guard::unix)
+                .configure(admin::configure)
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .on_connect(admin::socket::record_peer)
+        .listen_uds(listener)
+        .with_context(|| format!("cannot serve the admin API on {}", path.display()))?;
+        admin_servers.push(server.run());
+    }
 
-    let (public_handle, admin_handle) = (public.handle(), admin.handle());
+    let public_handle = public.handle();
+    let admin_handles: Vec<ServerHandle> = admin_servers.iter().map(|s| s.handle()).collect();
     let public_task = actix_web::rt::spawn(public);
-    let admin_task = actix_web::rt::spawn(admin);
+    let admin_task = actix_web::rt::spawn(async move {
+        let results = futures_util::future::join_all(admin_servers).await;
+        results.into_iter().collect::<std::io::Result<Vec<()>>>()
+    });
 
     tracing::info!(
         public = %format_addrs(&public_addrs),
-        admin = %format_addrs(&admin_addrs),
+        admin = %if admin_addrs.is_empty() { "none".to_owned() } else { format_addrs(&admin_addrs) },
+        admin_socket = %args.admin_socket.as_deref().map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
         data_dir = %data_dir.display(),
         opencode = %program.display(),
         auth = ?args.auth.mode,
         max_instances = args.max_instances,
         "chamberlain listening"
     );
+    if let Some(token) = &token {
+        tracing::info!(
+            path = %token.path.display(),
+            "the TCP admin listener needs `Authorization: Bearer <token>`; the token is in this file"
+        );
+    }
 
     let mut term = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
@@ -230,17 +288,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
         result = public_task => bail!("public listener stopped unexpectedly: {result:?}"),
-        result = admin_task => bail!("admin listener stopped unexpectedly: {result:?}"),
+        result = admin_task, if !admin_handles.is_empty() => {
+            bail!("admin listener stopped unexpectedly: {result:?}")
+        }
     };
     shutdown(
         signal_name,
         &gateway,
         &registry,
         public_handle,
-        admin_handle,
+        admin_handles,
         args.stop_grace,
     )
     .await;
+    if let Some(path) = &args.admin_socket {
+        admin::socket::remove(path);
+    }
     Ok(())
 }
 
@@ -249,7 +312,7 @@ async fn shutdown(
     gateway: &Gateway,
     registry: &actix::Addr<Registry>,
     public: ServerHandle,
-    admin: ServerHandle,
+    admin: Vec<ServerHandle>,
     stop_grace: Duration,
 ) {
     let started = Instant::now();
@@ -268,7 +331,9 @@ async fn shutdown(
         tracing::error!("instances did not all stop within {}s", deadline.as_secs());
     }
     public.stop(true).await;
-    admin.stop(true).await;
+    for handle in admin {
+        handle.stop(true).await;
+    }
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "shutdown complete"
@@ -310,6 +375,35 @@ where
         }
         Ok(response)
     }
+}
+
+/// The gateway's hosts and origins, with a warning where the Host check is off.
+fn site(args: &ServeArgs) -> crate::site::Site {
+    let site = crate::site::Site::new(
+        args.public_urls.clone(),
+        args.listen,
+        args.auth.mode,
+        args.allowed_origins.clone(),
+        args.trusted_proxies(),
+    );
+    match site.rule() {
+        crate::site::HostRule::Listed => tracing::info!(
+            public_urls = %site.origins().join(","),
+            trusted_proxies = %site.proxies(),
+            "serving these hosts only"
+        ),
+        crate::site::HostRule::Loopback => tracing::info!(
+            trusted_proxies = %site.proxies(),
+            "serving loopback host names only (localhost, 127.0.0.1, [::1]); set --public-url \
+             to be reached by another name"
+        ),
+        crate::site::HostRule::Any => tracing::warn!(
+            trusted_proxies = %site.proxies(),
+            "no --public-url: requests for any host name are served (DNS-rebinding protection \
+             is off); set --public-url to the address people use"
+        ),
+    }
+    site
 }
 
 fn format_addrs(addrs: &[std::net::SocketAddr]) -> String {

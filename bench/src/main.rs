@@ -119,7 +119,8 @@ async fn load(addr: SocketAddr, request: Vec<u8>, opts: &Options) -> anyhow::Res
 }
 
 fn get(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n");
+    // A loopback name: the gateway serves no other host without --public-url.
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }

@@ -81,6 +81,7 @@ mod tests {
             email: None,
             name: None,
             email_verified: None,
+            credential: crate::identity::Credential::Cookie,
         })
     }
 

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::Identity;
+use super::{Credential, Identity};
 
 /// Longest `sub` accepted; Cognito's are 36-character UUIDs.
 const MAX_SUBJECT: usize = 256;
@@ -139,6 +139,9 @@ impl Claims {
             email,
             name,
             email_verified: self.map.get("email_verified").and_then(boolean),
+            // The authenticator says how the token came; until then assume the kind that
+            // gets every check.
+            credential: Credential::Cookie,
         })
     }
 }

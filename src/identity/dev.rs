@@ -4,7 +4,7 @@
 
 use actix_web::HttpRequest;
 
-use super::{cookies, AuthError, Identity};
+use super::{cookies, AuthError, Credential, Identity};
 
 pub const HEADER: &str = "x-chamberlain-dev-user";
 pub const COOKIE: &str = "chamberlain_dev_user";
@@ -38,11 +38,11 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 }
 
 pub fn identify(req: &HttpRequest) -> Result<Identity, AuthError> {
-    let name = if let Some(value) = req.headers().get(HEADER) {
-        value
+    let (name, credential) = if let Some(value) = req.headers().get(HEADER) {
+        let name = value
             .to_str()
-            .map_err(|_| AuthError::Malformed(format!("{HEADER} is not valid text")))?
-            .to_owned()
+            .map_err(|_| AuthError::Malformed(format!("{HEADER} is not valid text")))?;
+        (name.to_owned(), Credential::Header)
     } else {
         let cookie = req
             .headers()
@@ -50,20 +50,21 @@ pub fn identify(req: &HttpRequest) -> Result<Identity, AuthError> {
             .filter_map(|v| v.to_str().ok())
             .find_map(|h| cookies::find(h, COOKIE));
         match cookie {
-            Some(name) => name.to_owned(),
+            Some(name) => (name.to_owned(), Credential::Cookie),
             None => return Err(AuthError::Missing),
         }
     };
     validate_name(&name).map_err(AuthError::Malformed)?;
-    Ok(identity_for(&name))
+    Ok(identity_for(&name, credential))
 }
 
-pub fn identity_for(name: &str) -> Identity {
+pub fn identity_for(name: &str, credential: Credential) -> Identity {
     Identity {
         user_id: name.to_owned(),
         email: Some(format!("{name}@localhost")),
         name: Some(name.to_owned()),
         email_verified: None,
+        credential,
     }
 }
 
@@ -102,13 +103,18 @@ mod tests {
             .insert_header((HEADER, "alice"))
             .insert_header(("cookie", "chamberlain_dev_user=bob"))
             .to_http_request();
-        assert_eq!(identify(&req).unwrap().user_id, "alice");
+        let id = identify(&req).unwrap();
+        assert_eq!(id.user_id, "alice");
+        assert_eq!(id.credential, Credential::Header);
+        assert!(!id.credential.is_ambient());
         let req = TestRequest::default()
             .insert_header(("cookie", "x=1; chamberlain_dev_user=bob"))
             .to_http_request();
         let id = identify(&req).unwrap();
         assert_eq!(id.user_id, "bob");
         assert_eq!(id.email.as_deref(), Some("bob@localhost"));
+        assert_eq!(id.credential, Credential::Cookie, "a cookie is ambient");
+        assert!(id.credential.is_ambient());
     }
 
     #[test]

@@ -43,6 +43,31 @@ pub struct Identity {
     pub email: Option<String>,
     pub name: Option<String>,
     pub email_verified: Option<bool>,
+    /// How the request presented it (set per request; a cached identity is another
+    /// request's).
+    pub credential: Credential,
+}
+
+/// How a request presented its identity. Browsers attach cookies, and the load balancer's
+/// session behind them, to requests any site makes (a form posted from another page, say),
+/// so those identities get the cross-site checks; headers and bearer tokens are set by the
+/// client itself and are not ambient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// `X-Chamberlain-Dev-User`.
+    Header,
+    /// `Authorization: Bearer`.
+    Bearer,
+    /// A cookie: the dev or `--jwt-cookie` cookie, or the ALB session (its header is made
+    /// from the browser's cookie).
+    Cookie,
+}
+
+impl Credential {
+    /// Whether a browser sends it with requests other sites make.
+    pub fn is_ambient(self) -> bool {
+        self == Credential::Cookie
+    }
 }
 
 /// A token that passed every check, and until when it may be served from the cache.
@@ -228,7 +253,10 @@ impl Authenticator {
         let result = match &self.mode {
             Mode::Dev => dev::identify(req),
             Mode::Alb(_) | Mode::Jwt(_) => match self.credential(req) {
-                Ok(token) => self.verify(token).await,
+                Ok((token, credential)) => self.verify(token).await.map(|identity| Identity {
+                    credential,
+                    ..identity
+                }),
                 Err(e) => Err(e),
             },
         };
@@ -243,8 +271,8 @@ impl Authenticator {
         result
     }
 
-    /// The token a request presents, by the rules of the mode.
-    fn credential<'r>(&self, req: &'r HttpRequest) -> Result<&'r str, AuthError> {
+    /// The token a request presents, and how, by the rules of the mode.
+    fn credential<'r>(&self, req: &'r HttpRequest) -> Result<(&'r str, Credential), AuthError> {
         let headers = req.headers();
         let text = |v: &'r header::HeaderValue, what: &str| {
             v.to_str()
@@ -260,14 +288,14 @@ impl Authenticator {
                         alb::HEADER
                     )));
                 }
-                text(first, alb::HEADER)
+                Ok((text(first, alb::HEADER)?, Credential::Cookie))
             }
             Mode::Jwt(v) => {
                 if let Some(value) = headers.get(header::AUTHORIZATION) {
                     let value = text(value, "Authorization")?;
                     return match value.split_once(' ') {
                         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
-                            Ok(token.trim())
+                            Ok((token.trim(), Credential::Bearer))
                         }
                         _ => Err(AuthError::Rejected(
                             "Authorization is not a Bearer token".into(),
@@ -279,6 +307,7 @@ impl Authenticator {
                     .get_all(header::COOKIE)
                     .filter_map(|v| v.to_str().ok())
                     .find_map(|h| cookies::find(h, name))
+                    .map(|token| (token, Credential::Cookie))
                     .ok_or(AuthError::Missing)
             }
             Mode::Dev => Err(AuthError::Missing),
@@ -431,4 +460,51 @@ fn epoch_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn jwt_with_cookie() -> Authenticator {
+        let pem = include_bytes!("../../tests/fixtures/ed25519-test-public.pem");
+        let key = VerifyingKey::from_pem(pem, None).unwrap();
+        let verifier = JwtVerifier {
+            keys: JwtKeys::Pem(Arc::new(key)),
+            issuer: None,
+            audiences: Vec::new(),
+            client_ids: Vec::new(),
+            cookie: Some("session".to_owned()),
+            leeway: 30,
+        };
+        Authenticator::with_mode(
+            Mode::Jwt(verifier),
+            10,
+            AuthMetrics::default(),
+            Some("session".to_owned()),
+            None,
+        )
+    }
+
+    #[test]
+    fn a_token_from_a_cookie_is_ambient_and_a_bearer_token_is_not() {
+        let auth = jwt_with_cookie();
+        let bearer = TestRequest::default()
+            .insert_header(("authorization", "Bearer abc"))
+            .insert_header(("cookie", "session=def"))
+            .to_http_request();
+        assert_eq!(
+            auth.credential(&bearer).unwrap(),
+            ("abc", Credential::Bearer)
+        );
+        let cookie = TestRequest::default()
+            .insert_header(("cookie", "session=def"))
+            .to_http_request();
+        assert_eq!(
+            auth.credential(&cookie).unwrap(),
+            ("def", Credential::Cookie)
+        );
+        assert!(Credential::Cookie.is_ambient() && !Credential::Bearer.is_ambient());
+    }
 }

@@ -3,8 +3,9 @@
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::HttpRequest;
 
+use crate::forwarded::TrustedProxies;
+use crate::gateway::Gateway;
 use crate::identity::cookies::{self, CookieNames};
-use crate::identity::Authenticator;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the framing headers the gateway sets itself.
 const HOP_BY_HOP: &[&str] = &[
@@ -19,6 +20,9 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "content-length",
     "host",
+    // Never read, and never passed on as the client wrote it: OpenCode gets
+    // `X-Forwarded-*` from `add_forwarded` only.
+    "forwarded",
 ];
 
 /// Headers named in `Connection` are hop-by-hop too.
@@ -45,15 +49,18 @@ pub struct RequestFilter<'a> {
     pub identity_cookies: &'a CookieNames,
     /// Event streams: no compression, so events are never held back in an encoder.
     pub passive: bool,
+    /// Whose `X-Forwarded-*` headers are extended rather than replaced.
+    pub proxies: &'a TrustedProxies,
 }
 
 impl<'a> RequestFilter<'a> {
-    /// The filter for requests identified by `auth`.
-    pub fn new(auth: &'a Authenticator, passive: bool) -> Self {
+    /// The filter for requests to `gateway`'s instances.
+    pub fn new(gateway: &'a Gateway, passive: bool) -> Self {
         RequestFilter {
-            identity_headers: auth.identity_headers(),
-            identity_cookies: auth.identity_cookies(),
+            identity_headers: gateway.auth.identity_headers(),
+            identity_cookies: gateway.auth.identity_cookies(),
             passive,
+            proxies: gateway.cfg.site.proxies(),
         }
     }
 }
@@ -67,7 +74,7 @@ pub fn for_upstream(
     authorization: &str,
 ) {
     copy_request_headers(req.headers(), dst, filter);
-    add_forwarded(req, dst);
+    add_forwarded(req, dst, filter.proxies);
     if let Ok(auth) = HeaderValue::from_str(authorization) {
         dst.insert(header::AUTHORIZATION, auth);
     }
@@ -111,28 +118,25 @@ pub fn copy_response_headers(src: &HeaderMap, dst: &mut HeaderMap) {
     }
 }
 
-/// `X-Forwarded-For`, `-Proto` and `-Host` for OpenCode, extending what a load balancer in
-/// front of the gateway already set.
-pub fn add_forwarded(req: &HttpRequest, dst: &mut HeaderMap) {
-    let info = req.connection_info();
-    if let Some(peer) = req.peer_addr() {
-        let chain = match req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prior) => format!("{prior}, {}", peer.ip()),
-            None => peer.ip().to_string(),
-        };
-        if let Ok(value) = HeaderValue::from_str(&chain) {
-            dst.insert(HeaderName::from_static("x-forwarded-for"), value);
+/// `X-Forwarded-For`, `-Proto` and `-Host` for OpenCode, extending what a trusted proxy in
+/// front of the gateway set, and replacing what anyone else wrote.
+pub fn add_forwarded(req: &HttpRequest, dst: &mut HeaderMap, proxies: &TrustedProxies) {
+    let view = proxies.view(req);
+    let pairs = [
+        ("x-forwarded-for", view.forwarded_for),
+        ("x-forwarded-proto", Some(view.scheme)),
+        ("x-forwarded-host", view.host),
+    ];
+    for (name, value) in pairs {
+        let name = HeaderName::from_static(name);
+        match value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            Some(value) => {
+                dst.insert(name, value);
+            }
+            None => {
+                dst.remove(name);
+            }
         }
-    }
-    if let Ok(value) = HeaderValue::from_str(info.scheme()) {
-        dst.insert(HeaderName::from_static("x-forwarded-proto"), value);
-    }
-    if let Ok(value) = HeaderValue::from_str(info.host()) {
-        dst.insert(HeaderName::from_static("x-forwarded-host"), value);
     }
 }
 
@@ -183,11 +187,14 @@ mod tests {
         }
     }
 
+    static NO_PROXIES: TrustedProxies = TrustedProxies::none();
+
     fn filter(cookies: &CookieNames, passive: bool) -> RequestFilter<'_> {
         RequestFilter {
             identity_headers: &["x-chamberlain-dev-user"],
             identity_cookies: cookies,
             passive,
+            proxies: &NO_PROXIES,
         }
     }
 
@@ -289,16 +296,27 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_headers_extend_the_chain() {
+    fn forwarded_headers_extend_a_trusted_chain_only() {
         let req = TestRequest::get()
             .peer_addr("10.1.2.3:5000".parse().unwrap())
             .insert_header(("x-forwarded-for", "203.0.113.9"))
-            .insert_header(("host", "gw.example"))
+            .insert_header(("x-forwarded-host", "gw.example"))
+            .insert_header(("host", "10.0.0.9:8080"))
             .to_http_request();
+        let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap();
         let mut dst = HeaderMap::new();
-        add_forwarded(&req, &mut dst);
+        add_forwarded(&req, &mut dst, &trusted);
         assert_eq!(dst.get("x-forwarded-for").unwrap(), "203.0.113.9, 10.1.2.3");
         assert_eq!(dst.get("x-forwarded-host").unwrap(), "gw.example");
         assert_eq!(dst.get("x-forwarded-proto").unwrap(), "http");
+
+        let mut dst = HeaderMap::new();
+        dst.insert(
+            HeaderName::from_static("x-forwarded-host"),
+            HeaderValue::from_static("copied"),
+        );
+        add_forwarded(&req, &mut dst, &TrustedProxies::default());
+        assert_eq!(dst.get("x-forwarded-for").unwrap(), "10.1.2.3");
+        assert_eq!(dst.get("x-forwarded-host").unwrap(), "10.0.0.9:8080");
     }
 }

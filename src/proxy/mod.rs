@@ -3,6 +3,7 @@
 mod clients;
 mod forward;
 pub mod headers;
+pub mod path;
 pub mod streams;
 
 use std::time::Duration;
@@ -42,6 +43,12 @@ async fn proxy(
     gateway: &Gateway,
     clients: &UpstreamClients,
 ) -> Result<HttpResponse, GatewayError> {
+    if let Some(why) = path::not_normal(req.path()) {
+        return Err(GatewayError::BadRequest(format!(
+            "{why}: {:?} (send the path in its plain form)",
+            req.path()
+        )));
+    }
     let identity = match gateway.identify(req).await {
         Ok(identity) => identity,
         Err(GatewayError::Unauthenticated { .. }) if is_app_manifest(req) => {
@@ -49,6 +56,11 @@ async fn proxy(
         }
         Err(e) => return Err(e),
     };
+    // A cookie comes with requests other sites make: a form posted from another page must
+    // not create sessions or run commands in this user's OpenCode.
+    if identity.credential.is_ambient() && !crate::origin::is_safe(req.method()) {
+        crate::origin::check(req, &gateway.cfg.site)?;
+    }
     if headers::is_upgrade(req) {
         return crate::websocket::upgrade(req, payload, gateway, clients, &identity).await;
     }
@@ -75,7 +87,7 @@ async fn proxy(
     Forward {
         client: &client,
         upstream: &upstream,
-        filter: RequestFilter::new(&gateway.auth, access == Access::Passive),
+        filter: RequestFilter::new(gateway, access == Access::Passive),
         timeout: gateway.cfg.upstream_timeout,
         sse_keepalive: gateway.cfg.sse_keepalive,
         metrics: &gateway.metrics,
@@ -102,13 +114,13 @@ fn app_manifest() -> HttpResponse {
 
 /// OpenCode's `PUT`/`DELETE /auth/{provider}` would write the shared auth file (and fail
 /// with an opaque error, since the file is read-only to users): answer clearly instead.
+/// The path is in normal form by now (see `path.rs`), so no other spelling reaches it.
 fn changes_shared_keys(req: &HttpRequest, gateway: &Gateway) -> bool {
-    use actix_web::http::Method;
-    matches!(
-        *req.method(),
-        Method::PUT | Method::POST | Method::DELETE | Method::PATCH
-    ) && req.path().starts_with("/auth/")
-        && gateway.cfg.shared_auth.is_file()
+    writes_keys(req.method(), req.path()) && gateway.cfg.shared_auth.is_file()
+}
+
+fn writes_keys(method: &actix_web::http::Method, path: &str) -> bool {
+    !crate::origin::is_safe(method) && path::is_under(path, "/auth/")
 }
 
 /// A browser loading a page while the instance is not ready gets the "starting your
@@ -136,4 +148,19 @@ async fn starting_page(
             .content_type("text/html; charset=utf-8")
             .body(pages::starting()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::Method;
+
+    #[test]
+    fn key_writes_are_recognised_in_any_case() {
+        assert!(writes_keys(&Method::PUT, "/auth/anthropic"));
+        assert!(writes_keys(&Method::DELETE, "/AUTH/anthropic"));
+        assert!(writes_keys(&Method::POST, "/Auth/x/"));
+        assert!(!writes_keys(&Method::GET, "/auth/anthropic"));
+        assert!(!writes_keys(&Method::PUT, "/provider/auth"));
+    }
 }

@@ -78,7 +78,7 @@ pub async fn upgrade(
     let cfg = &gateway.cfg.ws;
     actix_http::ws::verify_handshake(req.head())
         .map_err(|e| GatewayError::BadRequest(format!("invalid websocket handshake: {e}")))?;
-    crate::origin::check(req, &gateway.cfg.allowed_origins)?;
+    crate::origin::check(req, &gateway.cfg.site)?;
     // A socket reconnecting by itself must not restart a stopped instance.
     let (handle, upstream) = gateway.upstream(identity, Access::Passive).await?;
 
@@ -87,7 +87,7 @@ pub async fn upgrade(
     headers::for_upstream(
         req,
         &mut forwarded,
-        &RequestFilter::new(&gateway.auth, false),
+        &RequestFilter::new(gateway, false),
         &upstream.authorization,
     );
     let mut request = clients

@@ -24,12 +24,15 @@ pub fn tree(root: &Path) -> Vec<String> {
     out
 }
 
+/// The data directory of a gateway that has served no one (the admin token is made at
+/// every start).
 pub const EMPTY_LAYOUT: &[&str] = &[
     "shared",
     "shared/auth",
     "shared/config",
     "shared/repos",
     "state",
+    "state/admin-token",
     "users",
 ];
 

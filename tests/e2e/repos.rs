@@ -53,6 +53,10 @@ async fn admin_json(gw: &Gateway, method: Method, path: &str, body: Value) -> Re
         .client
         .request(method, format!("{}{path}", gw.admin))
         .insert_header(("content-type", "application/json"))
+        .insert_header((
+            "authorization",
+            format!("Bearer {}", gw.admin_token.as_deref().unwrap_or_default()),
+        ))
         .send_body(body.to_string())
         .await
         .expect("admin request");

@@ -63,7 +63,10 @@ pub struct Gateway {
     child: Option<Child>,
     pub pid: u32,
     pub base: String,
+    /// The TCP admin listener's base URL (`none` when it is off).
     pub admin: String,
+    /// The operator token of the TCP admin listener.
+    pub admin_token: Option<String>,
     pub data: tempfile::TempDir,
     log: Arc<Mutex<String>>,
     pub client: awc::Client,
@@ -125,11 +128,21 @@ impl Gateway {
                 ),
             }
         };
+        // Generated at every start, or the one the test named.
+        let token_file = args
+            .iter()
+            .position(|a| *a == "--admin-token-file")
+            .map(|i| PathBuf::from(args[i + 1]))
+            .unwrap_or_else(|| data.path().join("state/admin-token"));
+        let admin_token = std::fs::read_to_string(token_file)
+            .ok()
+            .map(|t| t.trim().to_owned());
         Gateway {
             child: Some(child),
             pid,
             base,
             admin,
+            admin_token,
             data,
             log,
             client: client(),
@@ -196,10 +209,29 @@ impl Gateway {
         .await
     }
 
+    /// An operator's request to the TCP admin listener (with the token).
     pub async fn admin_request(&self, method: Method, path: &str) -> Response {
-        let mut resp = self
-            .client
-            .request(method, format!("{}{path}", self.admin))
+        let bearer = self.admin_token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| ("authorization", b))
+            .into_iter()
+            .collect();
+        self.admin_request_with(method, path, &headers).await
+    }
+
+    /// A request to the TCP admin listener with exactly `headers`.
+    pub async fn admin_request_with(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut req = self.client.request(method, format!("{}{path}", self.admin));
+        for (k, v) in headers {
+            req = req.insert_header((*k, *v));
+        }
+        let mut resp = req
             .send()
             .await
             .unwrap_or_else(|e| panic!("admin {path}: {e}"));
@@ -351,24 +383,21 @@ fn spawn_gateway(
         // std drops root's supplementary groups when it sets the uid.
         cmd.uid(uid).gid(uid);
     }
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ])
-    .arg("--data-dir")
-    .arg(data)
-    .arg("--opencode-bin")
-    .arg(opencode)
-    .args(["--log", "info,chamberlain=debug,chamberlain_actors=debug"])
-    .args(&uid_range)
-    .args(args)
-    .envs(env.iter().copied())
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+    if !args.contains(&"--admin-listen") {
+        cmd.args(["--admin-listen", "127.0.0.1:0"]);
+    }
+    cmd.arg("--data-dir")
+        .arg(data)
+        .arg("--opencode-bin")
+        .arg(opencode)
+        .args(["--log", "info,chamberlain=debug,chamberlain_actors=debug"])
+        .args(&uid_range)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("start chamberlain");
     let stderr = child.stderr.take().expect("stderr");
     let log = Arc::new(Mutex::new(String::new()));
@@ -595,4 +624,63 @@ pub async fn read_terminal(socket: &mut Socket, found: impl Fn(&str) -> bool) ->
         }
     }
     out
+}
+
+/// An interactive terminal of one user through the gateway, driven like a person typing.
+pub struct Terminal {
+    socket: Socket,
+}
+
+impl Terminal {
+    pub async fn open(gw: &Gateway, user: &str) -> Terminal {
+        let id = create_pty(gw, user).await;
+        let (_, socket) = gw
+            .ws(Some(user), &format!("/pty/{id}/connect"), &[])
+            .await
+            .expect("terminal websocket");
+        Terminal { socket }
+    }
+
+    /// Runs `script` and returns what it printed and its exit status. The markers are
+    /// typed split in two, so the echo of the typed line never matches them.
+    pub async fn run(&mut self, script: &str) -> (String, i32) {
+        let line = format!(
+            "printf '%s\\n' \"CH-\"\"BEGIN\"; {script}; printf '%s %s\\n' \"CH-\"\"END\" \"$?\"\n"
+        );
+        send(&mut self.socket, awc::ws::Message::Text(line.into())).await;
+        let out = read_terminal(&mut self.socket, |o| end_status(o).is_some()).await;
+        let status = end_status(&out).unwrap_or(-1);
+        let begin = out.rfind("CH-BEGIN").map_or(0, |i| i + "CH-BEGIN".len());
+        let end = out.rfind("CH-END").unwrap_or(out.len()).max(begin);
+        (out[begin..end].trim().to_owned(), status)
+    }
+}
+
+fn end_status(out: &str) -> Option<i32> {
+    let at = out.rfind("CH-END ")?;
+    let digits: String = out[at + 7..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// One HTTP/1.1 request over a Unix socket (the admin socket): the status and the body.
+pub fn unix_request(socket: &Path, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw)?;
+    let status = raw
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    Ok((status, body))
 }

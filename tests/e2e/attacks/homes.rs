@@ -10,7 +10,7 @@ use awc::http::{Method, StatusCode};
 use bytes::Bytes;
 
 use super::{assert_unchanged, snapshot};
-use crate::isolation::Terminal;
+use crate::support::Terminal;
 use crate::support::Gateway;
 
 fn data(gw: &Gateway) -> PathBuf {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use awc::http::StatusCode;
 
-use crate::isolation::Terminal;
+use crate::support::Terminal;
 use crate::support::{Gateway, FAKE};
 
 #[actix_web::test]

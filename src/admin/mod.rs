@@ -1,5 +1,11 @@
-//! The admin listener: pool statistics, Prometheus metrics and stopping a user's instance.
-//! It has no authentication of its own; bind it to loopback or a private interface.
+//! The admin listener: pool statistics, Prometheus metrics, stopping a user's instance and
+//! the repository library's operator endpoints. Who may call it is `guard.rs`'s business
+//! (operator token over TCP, kernel credentials on the Unix socket); `token.rs` is the
+//! token, `socket.rs` the Unix socket.
+
+pub mod guard;
+pub mod socket;
+pub mod token;
 
 use std::sync::Arc;
 
@@ -12,49 +18,16 @@ use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use chamberlain_actors::isolation::Isolation;
 use chamberlain_actors::UserKey;
+pub use token::AdminToken;
 
 pub struct Admin {
     pub registry: Addr<Registry>,
     pub metrics: Arc<Metrics>,
     pub gateway: web::Data<Gateway>,
     pub isolation: Arc<Isolation>,
-}
-
-/// Refuses admin requests from users' processes: with a uid per user, the client socket's
-/// owner tells them apart from the operator's (the admin API has no authentication of its
-/// own and listens on loopback by default, where users' terminals can reach it).
-pub fn refuse_users<S, B>(req: actix_web::dev::ServiceRequest, srv: &S) -> crate::limits::Answer<B>
-where
-    S: actix_web::dev::Service<
-        actix_web::dev::ServiceRequest,
-        Response = actix_web::dev::ServiceResponse<B>,
-        Error = actix_web::Error,
-    >,
-    S::Future: 'static,
-    B: 'static,
-{
-    let from_user = req
-        .app_data::<web::Data<Admin>>()
-        .and_then(|admin| {
-            let (first, last) = admin.isolation.uid_range()?;
-            let owner = crate::peer::socket_owner(req.peer_addr()?)?;
-            Some((first..=last).contains(&owner).then_some(owner))
-        })
-        .flatten();
-    if let Some(uid) = from_user {
-        tracing::warn!(
-            uid,
-            path = req.path(),
-            "admin request from a user's process refused"
-        );
-        let resp = HttpResponse::Forbidden()
-            .json(json!({"error": "the admin API does not serve users' processes"}));
-        return Box::pin(std::future::ready(Ok(req
-            .into_response(resp)
-            .map_into_right_body())));
-    }
-    let call = srv.call(req);
-    Box::pin(async move { Ok(call.await?.map_into_left_body()) })
+    /// The operator token TCP clients must present (`None`: no TCP listener, and any TCP
+    /// request is refused).
+    pub token: Option<Arc<AdminToken>>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -1,0 +1,266 @@
+//! Which proxies the gateway believes: `X-Forwarded-For`, `-Proto` and `-Host` are taken
+//! from a request only when its TCP peer is in `--trusted-proxies`. Anyone else could write
+//! them (a page's own host name into `X-Forwarded-Host`, say) to pass the Host and Origin
+//! checks of [`crate::site`]. The standard `Forwarded` header is never read.
+//!
+//! This file owns the list and the one question "what did the client ask for, as far as a
+//! trusted proxy says"; it does not decide which hosts are acceptable (that is `site.rs`).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use actix_web::http::header;
+use actix_web::HttpRequest;
+
+/// One network, `10.0.0.0/8` or `fd00::/8` (a bare address is a /32 or /128).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    pub fn parse(text: &str) -> Result<Net, String> {
+        let text = text.trim();
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{text:?} is not an address or network (10.0.0.0/8, fd00::/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0–{max}"))?,
+        };
+        Ok(Net { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                same_prefix(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                same_prefix(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, what a dual-stack listener reports for
+/// an IPv4 client) is that IPv4 address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn same_prefix(a: &[u8], b: &[u8], prefix: u8) -> bool {
+    let (whole, rest) = ((prefix / 8) as usize, prefix % 8);
+    if a[..whole] != b[..whole] {
+        return false;
+    }
+    rest == 0 || {
+        let mask = 0xFFu8 << (8 - rest);
+        a[whole] & mask == b[whole] & mask
+    }
+}
+
+/// `--trusted-proxies`: the networks whose forwarded headers are believed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustedProxies {
+    nets: Vec<Net>,
+}
+
+impl TrustedProxies {
+    /// Trusts no one.
+    pub const fn none() -> TrustedProxies {
+        TrustedProxies { nets: Vec::new() }
+    }
+
+    /// `none`, or a comma-separated list of networks.
+    pub fn parse(text: &str) -> Result<TrustedProxies, String> {
+        if text.trim().eq_ignore_ascii_case("none") {
+            return Ok(TrustedProxies::default());
+        }
+        let nets = text
+            .split(',')
+            .filter(|t| !t.trim().is_empty())
+            .map(Net::parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        if nets.is_empty() {
+            return Err("no network given (use `none` to trust no proxy)".to_owned());
+        }
+        Ok(TrustedProxies { nets })
+    }
+
+    /// The private networks (RFC 1918 and unique-local IPv6): where a load balancer in the
+    /// same VPC connects from.
+    pub fn private_networks() -> TrustedProxies {
+        let nets = [
+            (IpAddr::V4(Ipv4Addr::new(10, 0, 0, 0)), 8),
+            (IpAddr::V4(Ipv4Addr::new(172, 16, 0, 0)), 12),
+            (IpAddr::V4(Ipv4Addr::new(192, 168, 0, 0)), 16),
+            (IpAddr::V6(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0)), 7),
+        ]
+        .into_iter()
+        .map(|(addr, prefix)| Net { addr, prefix })
+        .collect();
+        TrustedProxies { nets }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nets.is_empty()
+    }
+
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        self.nets.iter().any(|n| n.contains(peer))
+    }
+
+    /// What the client asked for, as this connection or a trusted proxy in front of it says.
+    pub fn view(&self, req: &HttpRequest) -> View {
+        let peer = req.peer_addr().map(|a| canonical(a.ip()));
+        let trusted = peer.is_some_and(|ip| self.trusts(ip));
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                // A proxy chain appends: the first value is what the client sent.
+                .and_then(|v| v.split(',').next())
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let own_host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+        let (host, scheme, prior_for) = if trusted {
+            (
+                header("x-forwarded-host").or(own_host),
+                header("x-forwarded-proto").unwrap_or_else(|| "http".to_owned()),
+                req.headers()
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            )
+        } else {
+            (own_host, "http".to_owned(), None)
+        };
+        let forwarded_for = match (prior_for, peer) {
+            (Some(prior), Some(peer)) => Some(format!("{prior}, {peer}")),
+            (None, Some(peer)) => Some(peer.to_string()),
+            (prior, None) => prior,
+        };
+        View {
+            host,
+            scheme: scheme.to_ascii_lowercase(),
+            forwarded_for,
+        }
+    }
+}
+
+impl std::fmt::Display for TrustedProxies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.nets.is_empty() {
+            return f.write_str("none");
+        }
+        let list: Vec<String> = self.nets.iter().map(Net::to_string).collect();
+        f.write_str(&list.join(","))
+    }
+}
+
+/// A request as the client made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct View {
+    /// The `Host` the client sent (with its port, as sent), if any.
+    pub host: Option<String>,
+    /// `http`, or what a trusted proxy says (`https` behind a TLS-terminating one).
+    pub scheme: String,
+    /// The `X-Forwarded-For` chain to pass on: a trusted proxy's, then the peer.
+    pub forwarded_for: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn networks_parse_and_contain() {
+        let net = Net::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains(ip("10.200.3.4")));
+        assert!(!net.contains(ip("11.0.0.1")));
+        assert!(net.contains(ip("::ffff:10.1.2.3")), "IPv4-mapped");
+        let net = Net::parse("172.16.0.0/12").unwrap();
+        assert!(net.contains(ip("172.31.255.255")));
+        assert!(!net.contains(ip("172.32.0.0")));
+        let one = Net::parse("192.0.2.7").unwrap();
+        assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
+        let v6 = Net::parse("fd00::/8").unwrap();
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        assert!(!v6.contains(ip("10.0.0.1")));
+        assert!(Net::parse("0.0.0.0/0").unwrap().contains(ip("8.8.8.8")));
+        for bad in ["10.0.0.0/33", "::/129", "example.com", "10.0.0.0/x", ""] {
+            assert!(Net::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lists_parse() {
+        assert!(TrustedProxies::parse("none").unwrap().is_empty());
+        let list = TrustedProxies::parse("10.0.0.0/8, 192.168.1.1").unwrap();
+        assert!(list.trusts(ip("10.9.9.9")) && list.trusts(ip("192.168.1.1")));
+        assert!(!list.trusts(ip("127.0.0.1")));
+        assert_eq!(list.to_string(), "10.0.0.0/8,192.168.1.1/32");
+        assert!(TrustedProxies::parse("").is_err());
+        assert!(TrustedProxies::parse("10.0.0.0/8,nope").is_err());
+        let private = TrustedProxies::private_networks();
+        assert!(private.trusts(ip("10.0.1.2")) && private.trusts(ip("fd00::2")));
+        assert!(!private.trusts(ip("127.0.0.1")) && !private.trusts(ip("203.0.113.1")));
+    }
+
+    fn forged(peer: &str) -> HttpRequest {
+        TestRequest::get()
+            .peer_addr(peer.parse().unwrap())
+            .insert_header(("host", "127.0.0.1:8080"))
+            .insert_header(("x-forwarded-host", "evil.example, other"))
+            .insert_header(("x-forwarded-proto", "HTTPS"))
+            .insert_header(("x-forwarded-for", "203.0.113.9"))
+            .to_http_request()
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_peers() {
+        let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap();
+        let view = trusted.view(&forged("10.1.2.3:5000"));
+        assert_eq!(view.host.as_deref(), Some("evil.example"));
+        assert_eq!(view.scheme, "https");
+        assert_eq!(view.forwarded_for.as_deref(), Some("203.0.113.9, 10.1.2.3"));
+
+        for proxies in [TrustedProxies::default(), trusted] {
+            let view = proxies.view(&forged("127.0.0.1:5000"));
+            assert_eq!(view.host.as_deref(), Some("127.0.0.1:8080"));
+            assert_eq!(view.scheme, "http");
+            assert_eq!(view.forwarded_for.as_deref(), Some("127.0.0.1"));
+        }
+    }
+}
