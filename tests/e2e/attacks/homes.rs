@@ -10,8 +10,8 @@ use awc::http::{Method, StatusCode};
 use bytes::Bytes;
 
 use super::{assert_unchanged, snapshot};
-use crate::support::Terminal;
 use crate::support::Gateway;
+use crate::support::Terminal;
 
 fn data(gw: &Gateway) -> PathBuf {
     gw.data.path().canonicalize().unwrap()
