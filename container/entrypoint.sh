@@ -40,8 +40,11 @@ if [ "$(id -u)" = 0 ]; then
 (on EFS: an access point without an enforced POSIX user, and root access for the task)"
     chmod 0711 "$data" "$data/users"
     chmod 0700 "$data/state"
-    chown "0:$shared_gid" "$data/shared" "$data/shared/repos" "$data/shared/auth" "$data/shared/config"
-    chmod 0750 "$data/shared" "$data/shared/repos" "$data/shared/auth" "$data/shared/config"
+    chown "0:$shared_gid" "$data/shared" "$data/shared/repos"
+    chmod 0750 "$data/shared" "$data/shared/repos"
+    # The organisation's keys and config reach OpenCode through the gateway, never on disk.
+    chown 0:0 "$data/shared/auth" "$data/shared/config"
+    chmod 0700 "$data/shared/auth" "$data/shared/config"
 else
     say "running as uid $(id -u), not root: users cannot get their own uids (Landlock only)"
 fi

@@ -249,6 +249,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAMBERLAIN_LIMIT_FSIZE", default_value = "16GiB", value_parser = size)]
     pub limit_fsize: usize,
 
+    /// Most requests and websockets one user may hold open at once (each holds descriptors
+    /// of the gateway's); beyond it the user gets 429, nobody else notices.
+    #[arg(long, env = "CHAMBERLAIN_MAX_USER_CONNECTIONS", default_value_t = 256)]
+    pub max_user_connections: u32,
+
     /// Largest a user's home may grow (e.g. 20GiB), measured as the user every
     /// --disk-check-interval: from 90% the portal and the log warn; at 100% new starts of
     /// that user are refused with a message saying why. Off by default.

@@ -33,6 +33,9 @@ pub enum GatewayError {
     MisdirectedHost(String),
     #[error("no such endpoint: {0}")]
     NotFound(String),
+    /// One user holds as many requests and websockets as `--max-user-connections` allows.
+    #[error("{0}")]
+    TooManyConnections(String),
     /// The instance cannot serve now; waiting may help.
     #[error("{message}")]
     Unavailable {
@@ -80,6 +83,7 @@ impl GatewayError {
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
+            GatewayError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Unavailable { .. }
             | GatewayError::InstanceFailed(_)
             | GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -94,6 +98,7 @@ impl GatewayError {
         match self {
             GatewayError::Unavailable { retry_after, .. } => Some(*retry_after),
             GatewayError::AuthUnavailable(_) => Some(Duration::from_secs(5)),
+            GatewayError::TooManyConnections(_) => Some(Duration::from_secs(1)),
             _ => None,
         }
     }

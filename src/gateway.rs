@@ -33,6 +33,8 @@ pub struct GatewayConfig {
     pub ws: WsConfig,
     /// The organisation's OpenCode auth file; while it exists, users' keys are read-only.
     pub shared_auth: std::path::PathBuf,
+    /// `--max-user-connections`.
+    pub max_user_connections: u32,
 }
 
 pub struct Gateway {
@@ -45,6 +47,8 @@ pub struct Gateway {
     pub metrics: HttpMetrics,
     pub ws_metrics: WsMetrics,
     pub repos: Addr<chamberlain_actors::repos::RepoLibrary>,
+    /// Requests and websockets each user holds open.
+    pub connections: Arc<crate::connections::UserConnections>,
     shutting_down: AtomicBool,
     shutdown: CancellationToken,
 }
@@ -76,6 +80,7 @@ impl Gateway {
             registry,
             routes,
             homes,
+            connections: crate::connections::UserConnections::new(cfg.max_user_connections),
             cfg,
             metrics,
             ws_metrics,

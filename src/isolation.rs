@@ -180,8 +180,24 @@ const RANGE_LOCKS: &str = "/run/chamberlain";
 /// users (another gateway's, or someone else's).
 fn claim_uid_range(range: (u32, u32), known: &[u32]) -> anyhow::Result<()> {
     use std::os::fd::AsRawFd;
-    fs::create_dir_all(RANGE_LOCKS)
-        .with_context(|| format!("cannot create {RANGE_LOCKS} for the --uid-range lock"))?;
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().mode(0o700).create(RANGE_LOCKS) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot create {RANGE_LOCKS} for the --uid-range lock"))
+        }
+    }
+    // Only the gateway's: a directory someone else could write (or a link) would let them
+    // take the lock, or replace the admin socket.
+    let meta =
+        fs::symlink_metadata(RANGE_LOCKS).with_context(|| format!("cannot read {RANGE_LOCKS}"))?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::geteuid().as_raw() {
+        bail!("{RANGE_LOCKS} must be a directory of the gateway's own (it is not): remove it");
+    }
+    fs::set_permissions(RANGE_LOCKS, fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("cannot set the mode of {RANGE_LOCKS}"))?;
     let path = Path::new(RANGE_LOCKS).join(format!("uid-range-{}-{}.lock", range.0, range.1));
     let file = fs::OpenOptions::new()
         .create(true)

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod api;
 pub mod cli;
+pub mod connections;
 pub mod errors;
 pub mod forwarded;
 pub mod gateway;

@@ -75,6 +75,7 @@ fn status(e: &RepoError) -> StatusCode {
         RepoError::Conflict(_) => StatusCode::CONFLICT,
         RepoError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         RepoError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        RepoError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 
@@ -203,6 +204,9 @@ async fn workspace(req: HttpRequest, gateway: web::Data<Gateway>) -> HttpRespons
     // Listed as the user: a workspace that is a link elsewhere shows nothing of elsewhere.
     match web::block(move || homes.projects(&key)).await {
         Ok(Ok(projects)) => HttpResponse::Ok().json(projects),
+        Ok(Err(e @ chamberlain_actors::provision::ProvisionError::Busy(_))) => {
+            GatewayError::TooManyConnections(e.to_string()).respond(&req)
+        }
         Ok(Err(e)) => GatewayError::Internal(e.to_string()).respond(&req),
         Err(e) => GatewayError::Internal(e.to_string()).respond(&req),
     }

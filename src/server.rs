@@ -155,6 +155,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 client_timeout: args.ws_client_timeout,
             },
             shared_auth: shared_paths.auth_file.clone(),
+            max_user_connections: args.max_user_connections,
         },
         metrics.http.clone(),
         metrics.ws.clone(),

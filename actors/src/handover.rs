@@ -6,7 +6,8 @@
 //!
 //! - A home that is not yet owned by the user's uid (made before uids were switched on) is
 //!   handed over, once, all the way down — but never a hard-linked file (it may be another
-//!   name of a file outside the home) and never across a mount point.
+//!   name of a file outside the home) and never across a mount point; device nodes are
+//!   removed (chown clears set-uid and set-gid bits of what it hands over).
 //! - The `~/.local/share/opencode` directory older versions kept root's (to hold a link to
 //!   the organisation's keys) is given to the user.
 //!
@@ -60,6 +61,11 @@ fn is_dir(st: &FileStat) -> bool {
     SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
 }
 
+fn is_device(st: &FileStat) -> bool {
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    kind == SFlag::S_IFCHR || kind == SFlag::S_IFBLK
+}
+
 fn is_reg(st: &FileStat) -> bool {
     SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
 }
@@ -71,6 +77,8 @@ pub struct Handover {
     /// Hard-linked files left as they were.
     pub skipped_links: u64,
     pub too_deep: u64,
+    /// Device nodes removed (a home is no place for one).
+    pub removed_devices: u64,
 }
 
 /// Makes sure `home` is the user's: mode 0700, owned by `ids`; a home owned by the gateway
@@ -200,6 +208,16 @@ fn chown_tree(
             fchown(&child, uid, gid)?;
         } else if is_reg(&st) && st.st_nlink > 1 {
             counts.skipped_links += 1;
+        } else if is_device(&st) {
+            // Only a user who ran as root could have made it; as theirs it could be a disk.
+            match nix::unistd::unlinkat(
+                dir,
+                name.as_c_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
+                Ok(()) | Err(Errno::ENOENT) => counts.removed_devices += 1,
+                Err(e) => return Err(e),
+            }
         } else {
             // Symlinks themselves (never their targets), files, pipes, sockets.
             match fchownat(
@@ -251,9 +269,17 @@ mod tests {
         std::os::unix::fs::symlink(&outside, home.join("workspace/link")).unwrap();
         std::os::unix::fs::symlink(outside.join("secret"), home.join("file-link")).unwrap();
         fs::hard_link(outside.join("secret"), home.join("hard")).unwrap();
+        nix::sys::stat::mknod(
+            &home.join("disk"),
+            SFlag::S_IFBLK,
+            Mode::from_bits_truncate(0o644),
+            nix::sys::stat::makedev(7, 0),
+        )
+        .unwrap();
 
         let done = ensure_owned(&home, IDS, RANGE).unwrap().unwrap();
-        assert_eq!(done.skipped_links, 1);
+        assert_eq!((done.skipped_links, done.removed_devices), (1, 1));
+        assert!(fs::symlink_metadata(home.join("disk")).is_err());
         for p in ["", "workspace", "workspace/p", "workspace/p/f"] {
             assert_eq!(fs::metadata(home.join(p)).unwrap().uid(), IDS.uid, "{p}");
         }

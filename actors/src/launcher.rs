@@ -22,6 +22,15 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 use crate::isolation::ChildSandbox;
 use crate::workspace::Workspace;
 
+/// `chdir` between fork and exec: a system call on a path made before the fork.
+pub(crate) fn change_dir(path: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: chdir on a valid NUL-terminated string; no allocation.
+    if unsafe { nix::libc::chdir(path.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Gateway environment variables a child may inherit. Everything else (cloud credentials,
 /// the gateway's own configuration) is withheld.
 pub const DEFAULT_ENV_ALLOW: &[&str] = &[
@@ -151,11 +160,21 @@ impl Launcher {
     /// kernel delivers the parent-death signal when the *thread* that forked the child exits.
     pub fn launch(&self, spec: &ChildSpec<'_>) -> Result<Launched, LaunchError> {
         let program = self.cfg.program.display().to_string();
+        // The workspace is the user's: a link there must be followed with the user's
+        // authority, so the child changes into it after it has dropped root (std's
+        // `current_dir` would do it before `pre_exec`, as root).
+        let workdir = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+            spec.workspace.workspace_dir().as_os_str(),
+        ))
+        .map_err(|e| LaunchError::Spawn {
+            program: program.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        })?;
         let mut cmd = Command::new(&self.cfg.program);
         cmd.args(self.arguments())
             .env_clear()
             .envs(self.environment(spec))
-            .current_dir(spec.workspace.workspace_dir())
+            .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -171,6 +190,7 @@ impl Launcher {
                     steps.before_uid_change()?;
                     steps.change_uid()?;
                 }
+                change_dir(&workdir)?;
                 // After the uid change, which clears it.
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
                 // The gateway may have died between fork and prctl; then nobody would kill us.

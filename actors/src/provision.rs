@@ -14,7 +14,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::as_user::{Done, Project, Runner, Task, TaskError};
+use dashmap::DashMap;
+
+use crate::as_user::{Done, Project, Runner, Task, TaskError, MAX_TASKS_PER_USER};
 use crate::handover::{self, HandoverError};
 use crate::isolation::{Isolation, IsolationError, UidError, UserIds};
 use crate::repos::RepoKind;
@@ -39,6 +41,8 @@ pub enum ProvisionError {
     Walls(#[from] IsolationError),
     #[error(transparent)]
     Task(#[from] TaskError),
+    #[error("{0} operations in your home are running already; try again when they are done")]
+    Busy(u32),
 }
 
 /// Every home, and the means to work in one as its user.
@@ -48,6 +52,8 @@ pub struct Homes {
     runner: Runner,
     /// The organisation's auth file: older versions linked it into homes.
     legacy_auth: PathBuf,
+    /// Tasks running per user (at most [`MAX_TASKS_PER_USER`]).
+    running: DashMap<UserKey, u32>,
 }
 
 impl Homes {
@@ -62,6 +68,7 @@ impl Homes {
             isolation,
             runner,
             legacy_auth,
+            running: DashMap::new(),
         }
     }
 
@@ -90,11 +97,13 @@ impl Homes {
                     entries = done.entries,
                     hard_links_left = done.skipped_links,
                     too_deep = done.too_deep,
+                    devices_removed = done.removed_devices,
                     "handed a home over to the user's uid"
                 );
             }
         }
         self.run(
+            key,
             &ws,
             ids,
             &Task::Prepare {
@@ -124,7 +133,7 @@ impl Homes {
             workspace: ws.workspace_dir(),
             target: target.to_owned(),
         };
-        match self.run(&ws, ids, &task)? {
+        match self.run(key, &ws, ids, &task)? {
             Done::Cloned(path) => Ok(path),
             other => Err(unexpected(&other)),
         }
@@ -136,6 +145,7 @@ impl Homes {
             return Ok(Vec::new());
         };
         match self.run(
+            key,
             &ws,
             ids,
             &Task::Projects {
@@ -153,6 +163,7 @@ impl Homes {
             return Ok(None);
         };
         match self.run(
+            key,
             &ws,
             ids,
             &Task::Usage {
@@ -182,12 +193,28 @@ impl Homes {
 
     fn run(
         &self,
+        key: &UserKey,
         ws: &Workspace,
         ids: Option<UserIds>,
         task: &Task,
     ) -> Result<Done, ProvisionError> {
-        let walls = self.isolation.child_sandbox(ws.home(), ids)?;
-        Ok(self.runner.run(&walls, task)?)
+        {
+            let mut running = self.running.entry(key.clone()).or_insert(0);
+            if *running >= MAX_TASKS_PER_USER {
+                return Err(ProvisionError::Busy(MAX_TASKS_PER_USER));
+            }
+            *running += 1;
+        }
+        let result = self
+            .isolation
+            .child_sandbox(ws.home(), ids)
+            .map_err(ProvisionError::from)
+            .and_then(|walls| Ok(self.runner.run(&walls, task)?));
+        self.running.remove_if_mut(key, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+        result
     }
 }
 

@@ -14,6 +14,7 @@ use chamberlain_actors::{ActivityGuard, Upstream};
 
 use super::headers::{self, RequestFilter};
 use super::streams::{Held, SseRelay};
+use crate::connections::ConnectionGuard;
 use crate::errors::GatewayError;
 use crate::metrics::HttpMetrics;
 
@@ -27,6 +28,8 @@ pub struct Forward<'a> {
     /// Held while the response body streams; dropped early for event streams, which must
     /// not count as activity.
     pub activity: Option<ActivityGuard>,
+    /// Counts against the user's `--max-user-connections` until the body is done.
+    pub connection: ConnectionGuard,
 }
 
 /// An HTTP client for one start of one instance in one worker (see `clients`): no redirects,
@@ -149,7 +152,7 @@ impl Forward<'_> {
                 self.upstream.stopping.clone(),
                 self.metrics.open_stream(),
             );
-            BodyStream::new(relay).boxed()
+            BodyStream::new(Held::new(relay, self.connection)).boxed()
         } else {
             match (no_body, length) {
                 (true, Some(len)) if req.method() == Method::HEAD => SizedStream::new(
@@ -159,9 +162,12 @@ impl Forward<'_> {
                 .boxed(),
                 (true, _) => actix_web::body::None::new().boxed(),
                 (false, Some(len)) => {
-                    SizedStream::new(len, Held::new(response, self.activity)).boxed()
+                    SizedStream::new(len, Held::new(response, (self.activity, self.connection)))
+                        .boxed()
                 }
-                (false, None) => BodyStream::new(Held::new(response, self.activity)).boxed(),
+                (false, None) => {
+                    BodyStream::new(Held::new(response, (self.activity, self.connection))).boxed()
+                }
             }
         };
 

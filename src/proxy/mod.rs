@@ -61,8 +61,11 @@ async fn proxy(
     if identity.credential.is_ambient() && !crate::origin::is_safe(req.method()) {
         crate::origin::check(req, &gateway.cfg.site)?;
     }
+    // Every request and websocket holds descriptors of the gateway's until it ends.
+    let connection = gateway.connections.open(&identity.user_id)?;
     if headers::is_upgrade(req) {
-        return crate::websocket::upgrade(req, payload, gateway, clients, &identity).await;
+        return crate::websocket::upgrade(req, payload, gateway, clients, &identity, connection)
+            .await;
     }
     if changes_shared_keys(req, gateway) {
         return Err(GatewayError::Forbidden(
@@ -92,6 +95,7 @@ async fn proxy(
         sse_keepalive: gateway.cfg.sse_keepalive,
         metrics: &gateway.metrics,
         activity,
+        connection,
     }
     .send(req, payload)
     .await

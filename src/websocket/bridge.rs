@@ -37,6 +37,7 @@ use futures_util::Sink;
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::Outbox;
+use crate::connections::ConnectionGuard;
 use crate::metrics::{SocketGauge, WsMetrics};
 
 /// How long a close may take to reach OpenCode before the bridge gives up on it.
@@ -134,6 +135,7 @@ pub struct SocketBridge<S: Sink<WsMessage> + Unpin + 'static> {
     stopping: CancellationToken,
     shutdown: CancellationToken,
     _open: SocketGauge,
+    _connection: ConnectionGuard,
 }
 
 pub struct BridgeParts<S: Sink<WsMessage> + Unpin + 'static> {
@@ -148,6 +150,8 @@ pub struct BridgeParts<S: Sink<WsMessage> + Unpin + 'static> {
     pub stopping: CancellationToken,
     /// The gateway's shutdown token.
     pub shutdown: CancellationToken,
+    /// Counts against the user's `--max-user-connections` while the socket is open.
+    pub connection: ConnectionGuard,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -217,6 +221,7 @@ impl<S: Sink<WsMessage> + Unpin + 'static> SocketBridge<S> {
                 stopping: parts.stopping,
                 shutdown: parts.shutdown,
                 _open: open,
+                _connection: parts.connection,
             }
         })
     }

@@ -18,6 +18,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use awc::error::{SendRequestError, WsClientError};
 use futures_util::StreamExt;
 
+use crate::connections::ConnectionGuard;
 use crate::errors::GatewayError;
 use crate::gateway::{Access, Gateway};
 use crate::identity::Identity;
@@ -74,6 +75,7 @@ pub async fn upgrade(
     gateway: &Gateway,
     clients: &UpstreamClients,
     identity: &Identity,
+    connection: ConnectionGuard,
 ) -> Result<HttpResponse, GatewayError> {
     let cfg = &gateway.cfg.ws;
     actix_http::ws::verify_handshake(req.head())
@@ -138,6 +140,7 @@ pub async fn upgrade(
             metrics: gateway.ws_metrics.clone(),
             stopping: upstream.stopping.clone(),
             shutdown: gateway.shutdown_token(),
+            connection,
         },
         ClientFrames::new(payload, Codec::new().max_size(cfg.max_frame)),
         stream,

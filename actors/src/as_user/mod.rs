@@ -21,6 +21,8 @@ use std::io::{Read, Write};
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +35,9 @@ pub use tasks::{Project, MAX_PROJECTS};
 pub const HELPER_ARG: &str = "__as-user";
 /// Most bytes of a reply read from a helper (a project list is the largest).
 const MAX_REPLY: u64 = 8 << 20;
+/// Most tasks one user may have running at once: a user can stall their own helpers
+/// (stop them, feed them a FIFO), and must not tie up the gateway's threads doing so.
+pub const MAX_TASKS_PER_USER: u32 = 4;
 
 /// One piece of work in a home.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -58,6 +63,18 @@ pub enum Task {
     Projects { workspace: PathBuf },
     /// Bytes of files under a home (disk usage as the user sees it).
     Usage { home: PathBuf },
+}
+
+impl Task {
+    /// How long the task may run before its helper (and all it started) is killed. A clone
+    /// of a large repository takes long; nothing else should.
+    pub fn deadline(&self) -> Duration {
+        match self {
+            Task::Clone { .. } => Duration::from_secs(30 * 60),
+            Task::Usage { .. } => Duration::from_secs(10 * 60),
+            Task::Prepare { .. } | Task::Projects { .. } => Duration::from_secs(60),
+        }
+    }
 }
 
 /// What a task produced.
@@ -110,7 +127,9 @@ impl Runner {
         Runner { helper: None }
     }
 
-    /// Runs `task` behind `walls`. Blocking: call it on the blocking pool.
+    /// Runs `task` behind `walls`. Blocking: call it on the blocking pool. The helper runs
+    /// in a session of its own and is killed with everything it started when the task's
+    /// [`Task::deadline`] passes.
     pub fn run(&self, walls: &ChildSandbox, task: &Task) -> Reply {
         let Some(helper) = &self.helper else {
             if walls.is_walled() {
@@ -139,6 +158,8 @@ impl Runner {
         // system calls; it does not allocate.
         unsafe {
             cmd.pre_exec(move || {
+                // Away from the gateway's terminal, and one process group to kill.
+                nix::unistd::setsid()?;
                 steps.before_uid_change()?;
                 steps.change_uid()?;
                 // After the uid change, which clears it. The forking thread waits for the
@@ -150,6 +171,7 @@ impl Runner {
         let mut child = cmd
             .spawn()
             .map_err(|e| TaskError::Helper(format!("cannot start {}: {e}", helper.display())))?;
+        let watchdog = Watchdog::start(child.id(), task.deadline());
         // The task is small; the helper reads all of it before it writes anything.
         if let Some(mut stdin) = child.stdin.take() {
             let _ = stdin.write_all(&input);
@@ -165,6 +187,12 @@ impl Runner {
         let status = child
             .wait()
             .map_err(|e| TaskError::Helper(format!("waiting for the helper: {e}")))?;
+        if watchdog.finish() {
+            return Err(TaskError::Helper(format!(
+                "the task took longer than {}s and was ended",
+                task.deadline().as_secs()
+            )));
+        }
         if !status.success() {
             let err = String::from_utf8_lossy(&err);
             return Err(TaskError::Helper(format!(
@@ -177,9 +205,45 @@ impl Runner {
     }
 }
 
+/// Kills a helper's process group when its deadline passes (the helper is a session
+/// leader, so the group is it and everything it started that did not leave).
+struct Watchdog {
+    done: mpsc::Sender<()>,
+    fired: std::thread::JoinHandle<bool>,
+}
+
+impl Watchdog {
+    fn start(pid: u32, deadline: Duration) -> Self {
+        let (done, finished) = mpsc::channel::<()>();
+        let fired = std::thread::spawn(move || match finished.recv_timeout(deadline) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let group = nix::unistd::Pid::from_raw(pid as i32);
+                let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+                tracing::warn!(
+                    pid,
+                    deadline_s = deadline.as_secs(),
+                    "a task in a home ran past its deadline and was killed"
+                );
+                true
+            }
+            _ => false,
+        });
+        Watchdog { done, fired }
+    }
+
+    /// Stops the watchdog; whether it had killed the helper.
+    fn finish(self) -> bool {
+        let _ = self.done.send(());
+        self.fired.join().unwrap_or(false)
+    }
+}
+
 /// The helper's side: one task from stdin, its reply on stdout. Called by the gateway's
 /// `main` for [`HELPER_ARG`], already behind the user's walls. Returns the exit code.
 pub fn serve_helper() -> i32 {
+    // Not dumpable: the user's other processes may not attach to it (it has nothing of
+    // theirs to gain, but nothing to offer either).
+    let _ = nix::sys::prctl::set_dumpable(false);
     let mut input = Vec::new();
     if let Err(e) = std::io::stdin().take(1 << 20).read_to_end(&mut input) {
         eprintln!("reading the task: {e}");

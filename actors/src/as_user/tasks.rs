@@ -47,7 +47,7 @@ pub fn execute(task: &Task) -> Reply {
                 copy::CopyError::Failed(m) => TaskError::Failed(m),
             }),
         Task::Projects { workspace } => Ok(Done::Projects(projects(workspace))),
-        Task::Usage { home } => Ok(Done::Usage(usage(home))),
+        Task::Usage { home } => usage(home).map(Done::Usage),
     }
 }
 
@@ -151,18 +151,21 @@ fn projects(workspace: &Path) -> Vec<Project> {
 }
 
 /// Allocated bytes of everything under `home`, symlinks not followed, other file systems
-/// not entered. What cannot be read is not counted.
-fn usage(home: &Path) -> u64 {
+/// not entered. A directory the user made unreadable (to hide what it holds from the
+/// quota) makes the measurement fail, naming it.
+fn usage(home: &Path) -> Result<u64, TaskError> {
     use std::os::unix::fs::MetadataExt;
-    let Ok(top) = fs::symlink_metadata(home) else {
-        return 0;
-    };
+    let top = fs::symlink_metadata(home).map_err(failed("measuring", home))?;
     let mut total = 0u64;
     let mut stack = vec![home.to_owned()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
+        let entries = fs::read_dir(&dir).map_err(|e| {
+            TaskError::Failed(format!(
+                "cannot measure your home: {} cannot be read ({e}); give yourself read \
+                 access to it (chmod u+rx) or remove it",
+                dir.display()
+            ))
+        })?;
         for entry in entries.flatten() {
             let Ok(meta) = entry.metadata() else { continue };
             total = total.saturating_add(meta.blocks().saturating_mul(512));
@@ -171,7 +174,7 @@ fn usage(home: &Path) -> u64 {
             }
         }
     }
-    total
+    Ok(total)
 }
 
 #[cfg(test)]

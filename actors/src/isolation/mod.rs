@@ -211,10 +211,12 @@ impl Isolation {
         } else {
             None
         };
+        let drop_capabilities = ids.is_none() && landlock.is_some() && Uid::effective().is_root();
         Ok(ChildSandbox {
             ids,
             landlock,
             limits: clamp(self.limits),
+            drop_capabilities,
         })
     }
 }
@@ -245,6 +247,8 @@ pub struct ChildSandbox {
     pub ids: Option<UserIds>,
     landlock: Option<OwnedFd>,
     limits: Limits,
+    /// The child stays uid 0 (root gateway, Landlock only): it gives up every capability.
+    drop_capabilities: bool,
 }
 
 /// The plain values [`ChildSandbox::apply`] needs, copied into the pre-exec closure.
@@ -253,6 +257,7 @@ pub struct ChildSteps {
     ids: Option<UserIds>,
     landlock_fd: Option<i32>,
     limits: Limits,
+    drop_capabilities: bool,
 }
 
 impl ChildSandbox {
@@ -267,6 +272,7 @@ impl ChildSandbox {
             ids,
             landlock: None,
             limits: Limits::default(),
+            drop_capabilities: false,
         }
     }
 
@@ -275,6 +281,7 @@ impl ChildSandbox {
             ids: self.ids,
             landlock_fd: self.landlock.as_ref().map(|fd| fd.as_raw_fd()),
             limits: self.limits,
+            drop_capabilities: self.drop_capabilities,
         }
     }
 }
@@ -316,11 +323,69 @@ impl ChildSteps {
     /// privileges: setuid programs must not undo the drop.
     pub fn restrict(&self) -> io::Result<()> {
         match self.landlock_fd {
-            Some(fd) => sandbox::restrict_self(fd),
-            None if self.ids.is_some() => Ok(nix::sys::prctl::set_no_new_privs()?),
-            None => Ok(()),
+            Some(fd) => sandbox::restrict_self(fd)?,
+            None if self.ids.is_some() => nix::sys::prctl::set_no_new_privs()?,
+            None => {}
+        }
+        if self.drop_capabilities {
+            drop_all_capabilities()?;
+        }
+        Ok(())
+    }
+}
+
+/// A child that stays uid 0 (a root gateway with Landlock only) gives up every capability,
+/// for good: the bounding set is emptied, root gains nothing at exec (`SECBIT_NOROOT`, locked),
+/// and the current sets are cleared. It keeps uid 0's ownership of root's files (which
+/// Landlock confines to reading outside the home, but not `chmod`): only a uid of its own
+/// makes a user safe to have (see README, *Isolation*). Between fork and exec: system calls
+/// on stack values only.
+fn drop_all_capabilities() -> io::Result<()> {
+    use nix::libc;
+    const PR_CAPBSET_DROP: libc::c_int = 24;
+    const PR_SET_SECUREBITS: libc::c_int = 28;
+    // NOROOT, NO_SETUID_FIXUP and KEEP_CAPS off, each locked.
+    const SECUREBITS: libc::c_ulong = 0x01 | 0x02 | 0x04 | 0x08 | 0x20;
+    const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // SAFETY: prctl and capset with constant arguments and pointers to live stack values.
+    unsafe {
+        for cap in 0..64 {
+            // Capabilities this kernel does not know answer EINVAL: there is nothing to drop.
+            if libc::prctl(PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+                && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL)
+            {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if libc::prctl(PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut header = Header {
+            version: CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
         }
     }
+    Ok(())
 }
 
 /// `oom_score_adj` of every user's process: first in line for the OOM killer.

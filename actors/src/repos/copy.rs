@@ -130,10 +130,14 @@ fn git_clone(source: &Path, dest: &Path) -> Result<(), CopyError> {
         git()
             // The shared repository is root's and the clone runs as the user: git checks
             // ownership in `upload-pack` too, which does not inherit `-c` options.
+            // No hooks and no template: nothing of the user's runs inside the gateway's
+            // task (a hook dropped into the clone while it is made would).
+            .args(["-c", "core.hooksPath=/dev/null"])
             .args([
                 "clone",
                 "--quiet",
                 "--no-hardlinks",
+                "--template=",
                 "--upload-pack",
                 "git -c safe.directory='*' upload-pack",
                 "--",
@@ -168,6 +172,22 @@ pub fn upstream_url(git_dir: &Path) -> Option<String> {
     .filter(|u| !u.is_empty())
 }
 
+/// Copies one file's content and mode into a new file: never into something already there
+/// (a FIFO or a link the user put in the temporary directory while the copy runs).
+fn copy_file(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut source = fs::File::open(from)?;
+    let mode = source.metadata()?.permissions().mode() & 0o7777;
+    let mut dest = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .mode(0o600)
+        .open(to)?;
+    io::copy(&mut source, &mut dest)?;
+    dest.set_permissions(fs::Permissions::from_mode(mode))
+}
+
 /// Copies a tree: modes kept, ownership not, symlinks copied as symlinks (never followed),
 /// special files (pipes, sockets, devices) skipped.
 pub fn copy_tree(from: &Path, to: &Path) -> Result<(), CopyError> {
@@ -183,7 +203,7 @@ pub fn copy_tree(from: &Path, to: &Path) -> Result<(), CopyError> {
             let target = fs::read_link(&src).map_err(|e| failed("reading", &src, e))?;
             symlink(&target, &dst).map_err(|e| failed("creating", &dst, e))?;
         } else if kind.is_file() {
-            fs::copy(&src, &dst).map_err(|e| failed("copying", &src, e))?;
+            copy_file(&src, &dst).map_err(|e| failed("copying", &src, e))?;
         } else {
             tracing::debug!(path = %src.display(), "not copying a special file");
         }

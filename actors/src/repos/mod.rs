@@ -44,6 +44,9 @@ pub enum RepoError {
     Failed(String),
     #[error("{0}")]
     Upstream(String),
+    /// The user has as many operations in their home running as allowed.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<CopyError> for RepoError {
@@ -63,6 +66,7 @@ impl From<ProvisionError> for RepoError {
             ProvisionError::Task(TaskError::Exists(m)) => RepoError::Conflict(m),
             ProvisionError::Task(TaskError::Upstream(m)) => RepoError::Upstream(m),
             ProvisionError::Task(TaskError::Failed(m)) => RepoError::Failed(m),
+            e @ ProvisionError::Busy(_) => RepoError::Busy(e.to_string()),
             e => RepoError::Failed(e.to_string()),
         }
     }

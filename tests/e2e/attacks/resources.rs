@@ -147,7 +147,9 @@ async fn a_user_filling_their_home_is_stopped_at_the_quota_and_no_one_else_is() 
 
     let mut term = Terminal::open(&gw, "alice").await;
     let (out, status) = term
-        .run("head -c 50000000 /dev/zero > ~/workspace/big && sync")
+        // Outside the workspace: OpenCode snapshots what is in a project, which would grow
+        // the home by itself.
+        .run("head -c 50000000 /dev/zero > ~/big && sync")
         .await;
     assert_eq!(status, 0, "{out}");
     gw.wait_user("alice", "was measured over the quota", |u| {
@@ -181,7 +183,7 @@ async fn a_user_filling_their_home_is_stopped_at_the_quota_and_no_one_else_is() 
     assert_eq!(carol.status, StatusCode::OK, "{}", carol.text());
 
     // Once an operator frees space, she starts again.
-    let home = gw.data.path().join("users/alice/workspace/big");
+    let home = gw.data.path().join("users/alice/big");
     std::fs::remove_file(home).unwrap();
     let again = gw.post("alice", "/-/api/instance/start").await;
     assert!(
@@ -196,4 +198,80 @@ async fn a_user_filling_their_home_is_stopped_at_the_quota_and_no_one_else_is() 
     })
     .await;
     assert_eq!(gw.state("alice").await, "ready", "{}", gw.log());
+}
+
+#[actix_web::test]
+async fn one_user_holding_many_sockets_leaves_room_for_the_others() {
+    let gw = Gateway::fake(&["--max-user-connections", "3"]);
+    let resp = gw.get("alice", "/session").await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (_, socket) = gw.ws(Some("alice"), "/ws", &[]).await.expect("websocket");
+        held.push(socket);
+    }
+    // Her fourth connection, socket or request, is refused; nobody else's is.
+    assert_eq!(
+        gw.ws_refused(Some("alice"), "/ws", &[]).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let refused = gw.get("alice", "/session").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text()
+    );
+    assert!(refused.header("retry-after").is_some());
+    assert!(refused.json()["error"]
+        .as_str()
+        .unwrap_or("")
+        .contains("at once"));
+    let bob = gw.get("bob", "/session").await;
+    assert_eq!(bob.status, StatusCode::OK, "{}", bob.text());
+
+    // A closed socket gives its room back.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let again = gw.get("alice", "/session").await;
+        if again.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(
+            again.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            again.text()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the closed socket's room never came back"
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_user_running_as_root_under_landlock_has_no_capability() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the attack tests run the gateway as root (CI runs them as root)"
+    );
+    // What `auto` falls back to when users' uids cannot reach OpenCode: uid 0, Landlock.
+    let gw = Gateway::real_with(&["--isolation", "landlock"], &[], None);
+    let resp = gw.get("alice", "/session").await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let mut term = Terminal::open(&gw, "alice").await;
+    let (out, status) = term
+        .run("grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/self/status")
+        .await;
+    assert_eq!(status, 0, "{out}");
+    for line in out.lines() {
+        assert!(line.trim_end().ends_with("0000000000000000"), "{out}");
+    }
+    // What the capabilities would allow: a device node (a disk), a raw socket.
+    let (out, status) = term.run("mknod ~/disk b 7 0").await;
+    assert_ne!(status, 0, "{out}");
+    assert!(!gw.data.path().join("users/alice/disk").exists());
 }
