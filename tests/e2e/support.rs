@@ -421,6 +421,26 @@ fn spawn_gateway(
     (child, log, rx)
 }
 
+/// Live processes whose real uid is `uid`.
+pub fn pids_of_uid(uid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|rest| rest.split_whitespace().next())
+                    == Some(uid.to_string().as_str())
+            })
+        })
+        .filter(|pid| alive(*pid))
+        .collect()
+}
+
 /// Whether `pid` is a live (not zombie) process.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

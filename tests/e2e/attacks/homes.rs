@@ -94,7 +94,8 @@ async fn links_planted_in_a_home_lead_the_gateway_nowhere() {
     let (out, status) = alice
         .run(&format!(
             "cd ~ && rm -f .gitconfig && ln -s {c} .gitconfig.chamberlain-tmp \
-             && rm -rf .local/share/opencode && ln -s {d}/shared/auth .local/share/opencode \
+             && mv .local/share .local/share.old && mkdir .local/share \
+             && ln -s {d}/shared/auth .local/share/opencode \
              && rm -rf .local/state && ln -s {d}/state .local/state \
              && rm -rf .cache && ln -s {d}/shared/config .cache \
              && mv workspace workspace.real && ln -s {d}/users/bob/workspace workspace"
@@ -128,7 +129,14 @@ async fn links_planted_in_a_home_lead_the_gateway_nowhere() {
         "a clone landed in users/: {status} {body}"
     );
 
-    // A restart provisions the home again, through every link.
+    // A restart provisions the home again, through every link, and starts OpenCode in a
+    // workspace that leads into bob's.
+    let (out, status) = alice
+        .run(&format!(
+            "cd ~ && rm workspace && ln -s {d}/users/bob/workspace/bobs-project workspace"
+        ))
+        .await;
+    assert_eq!(status, 0, "{out}");
     let stop = gw.post("alice", "/-/api/instance/stop").await;
     assert_eq!(stop.status, StatusCode::OK, "{}", stop.text());
     let start = gw.post("alice", "/-/api/instance/start").await;
@@ -143,6 +151,19 @@ async fn links_planted_in_a_home_lead_the_gateway_nowhere() {
     })
     .await;
 
+    // Whatever happened to her start, no process of hers works in bob's project.
+    let bobs = data.join("users/bob/workspace/bobs-project");
+    for pid in crate::support::pids_of_uid(crate::support::as_u64(
+        &gw.user("alice").await.expect("alice")["uid"],
+    ) as u32)
+    {
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        assert!(
+            !cwd.starts_with(&bobs),
+            "alice's pid {pid} works in {}",
+            cwd.display()
+        );
+    }
     let after = victims(&data, canary_dir.path());
     for ((what, was), (_, now)) in before.iter().zip(&after) {
         assert_unchanged(what, was, now);
