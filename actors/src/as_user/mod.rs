@@ -38,6 +38,8 @@ const MAX_REPLY: u64 = 8 << 20;
 /// Most tasks one user may have running at once: a user can stall their own helpers
 /// (stop them, feed them a FIFO), and must not tie up the gateway's threads doing so.
 pub const MAX_TASKS_PER_USER: u32 = 4;
+/// How long a clone may take; its temporary directory is a leftover once this old.
+pub const CLONE_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 /// One piece of work in a home.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -70,7 +72,7 @@ impl Task {
     /// of a large repository takes long; nothing else should.
     pub fn deadline(&self) -> Duration {
         match self {
-            Task::Clone { .. } => Duration::from_secs(30 * 60),
+            Task::Clone { .. } => CLONE_DEADLINE,
             Task::Usage { .. } => Duration::from_secs(10 * 60),
             Task::Prepare { .. } | Task::Projects { .. } => Duration::from_secs(60),
         }

@@ -71,7 +71,7 @@ fn prepare(
     }
     write_gitconfig(home, gitconfig)?;
     undo_shared_auth_link(&home.join(".local/share/opencode"), legacy)?;
-    copy::sweep(&home.join("workspace"));
+    copy::sweep(&home.join("workspace"), super::CLONE_DEADLINE);
     Ok(())
 }
 

@@ -64,14 +64,21 @@ pub fn clone_into(
     result.map(|()| dest)
 }
 
-/// Removes clones left half-made in `workspace` by a crash. Returns how many.
-pub fn sweep(workspace: &Path) -> usize {
+/// Removes clones left half-made in `workspace` by a crash or a killed task: those not
+/// changed for `older_than` (a clone still running is younger: no task outlives its
+/// deadline). Returns how many.
+pub fn sweep(workspace: &Path, older_than: std::time::Duration) -> usize {
     let Ok(entries) = fs::read_dir(workspace) else {
         return 0;
     };
     entries
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with(PARTIAL_PREFIX))
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= older_than))
+        })
         .filter(|e| fs::remove_dir_all(e.path()).is_ok())
         .count()
 }
@@ -245,7 +252,9 @@ mod tests {
         assert_eq!(names, ["kit"]);
 
         fs::create_dir_all(ws.join(format!("{PARTIAL_PREFIX}kit-dead"))).unwrap();
-        assert_eq!(sweep(&ws), 1);
+        // A clone that may still be running is left alone.
+        assert_eq!(sweep(&ws, std::time::Duration::from_secs(3600)), 0);
+        assert_eq!(sweep(&ws, std::time::Duration::ZERO), 1);
         assert!(ws.join("kit").is_dir());
     }
 
