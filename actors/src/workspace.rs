@@ -4,8 +4,9 @@
 //! `workspace/` (OpenCode's cwd), `.config/`, `.local/share/`, `.local/state/`, `.cache/`
 //! (the XDG directories) and `.tmp/` (TMPDIR).
 //!
-//! A home is created in a hidden temporary directory and renamed into place, so a crash halfway
-//! leaves either nothing or a complete home; leftovers are swept at start-up.
+//! Root creates a home empty, owned by the user, in a hidden temporary directory renamed into
+//! place (so a crash leaves nothing or a home; leftovers are swept at start-up). The layout
+//! inside is made by the user's own helper (see `provision` and `as_user`).
 
 use std::fmt;
 use std::fs;
