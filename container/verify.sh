@@ -89,7 +89,7 @@ run_gateway
 wait_healthy
 podman healthcheck run "$NAME" || fail "the image's HEALTHCHECK reports unhealthy"
 modes=$(cd "$work/data" && stat -c '%n %a %u' . users state shared shared/repos shared/auth shared/config | tr '\n' ';')
-[ "$modes" = ". 711 0;users 711 0;state 700 0;shared 750 0;shared/repos 750 0;shared/auth 750 0;shared/config 750 0;" ] ||
+[ "$modes" = ". 711 0;users 711 0;state 700 0;shared 750 0;shared/repos 750 0;shared/auth 700 0;shared/config 700 0;" ] ||
     fail "data tree modes: $modes"
 
 step "two dev users, each with their own OpenCode"

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use awc::http::{Method, StatusCode};
 use bytes::Bytes;
 
-use super::{assert_unchanged, snapshot};
+use super::{assert_unchanged, root_gateway, snapshot};
 use crate::support::Gateway;
 use crate::support::Terminal;
 
@@ -57,11 +57,7 @@ fn victims(
 
 #[actix_web::test]
 async fn links_planted_in_a_home_lead_the_gateway_nowhere() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "the attack tests run the gateway as root (CI runs them as root)"
-    );
-    let gw = Gateway::real_with(&["--isolation", "both"], &[], None);
+    let gw = root_gateway("both", &[]);
     let data = data(&gw);
     std::fs::create_dir_all(data.join("shared/repos/kit")).unwrap();
     std::fs::write(data.join("shared/repos/kit/README"), "template").unwrap();

@@ -10,8 +10,22 @@ mod resources;
 mod web;
 
 use std::collections::BTreeMap;
+
+use crate::support::Gateway;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+
+/// A gateway as root in front of the real OpenCode with `--isolation <isolation>` and
+/// `extra` flags. The attacks need root (uids); they fail, never skip, without it.
+pub fn root_gateway(isolation: &str, extra: &[&str]) -> Gateway {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the attack tests run the gateway as root (CI runs them as root)"
+    );
+    let mut args = vec!["--isolation", isolation];
+    args.extend_from_slice(extra);
+    Gateway::real_with(&args, &[], None)
+}
 
 /// Everything observable about a tree: per path, its kind, owner, mode and content (or
 /// link target). Links are recorded, never followed.

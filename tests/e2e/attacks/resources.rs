@@ -6,16 +6,13 @@ use std::time::{Duration, Instant};
 
 use awc::http::StatusCode;
 
+use super::root_gateway;
 use crate::support::Terminal;
 use crate::support::{Gateway, FAKE};
 
 #[actix_web::test]
 async fn dev_shm_is_closed_and_users_go_first_when_memory_runs_out() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "the attack tests run the gateway as root (CI runs them as root)"
-    );
-    let gw = Gateway::real_with(&["--isolation", "both"], &[], None);
+    let gw = root_gateway("both", &[]);
     let resp = gw.get("alice", "/session").await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     let mut term = Terminal::open(&gw, "alice").await;
@@ -115,21 +112,9 @@ async fn two_gateways_cannot_share_uids() {
 
 #[actix_web::test]
 async fn a_user_filling_their_home_is_stopped_at_the_quota_and_no_one_else_is() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "the attack tests run the gateway as root (CI runs them as root)"
-    );
-    let gw = Gateway::real_with(
-        &[
-            "--isolation",
-            "both",
-            "--disk-quota",
-            "40MiB",
-            "--disk-check-interval",
-            "1s",
-        ],
-        &[],
-        None,
+    let gw = root_gateway(
+        "both",
+        &["--disk-quota", "40MiB", "--disk-check-interval", "1s"],
     );
     for user in ["alice", "bob"] {
         let resp = gw.get(user, "/session").await;
@@ -254,12 +239,8 @@ async fn one_user_holding_many_sockets_leaves_room_for_the_others() {
 
 #[actix_web::test]
 async fn a_user_running_as_root_under_landlock_has_no_capability() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "the attack tests run the gateway as root (CI runs them as root)"
-    );
     // What `auto` falls back to when users' uids cannot reach OpenCode: uid 0, Landlock.
-    let gw = Gateway::real_with(&["--isolation", "landlock"], &[], None);
+    let gw = root_gateway("landlock", &[]);
     let resp = gw.get("alice", "/session").await;
     assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
     let mut term = Terminal::open(&gw, "alice").await;

@@ -19,13 +19,7 @@ use serde_json::Value;
 use crate::support::{as_u64, unix_request, Gateway, Terminal};
 
 fn gateway(extra: &[&str]) -> Gateway {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "the attack tests must run as root (CI runs them as root)"
-    );
-    let mut args = vec!["--isolation", "both"];
-    args.extend_from_slice(extra);
-    Gateway::real(&args)
+    super::root_gateway("both", extra)
 }
 
 /// Starts `user`'s OpenCode; their entry in `/stats`.
