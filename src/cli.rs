@@ -158,7 +158,7 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Public address (web UI, API, event streams).
-    #[arg(long, env = "CHAMBERLAIN_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "CHAMBERLAIN_LISTEN", default_value = "127.0.0.1:8080", value_parser = crate::listeners::parse_addr)]
     pub listen: SocketAddr,
 
     /// Admin address (/stats, /metrics, stopping instances), or `none`. Every request but
@@ -387,10 +387,9 @@ fn admin_listen(text: &str) -> Result<AdminListen, String> {
     if matches!(text.trim(), "none" | "off") {
         return Ok(AdminListen::Off);
     }
-    text.trim()
-        .parse()
+    crate::listeners::parse_addr(text)
         .map(AdminListen::At)
-        .map_err(|_| format!("{text:?} is not an address like 127.0.0.1:9090, or `none`"))
+        .map_err(|e| format!("{e}; or `none`"))
 }
 
 impl ServeArgs {

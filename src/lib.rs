@@ -13,6 +13,7 @@ pub mod gateway;
 pub mod identity;
 pub mod isolation;
 pub mod limits;
+pub mod listeners;
 pub mod logging;
 pub mod metrics;
 pub mod origin;

@@ -45,6 +45,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.ws_max_frame
         );
     }
+    // Every listener first: a taken port is reported before anything starts (and nothing
+    // has to be torn down).
+    let public_listener = crate::listeners::bind_tcp(args.listen, "--listen")?;
+    let admin_listener = args
+        .admin_listen
+        .addr()
+        .map(|addr| crate::listeners::bind_tcp(addr, "--admin-listen"))
+        .transpose()?;
+    let admin_socket = args
+        .admin_socket
+        .as_deref()
+        .map(admin::socket::bind)
+        .transpose()?;
     crate::isolation::harden_gateway();
     let instance_metrics = InstanceMetrics::new();
     let metrics = Arc::new(Metrics::new(&instance_metrics));
@@ -187,8 +200,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .workers(workers)
         .disable_signals()
         .shutdown_timeout(HTTP_DRAIN)
-        .bind(args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?
+        .listen(public_listener)
+        .with_context(|| format!("cannot serve on {}", args.listen))?
     };
     let public_addrs = public.addrs();
     let public = public.run();
@@ -214,7 +227,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let admin_library = web::Data::new(crate::repos::Library(repos.clone()));
     let mut admin_servers = Vec::new();
     let mut admin_addrs = Vec::new();
-    if let Some(addr) = args.admin_listen.addr() {
+    if let Some(listener) = admin_listener {
         let (state, library) = (admin_state.clone(), admin_library.clone());
         let server = HttpServer::new(move || {
             App::new()
@@ -227,12 +240,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .disable_signals()
         .shutdown_timeout(1)
         .on_connect(admin::guard::record_tcp_local)
-        .bind(addr)
-        .with_context(|| format!("cannot listen on {addr} (admin)"))?;
+        .listen(listener)
+        .context("cannot serve the admin API")?;
         admin_addrs = server.addrs();
         admin_servers.push(server.run());
     }
-    if let Some(path) = &args.admin_socket {
+    if let (Some(path), Some(listener)) = (&args.admin_socket, admin_socket) {
         if isolation.uid_range().is_none() {
             tracing::warn!(
                 socket = %path.display(),
@@ -240,7 +253,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                  and refuses every request; use the TCP admin listener and its token"
             );
         }
-        let listener = admin::socket::bind(path)?;
         let (state, library) = (admin_state.clone(), admin_library.clone());
         let server = HttpServer::new(move || {
             App::new()

@@ -11,6 +11,7 @@ mod lifecycle;
 mod proxy;
 mod real_opencode;
 mod repos;
+mod startup;
 mod support;
 mod tokens;
 mod webdriver;

@@ -383,9 +383,11 @@ fn spawn_gateway(
         // std drops root's supplementary groups when it sets the uid.
         cmd.uid(uid).gid(uid);
     }
-    cmd.args(["serve", "--listen", "127.0.0.1:0"]);
-    if !args.contains(&"--admin-listen") {
-        cmd.args(["--admin-listen", "127.0.0.1:0"]);
+    cmd.arg("serve");
+    for (flag, value) in [("--listen", "127.0.0.1:0"), ("--admin-listen", "127.0.0.1:0")] {
+        if !args.contains(&flag) {
+            cmd.args([flag, value]);
+        }
     }
     cmd.arg("--data-dir")
         .arg(data)
@@ -419,6 +421,52 @@ fn spawn_gateway(
         }
     });
     (child, log, rx)
+}
+
+/// Runs `chamberlain serve` with `args` (plus loopback listeners on free ports, a fresh data
+/// directory and the fake OpenCode, where `args` do not say otherwise) until it exits, which
+/// it must do within a minute; returns its status and what it printed on stderr.
+pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
+    let data = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(GATEWAY);
+    cmd.arg("serve");
+    for (flag, value) in [
+        ("--listen", "127.0.0.1:0"),
+        ("--admin-listen", "127.0.0.1:0"),
+    ] {
+        if !args.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
+    let mut child = cmd
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--opencode-bin", FAKE])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+        err
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chamberlain {args:?} did not exit");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, reader.join().unwrap_or_default())
 }
 
 /// Live processes whose real uid is `uid`.

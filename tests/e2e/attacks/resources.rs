@@ -1,14 +1,13 @@
 //! Class 4 and 5: one user starving the others or the gateway, and gateways on one host
 //! ending each other's users.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use awc::http::StatusCode;
 
 use super::root_gateway;
+use crate::support::Gateway;
 use crate::support::Terminal;
-use crate::support::{Gateway, FAKE};
 
 #[actix_web::test]
 async fn dev_shm_is_closed_and_users_go_first_when_memory_runs_out() {
@@ -49,38 +48,7 @@ async fn dev_shm_is_closed_and_users_go_first_when_memory_runs_out() {
 
 /// Runs a gateway that must refuse to start; returns what it said.
 fn refused(args: &[&str]) -> String {
-    let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_chamberlain"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--opencode-bin", FAKE])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the second gateway started");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    let (status, err) = crate::support::run_to_exit(args);
     assert!(!status.success(), "{err}");
     err
 }
