@@ -109,6 +109,7 @@ pub fn instance_json(status: &InstanceStatus, last_activity: Option<u64>) -> Val
         "retryAfter": retry_after,
         "diskBytes": status.disk_bytes,
         "diskQuota": status.disk_quota,
+        "busySessions": status.busy_sessions,
     })
 }
 

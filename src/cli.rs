@@ -294,6 +294,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAMBERLAIN_IDLE_TIMEOUT", default_value = "30m", value_parser = duration)]
     pub idle_timeout: Duration,
 
+    /// A session an agent has worked in this long without a break stops keeping its
+    /// instance from the idle timeout and eviction (a stuck agent); the log says so.
+    #[arg(long, env = "CHAMBERLAIN_BUSY_TIMEOUT", default_value = "4h", value_parser = duration)]
+    pub busy_timeout: Duration,
+
     /// When full, only instances idle at least this long may be evicted to make room.
     #[arg(long, env = "CHAMBERLAIN_EVICT_MIN_IDLE", default_value = "1m", value_parser = duration)]
     pub evict_min_idle: Duration,

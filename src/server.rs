@@ -113,6 +113,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             idle_timeout: args.idle_timeout,
             disk_quota: args.disk_quota.map(|q| q as u64),
             disk_check_interval: args.disk_check_interval,
+            busy_timeout: args.busy_timeout,
             ..InstanceConfig::default()
         },
         launcher: Launcher::new(LaunchConfig {

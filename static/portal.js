@@ -73,7 +73,9 @@
   // ---- instance --------------------------------------------------------------------------
   function renderInstance(inst) {
     var state = inst.state || "stopped";
-    $("state").textContent = state.charAt(0).toUpperCase() + state.slice(1);
+    var working = state === "ready" && inst.busySessions > 0;
+    $("state").textContent = working ? "Ready — agent working"
+      : state.charAt(0).toUpperCase() + state.slice(1);
     $("indicator").className = "dot " + state;
     $("instance-message").textContent = inst.message || "";
     $("started-at").textContent = when(inst.startedAt);

@@ -25,6 +25,8 @@ pub struct InstanceConfig {
     pub disk_quota: Option<u64>,
     /// How often a running instance's home is measured (as the user).
     pub disk_check_interval: Duration,
+    /// A session busy this long stops keeping its instance alive (a stuck agent).
+    pub busy_timeout: Duration,
 }
 
 /// Share of `--disk-quota` from which the user and the log are warned.
@@ -45,6 +47,7 @@ impl Default for InstanceConfig {
             backoff_max: Duration::from_secs(30),
             disk_quota: None,
             disk_check_interval: Duration::from_secs(10 * 60),
+            busy_timeout: Duration::from_secs(4 * 3600),
         }
     }
 }

@@ -36,6 +36,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::activity::Activity;
+use crate::busy;
 use crate::clock;
 use crate::config::InstanceConfig;
 use crate::health;
@@ -257,6 +258,13 @@ pub struct UserInstance {
     measuring_disk: bool,
     /// OpenCode processes of this user the kernel's OOM killer ended.
     oom_kills: u32,
+    /// Sessions at work when last asked, since when without a break, and whether a question
+    /// is under way.
+    busy: u32,
+    busy_since: Option<Instant>,
+    asking_busy: bool,
+    /// The log has said that sessions are busy for longer than `--busy-timeout`.
+    busy_overdue: bool,
 }
 
 impl UserInstance {
@@ -284,6 +292,10 @@ impl UserInstance {
             disk: None,
             measuring_disk: false,
             oom_kills: 0,
+            busy: 0,
+            busy_since: None,
+            asking_busy: false,
+            busy_overdue: false,
             health_client: None,
         }
     }
@@ -383,6 +395,11 @@ impl UserInstance {
             disk_bytes: self.disk.map(|(bytes, _)| bytes),
             disk_quota: self.cfg().disk_quota,
             oom_kills: self.oom_kills,
+            busy_sessions: if matches!(self.phase, Phase::Ready { .. }) {
+                self.busy
+            } else {
+                0
+            },
         };
         let previous = self.status.send_replace(status);
         if previous.state != state {
@@ -717,6 +734,9 @@ impl UserInstance {
         );
         // A fresh idle window: the start itself may have taken a while.
         self.activity.touch();
+        self.busy = 0;
+        self.busy_since = None;
+        self.busy_overdue = false;
         self.message = None;
         self.phase = Phase::Ready {
             process,
@@ -802,6 +822,9 @@ impl UserInstance {
                 .into_actor(self)
                 .map(move |result, act, ctx| act.on_health(generation, result, ctx)),
         );
+        // Keeps `busySessions` current, and a working instance from looking idle to the
+        // eviction.
+        self.ask_busy(false, ctx);
     }
 
     fn on_health(
@@ -842,12 +865,83 @@ impl UserInstance {
         }
     }
 
+    /// No client for the idle timeout: ask OpenCode whether an agent is at work before
+    /// stopping (work in progress is activity).
     fn on_idle_tick(&mut self, ctx: &mut Context<Self>) {
         if !matches!(self.phase, Phase::Ready { .. }) {
             return;
         }
+        if self.activity.idle_for() >= self.cfg().idle_timeout {
+            self.ask_busy(true, ctx);
+        }
+    }
+
+    /// Asks OpenCode how many sessions are at work; with `then_cull`, stops the instance
+    /// if none is and nobody came in the meantime.
+    fn ask_busy(&mut self, then_cull: bool, ctx: &mut Context<Self>) {
+        let Phase::Ready { upstream, .. } = &self.phase else {
+            return;
+        };
+        if self.asking_busy {
+            return;
+        }
+        self.asking_busy = true;
+        let upstream = upstream.clone();
+        let generation = upstream.generation;
+        let client = self
+            .health_client
+            .get_or_insert_with(|| health::client(self.shared.cfg.health_timeout))
+            .clone();
+        ctx.spawn(
+            async move { busy::busy_sessions(&client, &upstream).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| act.on_busy(generation, result, then_cull, ctx)),
+        );
+    }
+
+    fn on_busy(
+        &mut self,
+        generation: u64,
+        result: Result<u32, busy::BusyError>,
+        then_cull: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        self.asking_busy = false;
+        let Phase::Ready { upstream, .. } = &self.phase else {
+            return;
+        };
+        if upstream.generation != generation {
+            return;
+        }
+        let busy = match result {
+            Ok(n) => n,
+            Err(e) => {
+                // Not knowing is not "idle": the next tick asks again, and a hung OpenCode
+                // is the health check's to restart.
+                tracing::warn!(user = %self.user.user_id, error = %e, "cannot tell whether an agent is at work; not stopping now");
+                return;
+            }
+        };
+        let was = self.busy;
+        self.busy = busy;
+        if busy == 0 {
+            self.busy_since = None;
+            self.busy_overdue = false;
+        } else {
+            let since = *self.busy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < self.cfg().busy_timeout {
+                self.activity.touch();
+            } else if !self.busy_overdue {
+                self.busy_overdue = true;
+                tracing::warn!(user = %self.user.user_id, busy, busy_for_s = since.elapsed().as_secs(), "sessions busy for longer than --busy-timeout no longer keep the instance running");
+            }
+        }
+        if busy != was {
+            tracing::debug!(user = %self.user.user_id, busy, "sessions at work");
+            self.publish();
+        }
         let idle = self.activity.idle_for();
-        if idle >= self.cfg().idle_timeout {
+        if then_cull && idle >= self.cfg().idle_timeout {
             self.shared.metrics.cull(CullReason::Idle);
             self.message = Some(format!(
                 "stopped after {}s without activity",

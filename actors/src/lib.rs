@@ -11,6 +11,7 @@ mod proctree;
 
 pub mod activity;
 pub mod as_user;
+pub mod busy;
 pub mod config;
 pub mod handover;
 pub mod health;

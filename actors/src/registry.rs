@@ -110,6 +110,9 @@ pub struct UserStats {
     pub disk_bytes: Option<u64>,
     /// OpenCode processes of this user the kernel's OOM killer ended.
     pub oom_kills: u32,
+    /// Sessions an agent is working in, as last asked (every health check, and before an
+    /// idle stop).
+    pub busy_sessions: u32,
     pub message: Option<String>,
 }
 
@@ -254,6 +257,7 @@ impl Registry {
                     rss_bytes: status.pid.and_then(procfs::rss_bytes),
                     disk_bytes: status.disk_bytes,
                     oom_kills: status.oom_kills,
+                    busy_sessions: status.busy_sessions,
                     message: status.message,
                 }
             })

@@ -98,6 +98,8 @@ pub struct InstanceStatus {
     pub disk_quota: Option<u64>,
     /// OpenCode processes of this user the kernel's OOM killer ended.
     pub oom_kills: u32,
+    /// Sessions an agent is working in (busy or retrying), as last asked.
+    pub busy_sessions: u32,
 }
 
 impl Default for InstanceStatus {
@@ -113,6 +115,7 @@ impl Default for InstanceStatus {
             disk_bytes: None,
             disk_quota: None,
             oom_kills: 0,
+            busy_sessions: 0,
         }
     }
 }

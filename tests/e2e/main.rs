@@ -4,10 +4,12 @@
 
 mod attacks;
 mod browser;
+mod busy;
 mod identity;
 mod input;
 mod isolation;
 mod lifecycle;
+mod mock_model;
 mod proxy;
 mod real_opencode;
 mod repos;

@@ -384,7 +384,10 @@ fn spawn_gateway(
         cmd.uid(uid).gid(uid);
     }
     cmd.arg("serve");
-    for (flag, value) in [("--listen", "127.0.0.1:0"), ("--admin-listen", "127.0.0.1:0")] {
+    for (flag, value) in [
+        ("--listen", "127.0.0.1:0"),
+        ("--admin-listen", "127.0.0.1:0"),
+    ] {
         if !args.contains(&flag) {
             cmd.args([flag, value]);
         }

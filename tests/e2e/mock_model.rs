@@ -1,0 +1,136 @@
+//! A model provider of our own for agent work offline: an OpenAI-compatible
+//! `POST /v1/chat/completions` that streams its answer as server-sent events, slowly when
+//! asked for an agent step (a request with `tools`), at once for a title. It counts the
+//! streams it finished and those whose reader went away.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use bytes::Bytes;
+
+#[derive(Default)]
+pub struct Counts {
+    /// Agent-step streams sent to the end.
+    pub finished: AtomicU32,
+    /// Agent-step streams begun.
+    pub started: AtomicU32,
+}
+
+pub struct MockModel {
+    pub base_url: String,
+    pub counts: Arc<Counts>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl MockModel {
+    /// A model whose agent steps stream `chunks` pieces, `every` apart.
+    pub fn start(chunks: u32, every: Duration) -> MockModel {
+        let counts = Arc::new(Counts::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = Arc::clone(&counts);
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    let counts = Arc::clone(&shared);
+                    App::new().route(
+                        "/v1/chat/completions",
+                        web::post().to(move |body: web::Bytes| {
+                            let counts = Arc::clone(&counts);
+                            async move { answer(&body, chunks, every, counts) }
+                        }),
+                    )
+                })
+                .workers(1)
+                .disable_signals()
+                .bind("127.0.0.1:0")
+                .expect("mock model address");
+                let addr = server.addrs()[0];
+                let server = server.run();
+                let _ = tx.send((addr, server.handle()));
+                let _ = server.await;
+            });
+        });
+        let (addr, handle) = rx.recv().expect("mock model started");
+        MockModel {
+            base_url: format!("http://{addr}/v1"),
+            counts,
+            handle,
+        }
+    }
+
+    /// OpenCode's config for a provider `mock` with one model `m1` served here.
+    pub fn opencode_config(&self) -> String {
+        serde_json::json!({
+            "model": "mock/m1",
+            "provider": {"mock": {
+                "npm": "@ai-sdk/openai-compatible",
+                "options": {"baseURL": self.base_url, "apiKey": "unused"},
+                "models": {"m1": {}}
+            }}
+        })
+        .to_string()
+    }
+}
+
+impl Drop for MockModel {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(false)));
+    }
+}
+
+fn chunk(content: Option<&str>, finish: bool) -> Bytes {
+    let mut chunk = serde_json::json!({
+        "id": "mock", "object": "chat.completion.chunk", "created": 0, "model": "m1",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": null}]
+    });
+    if let Some(text) = content {
+        chunk["choices"][0]["delta"] = serde_json::json!({"role": "assistant", "content": text});
+    }
+    if finish {
+        chunk["choices"][0]["finish_reason"] = "stop".into();
+        chunk["usage"] =
+            serde_json::json!({"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10});
+    }
+    Bytes::from(format!("data: {chunk}\n\n"))
+}
+
+fn answer(body: &[u8], chunks: u32, every: Duration, counts: Arc<Counts>) -> HttpResponse {
+    let step =
+        serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|b| b.get("tools").is_some());
+    let (n, pause) = if step {
+        counts.started.fetch_add(1, Ordering::SeqCst);
+        (chunks, every)
+    } else {
+        (1, Duration::ZERO)
+    };
+    let stream = futures_util::stream::unfold(0u32, move |i| {
+        let counts = Arc::clone(&counts);
+        async move {
+            if i > n {
+                return None;
+            }
+            if i < n {
+                if i > 0 {
+                    actix_web::rt::time::sleep(pause).await;
+                }
+                return Some((
+                    Ok::<_, actix_web::Error>(chunk(Some(&format!("word{i} ")), false)),
+                    i + 1,
+                ));
+            }
+            if step {
+                counts.finished.fetch_add(1, Ordering::SeqCst);
+            }
+            let mut end = chunk(None, true).to_vec();
+            end.extend_from_slice(b"data: [DONE]\n\n");
+            Some((Ok(Bytes::from(end)), i + 1))
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .streaming(stream)
+}
