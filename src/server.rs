@@ -167,6 +167,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 max_buffer: args.ws_max_buffer,
                 ping_interval: args.ws_ping_interval,
                 client_timeout: args.ws_client_timeout,
+                output_limit: args.busy_timeout,
             },
             shared_auth: shared_paths.auth_file.clone(),
             max_user_connections: args.max_user_connections,

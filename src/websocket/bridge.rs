@@ -3,8 +3,9 @@
 //! Messages (all from streams and timers, none from outside)
 //! - `FromClient(frame)`: data frames go upstream (and count as the user's activity); pings
 //!   are answered here; a close is echoed and passed on.
-//! - `FromUpstream(frame)`: data frames are queued for the client byte for byte; pings are
-//!   answered here; a close is passed on and echoed.
+//! - `FromUpstream(frame)`: data frames are queued for the client byte for byte (and count as
+//!   activity, up to `output_limit` without a pause); pings are answered here; a close is
+//!   passed on and echoed.
 //! - keepalive timer: ping the client every `ping_interval`; no answer for `client_timeout` →
 //!   close.
 //! - the instance stopping → close 1012 (service restart); the gateway shutting down → 1001.
@@ -49,7 +50,14 @@ pub struct BridgeConfig {
     pub client_timeout: Duration,
     /// Bytes that may wait for a slow reader, in either direction, before the socket is closed.
     pub max_buffer: usize,
+    /// Output flowing to an open socket (a build in a terminal) is activity for at most this
+    /// long without a pause (`--busy-timeout`), so a forgotten `top` cannot hold an
+    /// instance for ever.
+    pub output_limit: Duration,
 }
+
+/// A pause this long in OpenCode's output ends a run of it.
+const OUTPUT_GAP: Duration = Duration::from_secs(60);
 
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -136,6 +144,8 @@ pub struct SocketBridge<S: Sink<WsMessage> + Unpin + 'static> {
     shutdown: CancellationToken,
     _open: SocketGauge,
     _connection: ConnectionGuard,
+    /// The current run of output: when it began, when the last of it came.
+    output: Option<(Instant, Instant)>,
 }
 
 pub struct BridgeParts<S: Sink<WsMessage> + Unpin + 'static> {
@@ -222,6 +232,7 @@ impl<S: Sink<WsMessage> + Unpin + 'static> SocketBridge<S> {
                 shutdown: parts.shutdown,
                 _open: open,
                 _connection: parts.connection,
+                output: None,
             }
         })
     }
@@ -348,8 +359,25 @@ impl<S: Sink<WsMessage> + Unpin + 'static> SocketBridge<S> {
         }
     }
 
+    /// Output reaching an open socket is the user's work going on (a terminal running a
+    /// build), for up to `output_limit` of output without a pause.
+    fn on_output(&mut self) {
+        let now = Instant::now();
+        let start = match self.output {
+            Some((start, last)) if now.duration_since(last) < OUTPUT_GAP => start,
+            _ => now,
+        };
+        self.output = Some((start, now));
+        if now.duration_since(start) < self.cfg.output_limit {
+            self.activity.touch();
+        }
+    }
+
     fn on_upstream(&mut self, frame: Frame, ctx: &mut Context<Self>) {
-        let data = |len: usize, this: &mut Self| this.metrics.bytes("upstream_to_client", len);
+        let data = |len: usize, this: &mut Self| {
+            this.metrics.bytes("upstream_to_client", len);
+            this.on_output();
+        };
         match frame {
             Frame::Text(bytes) => {
                 data(bytes.len(), self);

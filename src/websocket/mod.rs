@@ -38,6 +38,8 @@ pub struct WsConfig {
     pub max_buffer: usize,
     pub ping_interval: Duration,
     pub client_timeout: Duration,
+    /// `--busy-timeout`: how long output alone may keep an instance alive.
+    pub output_limit: Duration,
 }
 
 /// Headers of the client's handshake that belong to the client's hop only.
@@ -132,6 +134,7 @@ pub async fn upgrade(
                 ping_interval: cfg.ping_interval,
                 client_timeout: cfg.client_timeout,
                 max_buffer: cfg.max_buffer,
+                output_limit: cfg.output_limit,
             },
             activity: handle.activity.clone(),
             outbox,

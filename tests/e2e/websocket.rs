@@ -340,10 +340,11 @@ async fn clients_that_stop_answering_pings_are_disconnected() {
     }
 }
 
-/// Client messages are activity; OpenCode's output alone is not; stopping the instance closes
-/// its sockets with 1012.
+/// Client messages are activity, and so is output flowing to an open socket (a build in a
+/// terminal); once neither comes, the idle timeout stops the instance and its sockets close
+/// with 1012.
 #[actix_web::test]
-async fn only_client_messages_keep_an_instance_alive() {
+async fn typing_and_output_on_an_open_socket_keep_an_instance_alive() {
     let gw = Gateway::fake(&["--idle-timeout", "1s"]);
     assert_eq!(gw.get("alice", "/small").await.status, StatusCode::OK);
     let (_, mut typing) = gw.ws(Some("alice"), "/ws", &[]).await.expect("websocket");
@@ -364,12 +365,24 @@ async fn only_client_messages_keep_an_instance_alive() {
     send(&mut typing, Message::Close(None)).await;
     read_until_close(&mut typing).await;
 
+    // Output alone, for well past the idle timeout.
     let (_, mut watching) = gw
         .ws(Some("alice"), "/ws?tick_ms=100", &[])
         .await
         .expect("websocket");
-    let (reason, data) = read_until_close(&mut watching).await;
-    assert!(data > 0, "output arrived while it lasted");
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        assert!(next_frame(&mut watching).await.is_some());
+    }
+    assert_eq!(
+        gw.state("alice").await,
+        "ready",
+        "output to an open socket kept the instance alive"
+    );
+    // The socket closed, nothing flows: stopped.
+    drop(watching);
+    let (_, mut last) = gw.ws(Some("alice"), "/ws", &[]).await.expect("websocket");
+    let (reason, _) = read_until_close(&mut last).await;
     assert_eq!(reason.map(|r| r.code), Some(CloseCode::Restart));
     gw.wait_state("alice", "stopped").await;
 }
