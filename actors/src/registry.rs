@@ -5,8 +5,11 @@
 //! - `Open(UserSpec)` → `InstanceHandle`: get or create the user's instance actor.
 //! - `Admit { user }` → `Admission`: an instance asks for room under `max_instances`. When
 //!   full, the least recently active instance idle for at least `evict_min_idle` is stopped to
-//!   make room; if there is none the start is refused with a retry hint.
-//! - `Released { user }`: an instance at rest gives its room back.
+//!   make room, and the answer waits until it has given its room back (its processes are
+//!   gone): the limit counts processes, not intentions. If none can be evicted the start is
+//!   refused with a retry hint.
+//! - `Released { user }`: an instance at rest gives its room back; the first start waiting
+//!   for room gets it.
 //! - `StopUser { user, reason }` → `bool` (false: no such instance).
 //! - `Stats` → `PoolStats`.
 //! - `Shutdown`: refuse every further start, stop every instance, resolve when all are at rest.
@@ -16,7 +19,7 @@
 //! The route cache (`Routes`) is written only here; HTTP handlers read it directly so the hot
 //! path never waits in this actor's mailbox.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,8 +123,13 @@ pub struct Registry {
     cfg: RegistryConfig,
     shared: Arc<InstanceShared>,
     routes: Routes,
-    /// Users whose instance holds room under `max_instances`.
+    /// Users whose instance holds room under `max_instances` (an evicted one until it is
+    /// at rest).
     holders: HashSet<String>,
+    /// Instances told to stop to make room, until they are at rest: never chosen twice.
+    evicting: HashSet<String>,
+    /// Starts waiting for an evicted instance to give its room back, in order.
+    waiting: VecDeque<(String, tokio::sync::oneshot::Sender<Admission>)>,
     shutting_down: bool,
 }
 
@@ -132,6 +140,8 @@ impl Registry {
             shared: Arc::new(shared),
             routes: Arc::new(DashMap::new()),
             holders: HashSet::new(),
+            evicting: HashSet::new(),
+            waiting: VecDeque::new(),
             shutting_down: false,
         }
     }
@@ -168,13 +178,17 @@ impl Registry {
         handle
     }
 
-    fn admit(&mut self, user: String) -> Admission {
+    /// Room for `user`: at once, after an evicted instance is gone (the receiver), or not.
+    fn admit(
+        &mut self,
+        user: String,
+    ) -> Result<Admission, tokio::sync::oneshot::Receiver<Admission>> {
         if self.shutting_down {
-            return Admission::Refused(Refusal::ShuttingDown);
+            return Ok(Admission::Refused(Refusal::ShuttingDown));
         }
         if self.holders.contains(&user) || self.holders.len() < self.cfg.max_instances {
             self.holders.insert(user);
-            return Admission::Granted;
+            return Ok(Admission::Granted);
         }
         match self.eviction_candidate(&user) {
             Some((victim, handle)) => {
@@ -184,12 +198,14 @@ impl Registry {
                     idle_secs = handle.activity.idle_for().as_secs(),
                     "instance limit reached; evicting the least recently active idle instance"
                 );
-                self.holders.remove(&victim);
+                // The victim keeps its room until it is at rest (`Released`).
+                self.evicting.insert(victim);
                 handle.addr.do_send(Stop {
                     reason: StopReason::Evicted,
                 });
-                self.holders.insert(user);
-                Admission::Granted
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.waiting.push_back((user, tx));
+                Err(rx)
             }
             None => {
                 let retry_after = self.retry_after();
@@ -199,7 +215,21 @@ impl Registry {
                     retry_after_secs = retry_after.as_secs(),
                     "instance limit reached and no instance is idle enough to evict"
                 );
-                Admission::Refused(Refusal::Capacity { retry_after })
+                Ok(Admission::Refused(Refusal::Capacity { retry_after }))
+            }
+        }
+    }
+
+    /// Gives free room to the starts waiting for it, first come first served. A start that
+    /// stopped waiting (its instance was stopped meanwhile) gives the room straight back.
+    fn hand_out_room(&mut self) {
+        while self.holders.len() < self.cfg.max_instances {
+            let Some((user, tx)) = self.waiting.pop_front() else {
+                return;
+            };
+            self.holders.insert(user.clone());
+            if tx.send(Admission::Granted).is_err() {
+                self.holders.remove(&user);
             }
         }
     }
@@ -216,6 +246,7 @@ impl Registry {
     fn eviction_candidate(&self, except: &str) -> Option<(String, InstanceHandle)> {
         self.ready_holders(except)
             .into_iter()
+            .filter(|(u, _)| !self.evicting.contains(u))
             .map(|(u, h)| (h.activity.idle_for(), u, h))
             .filter(|(idle, _, _)| *idle >= self.cfg.evict_min_idle)
             .max_by_key(|(idle, _, _)| *idle)
@@ -318,10 +349,16 @@ impl Handler<Open> for Registry {
 }
 
 impl Handler<Admit> for Registry {
-    type Result = MessageResult<Admit>;
+    type Result = ResponseFuture<Admission>;
 
     fn handle(&mut self, msg: Admit, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.admit(msg.user))
+        match self.admit(msg.user) {
+            Ok(admission) => Box::pin(std::future::ready(admission)),
+            Err(room) => Box::pin(async move {
+                room.await
+                    .unwrap_or(Admission::Refused(Refusal::ShuttingDown))
+            }),
+        }
     }
 }
 
@@ -330,6 +367,14 @@ impl Handler<Released> for Registry {
 
     fn handle(&mut self, msg: Released, _: &mut Self::Context) {
         self.holders.remove(&msg.user);
+        self.evicting.remove(&msg.user);
+        if self.shutting_down {
+            for (_, tx) in self.waiting.drain(..) {
+                let _ = tx.send(Admission::Refused(Refusal::ShuttingDown));
+            }
+        } else {
+            self.hand_out_room();
+        }
     }
 }
 
@@ -360,6 +405,9 @@ impl Handler<Shutdown> for Registry {
 
     fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
         self.shutting_down = true;
+        for (_, tx) in self.waiting.drain(..) {
+            let _ = tx.send(Admission::Refused(Refusal::ShuttingDown));
+        }
         let addrs: Vec<_> = self.routes.iter().map(|e| e.addr.clone()).collect();
         tracing::info!(instances = addrs.len(), "stopping every instance");
         Box::pin(async move {

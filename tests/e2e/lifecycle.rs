@@ -435,3 +435,48 @@ async fn navigation_gets_the_starting_page_and_progress_follows() {
     let after = gw.get_with("alice", "/", &[("accept", "text/html")]).await;
     assert_eq!(after.status, StatusCode::OK, "ready: proxied");
 }
+
+/// The limit counts processes: an evicted OpenCode that takes its time to stop (it ignores
+/// SIGTERM, so it lasts the whole --stop-grace) is gone before the newcomer's starts.
+#[actix_web::test]
+async fn an_evicted_instance_is_gone_before_the_next_one_starts() {
+    let gw = Gateway::fake(&[
+        "--max-instances",
+        "1",
+        "--evict-min-idle",
+        "100ms",
+        "--stop-grace",
+        "2s",
+        "--opencode-arg=--fake-ignore-sigterm",
+    ]);
+    assert_eq!(gw.get("alice", "/small").await.status, StatusCode::OK);
+    // Idle long enough to be evicted.
+    gw.wait_user("alice", "was idle for --evict-min-idle", |u| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        now.saturating_sub(as_u64(&u["lastActivity"])) >= 200
+    })
+    .await;
+    let bob = gw
+        .client
+        .get(gw.url("/small"))
+        .insert_header(("x-chamberlain-dev-user", "bob"))
+        .send();
+    let bob = actix_web::rt::spawn(async move { bob.await.map(|r| r.status()) });
+    let mut most = 0;
+    while !bob.is_finished() {
+        let live = gw.spawned_pids().into_iter().filter(|p| alive(*p)).count();
+        most = most.max(live);
+        actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = bob.await.unwrap().expect("bob's request");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(most, 1, "two OpenCodes were alive under --max-instances 1");
+    let alice = gw.wait_state("alice", "stopped").await;
+    assert!(alice["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("make room"));
+}
