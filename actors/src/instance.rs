@@ -265,6 +265,8 @@ pub struct UserInstance {
     asking_busy: bool,
     /// The log has said that sessions are busy for longer than `--busy-timeout`.
     busy_overdue: bool,
+    /// When the current stop began (for `chamberlain_instance_stop_seconds`).
+    stopping_since: Option<Instant>,
 }
 
 impl UserInstance {
@@ -296,6 +298,7 @@ impl UserInstance {
             busy_since: None,
             asking_busy: false,
             busy_overdue: false,
+            stopping_since: None,
             health_client: None,
         }
     }
@@ -1038,6 +1041,11 @@ impl UserInstance {
 
     /// The process is gone (and everything of the user with it): rest, fail or restart.
     fn finish_stop(&mut self, then: AfterStop, ctx: &mut Context<Self>) {
+        if let Some(since) = self.stopping_since.take() {
+            self.shared
+                .metrics
+                .stop_duration(since.elapsed().as_secs_f64());
+        }
         match then {
             AfterStop::Rest => {
                 let message = self.message.take();
@@ -1157,6 +1165,7 @@ impl UserInstance {
             "stopping OpenCode"
         );
         process.signal_all(&self.user.user_id, Signal::SIGTERM);
+        self.stopping_since = Some(Instant::now());
         let generation = process.generation;
         let grace = self.cfg().stop_grace;
         let kill_timer = ctx.run_later(grace, move |act, _| act.on_grace_expired(generation));
@@ -1177,10 +1186,17 @@ impl UserInstance {
         {
             if process.generation == generation {
                 *kill_timer = None;
+                // Which processes outlived SIGTERM (OpenCode itself exits at once; a
+                // shell or a tool it started may not).
+                let left = match process.uid {
+                    Some(uid) => reaper::processes_of(uid),
+                    None => vec![process.pid.as_raw() as u32],
+                };
                 tracing::warn!(
                     user = %self.user.user_id,
                     pid = process.pid.as_raw(),
-                    "OpenCode did not stop within the grace period; sending SIGKILL"
+                    still_running = %procfs::describe(&left),
+                    "processes did not stop within the grace period; sending SIGKILL"
                 );
                 process.look_for_everything();
                 process.signal_all(&self.user.user_id, Signal::SIGKILL);

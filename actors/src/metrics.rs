@@ -18,6 +18,7 @@ pub struct InstanceMetrics {
     culls: Family<Label, Counter>,
     crashes: Counter,
     oom_kills: Counter,
+    stop_seconds: Histogram,
     restarts: Counter,
     by_state: Family<Label, Gauge>,
 }
@@ -70,6 +71,8 @@ impl InstanceMetrics {
             culls: Family::default(),
             crashes: Counter::default(),
             oom_kills: Counter::default(),
+            // 10 ms … ~40 s
+            stop_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 13)),
             restarts: Counter::default(),
             by_state: Family::default(),
         }
@@ -95,6 +98,11 @@ impl InstanceMetrics {
             "chamberlain_instance_crashes",
             "OpenCode processes that exited unexpectedly",
             self.crashes.clone(),
+        );
+        registry.register(
+            "chamberlain_instance_stop_seconds",
+            "Time from SIGTERM to every process of the instance gone",
+            self.stop_seconds.clone(),
         );
         registry.register(
             "chamberlain_instance_oom_kills",
@@ -133,6 +141,10 @@ impl InstanceMetrics {
 
     pub fn crash(&self) {
         self.crashes.inc();
+    }
+
+    pub fn stop_duration(&self, seconds: f64) {
+        self.stop_seconds.observe(seconds);
     }
 
     pub fn oom_kill(&self) {

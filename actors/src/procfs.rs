@@ -18,6 +18,17 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// `pid (name)` for each live process, for logs.
+pub fn describe(pids: &[u32]) -> String {
+    pids.iter()
+        .map(|pid| {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            format!("{pid} ({})", name.trim())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Processes the kernel's OOM killer has ended on this host since boot (`oom_kill` in
 /// `/proc/vmstat`, Linux 4.13 and later).
 pub fn host_oom_kills() -> Option<u64> {

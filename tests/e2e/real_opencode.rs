@@ -8,7 +8,8 @@ use awc::http::StatusCode;
 use awc::ws::{CloseCode, Message};
 
 use crate::support::{
-    as_u64, client, create_pty, read_terminal, read_until_close, real_opencode, send, Gateway,
+    as_u64, client, create_pty, metric, read_terminal, read_until_close, real_opencode, send,
+    Gateway,
 };
 
 #[actix_web::test]
@@ -361,4 +362,36 @@ async fn stopping_the_instance_closes_its_terminal_sockets() {
     assert_eq!(stop.status, StatusCode::OK);
     let (reason, _) = read_until_close(&mut socket).await;
     assert_eq!(reason.map(|r| r.code), Some(CloseCode::Restart));
+}
+
+/// OpenCode 1.18.33 ends on SIGTERM, with an interactive terminal open too (whose shell,
+/// which ignores SIGTERM, ends with the terminal): a stop needs no SIGKILL, and its duration
+/// is in `chamberlain_instance_stop_seconds`.
+#[actix_web::test]
+async fn opencode_stops_on_sigterm_with_a_terminal_open() {
+    let gw = Gateway::real(&["--stop-grace", "60s"]);
+    let pty = gw
+        .request(
+            awc::http::Method::POST,
+            Some("alice"),
+            "/pty",
+            &[("content-type", "application/json")],
+            Some(bytes::Bytes::from_static(b"{}")),
+        )
+        .await;
+    assert_eq!(pty.status, StatusCode::OK, "{}", pty.text());
+    let stop = gw.post("alice", "/-/api/instance/stop").await;
+    assert_eq!(stop.status, StatusCode::OK, "{}", stop.text());
+    assert_eq!(gw.state("alice").await, "stopped");
+    assert!(
+        !gw.log().contains("did not stop within the grace period"),
+        "{}",
+        gw.log()
+    );
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(&metrics, "chamberlain_instance_stop_seconds_count"),
+        1.0,
+        "{metrics}"
+    );
 }
