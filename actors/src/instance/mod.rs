@@ -24,14 +24,13 @@
 //! watched by separate tasks that report back with messages tagged by `generation`, so a
 //! message about an earlier process is recognised and ignored.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
+
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +39,7 @@ use crate::busy;
 use crate::clock;
 use crate::config::InstanceConfig;
 use crate::health;
-use crate::isolation::{reaper, Isolation, UserIds};
+use crate::isolation::{reaper, Isolation};
 use crate::launcher::{self, ChildSpec, Launcher, StderrTail};
 use crate::metrics::{CullReason, InstanceMetrics, StartOutcome};
 use crate::org::OrgFiles;
@@ -49,7 +48,15 @@ use crate::proctree::Descendants;
 use crate::provision::{Homes, Profile};
 use crate::registry::{Admission, Admit, Registry, Released};
 use crate::status::{InstanceState, InstanceStatus, Refusal, Upstream};
-use crate::workspace::{UserKey, Workspace};
+use crate::workspace::UserKey;
+
+mod crashes;
+mod process;
+mod start;
+
+use crashes::Crashes;
+use process::{reap_uid, Process};
+use start::{child_env, prepare, Prepared};
 
 /// Who an instance belongs to.
 #[derive(Clone, Debug)]
@@ -146,62 +153,6 @@ struct Exited {
     killed: bool,
 }
 
-/// One spawned OpenCode process.
-struct Process {
-    pid: Pid,
-    generation: u64,
-    stderr: StderrTail,
-    spawned_at: Instant,
-    stopping: CancellationToken,
-    password: String,
-    /// Processes below it last time we looked (terminal shells live outside its group).
-    descendants: Descendants,
-    /// The user's own uid, when users have one: then every process of that uid is theirs.
-    uid: Option<u32>,
-    /// The value of [`launcher::MARKER_VAR`] in this process's environment, which all it
-    /// starts inherits.
-    marker: String,
-    /// The host's OOM-kill count when it was spawned: a SIGKILL nobody here sent, with the
-    /// count grown since, was the kernel's OOM killer.
-    host_oom_kills_at_spawn: Option<u64>,
-}
-
-impl Process {
-    /// Remembers processes started below OpenCode since the last look. Only meaningful while
-    /// OpenCode itself is alive: once it exits, its orphans are no longer below it.
-    fn look_for_descendants(&mut self) {
-        self.descendants.merge(Descendants::of(self.pid));
-    }
-
-    /// When stopping: also everything that carries this process's marker, which finds
-    /// what left the tree (a `setsid … &` whose parent exited). With a uid per user the
-    /// uid finds everything; this is for the modes without one.
-    fn look_for_everything(&mut self) {
-        self.look_for_descendants();
-        if self.uid.is_none() {
-            self.descendants
-                .merge(Descendants::marked(launcher::MARKER_VAR, &self.marker));
-        }
-    }
-
-    /// Signals OpenCode's process group and every remembered descendant, and with a uid of
-    /// the user's own, every process of that uid (off the actor thread).
-    fn signal_all(&self, user: &str, signal: Signal) {
-        if let Err(e) = launcher::signal_group(self.pid, signal) {
-            tracing::error!(user, pid = self.pid.as_raw(), %signal, error = %e, "cannot signal OpenCode");
-        }
-        self.descendants.signal(signal);
-        if let Some(uid) = self.uid {
-            let user = user.to_owned();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = reaper::signal_uid(uid, signal) {
-                    tracing::error!(user, uid, %signal, error = %e, "cannot signal the user's processes");
-                }
-            });
-        }
-    }
-}
-
 enum AfterStop {
     Rest,
     Restart,
@@ -245,7 +196,7 @@ pub struct UserInstance {
     generation: u64,
     /// An `Admit` was sent and not yet matched by a `Released`.
     slot_requested: bool,
-    crashes: VecDeque<Instant>,
+    crashes: Crashes,
     /// The last process crashed; the next start is a restart.
     crashed: bool,
     restarts: u32,
@@ -286,7 +237,7 @@ impl UserInstance {
             phase: Phase::Stopped,
             generation: 0,
             slot_requested: false,
-            crashes: VecDeque::new(),
+            crashes: Crashes::default(),
             crashed: false,
             restarts: 0,
             message: None,
@@ -460,20 +411,8 @@ impl UserInstance {
 
     /// What is left of the backoff after the most recent crash.
     fn pending_backoff(&mut self) -> Duration {
-        self.prune_crashes();
-        let Some(last) = self.crashes.back() else {
-            return Duration::ZERO;
-        };
-        self.cfg()
-            .backoff_after(self.crashes.len())
-            .saturating_sub(last.elapsed())
-    }
-
-    fn prune_crashes(&mut self) {
-        let window = self.cfg().crash_window;
-        while self.crashes.front().is_some_and(|at| at.elapsed() > window) {
-            self.crashes.pop_front();
-        }
+        self.crashes
+            .pending_backoff(Instant::now(), &self.shared.cfg)
     }
 
     fn begin_queued(&mut self, delay: Duration, ctx: &mut Context<Self>) {
@@ -1067,10 +1006,8 @@ impl UserInstance {
         process.look_for_everything();
         process.signal_all(&self.user.user_id, Signal::SIGKILL);
         let message = with_output(what, &process.stderr);
-        self.crashes.push_back(Instant::now());
-        self.prune_crashes();
-        let crashes = self.crashes.len();
-        if crashes >= self.cfg().crash_limit {
+        let crashes = self.crashes.record(Instant::now(), &self.shared.cfg);
+        if Crashes::is_loop(crashes, &self.shared.cfg) {
             let window = self.cfg().crash_window.as_secs();
             tracing::error!(user = %self.user.user_id, crashes, error = %message, "instance crash loop");
             self.rest(
@@ -1261,80 +1198,6 @@ fn with_output(message: String, stderr: &StderrTail) -> String {
     } else {
         format!("{message}; last output:\n{tail}")
     }
-}
-
-/// What [`prepare`] made ready for a start.
-struct Prepared {
-    workspace: Workspace,
-    ids: Option<UserIds>,
-    /// The organisation's keys and config, for the child's environment.
-    org_env: Vec<(String, String)>,
-    /// The home's size, when it was measured for this start.
-    disk_bytes: Option<u64>,
-}
-
-/// Off the actor thread, before a start: the user's ids, leftovers of an earlier run of the
-/// same uid ended, the home provisioned, the organisation's files read.
-fn prepare(shared: &InstanceShared, user: &UserSpec, measure: bool) -> Result<Prepared, String> {
-    let ids = shared.isolation.ids(&user.key).map_err(|e| e.to_string())?;
-    if let Some(ids) = ids {
-        // A gateway that died leaves terminals and background jobs behind; with a uid per
-        // user they are found exactly, and a new start begins from nothing.
-        if !reaper::processes_of(ids.uid).is_empty() {
-            tracing::warn!(user = %user.user_id, uid = ids.uid, "ending processes left from an earlier run");
-            reaper::signal_uid(ids.uid, Signal::SIGKILL).map_err(|e| e.to_string())?;
-        }
-    }
-    let (workspace, ids) = shared
-        .homes
-        .prepare(&user.key, &user.profile())
-        .map_err(|e| e.to_string())?;
-    let org_env = shared.org.environment().map_err(|e| e.to_string())?;
-    let disk_bytes = if measure {
-        shared
-            .homes
-            .usage(&user.key)
-            .map_err(|e| format!("measuring the home: {e}"))?
-    } else {
-        None
-    };
-    Ok(Prepared {
-        workspace,
-        ids,
-        org_env,
-        disk_bytes,
-    })
-}
-
-/// SIGKILL to every process of `uid` until none is left (a process may be forking as it is
-/// signalled; each round takes all that exist at that instant). Returns how many remain
-/// after the last round. Blocking.
-fn reap_uid(uid: u32) -> usize {
-    let mut left = 0;
-    for _ in 0..50 {
-        if let Err(e) = reaper::signal_uid(uid, Signal::SIGKILL) {
-            tracing::error!(uid, error = %e, "cannot signal the user's processes");
-        }
-        left = reaper::processes_of(uid).len();
-        if left == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    left
-}
-
-/// Variables for one user's child: their git identity.
-fn child_env(profile: &Profile) -> Vec<(String, String)> {
-    [
-        ("GIT_AUTHOR_NAME", &profile.name),
-        ("GIT_AUTHOR_EMAIL", &profile.email),
-        ("GIT_COMMITTER_NAME", &profile.name),
-        ("GIT_COMMITTER_EMAIL", &profile.email),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.clone()))
-    .collect()
 }
 
 impl Actor for UserInstance {
