@@ -80,18 +80,7 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
-/// Percent-encodes everything but unreserved characters and `/`.
-pub fn percent_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use chamberlain_actors::encode::percent_encode;
 
 #[cfg(test)]
 mod tests {

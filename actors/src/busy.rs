@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::encode::percent_encode;
 use crate::status::Upstream;
 
 /// Sessions looked at (their distinct directories are asked for their state).
@@ -33,7 +34,7 @@ pub async fn busy_sessions(client: &awc::Client, upstream: &Upstream) -> Result<
         let status = get(
             client,
             upstream,
-            &format!("/session/status?directory={}", encode(&dir)),
+            &format!("/session/status?directory={}", percent_encode(&dir)),
         )
         .await?;
         busy += count_busy(&status);
@@ -90,19 +91,6 @@ fn count_busy(status: &serde_json::Value) -> u32 {
         .count() as u32
 }
 
-/// A query-string value: everything but unreserved characters and `/` percent-encoded.
-fn encode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,10 +114,5 @@ mod tests {
         assert_eq!(count_busy(&status), 2);
         assert_eq!(count_busy(&json!({})), 0);
         assert_eq!(count_busy(&json!("unexpected")), 0);
-    }
-
-    #[test]
-    fn directories_are_encoded_for_a_query() {
-        assert_eq!(encode("/h/my project&x=1"), "/h/my%20project%26x%3D1");
     }
 }

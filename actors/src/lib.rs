@@ -13,6 +13,7 @@ pub mod activity;
 pub mod as_user;
 pub mod busy;
 pub mod config;
+pub mod encode;
 pub mod handover;
 pub mod health;
 pub mod instance;

@@ -383,15 +383,7 @@ fn spawn_gateway(
         // std drops root's supplementary groups when it sets the uid.
         cmd.uid(uid).gid(uid);
     }
-    cmd.arg("serve");
-    for (flag, value) in [
-        ("--listen", "127.0.0.1:0"),
-        ("--admin-listen", "127.0.0.1:0"),
-    ] {
-        if !args.contains(&flag) {
-            cmd.args([flag, value]);
-        }
-    }
+    serve_on_free_ports(&mut cmd, args);
     cmd.arg("--data-dir")
         .arg(data)
         .arg("--opencode-bin")
@@ -432,15 +424,7 @@ fn spawn_gateway(
 pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
     let data = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(GATEWAY);
-    cmd.arg("serve");
-    for (flag, value) in [
-        ("--listen", "127.0.0.1:0"),
-        ("--admin-listen", "127.0.0.1:0"),
-    ] {
-        if !args.contains(&flag) {
-            cmd.args([flag, value]);
-        }
-    }
+    serve_on_free_ports(&mut cmd, args);
     let mut child = cmd
         .arg("--data-dir")
         .arg(data.path())
@@ -470,6 +454,19 @@ pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
         std::thread::sleep(Duration::from_millis(50));
     };
     (status, reader.join().unwrap_or_default())
+}
+
+/// `serve`, with loopback listeners on free ports unless `args` name their own.
+fn serve_on_free_ports(cmd: &mut Command, args: &[&str]) {
+    cmd.arg("serve");
+    for (flag, value) in [
+        ("--listen", "127.0.0.1:0"),
+        ("--admin-listen", "127.0.0.1:0"),
+    ] {
+        if !args.contains(&flag) {
+            cmd.args([flag, value]);
+        }
+    }
 }
 
 /// Live processes whose real uid is `uid`.

@@ -755,10 +755,7 @@ impl UserInstance {
         *probing = true;
         let upstream = upstream.clone();
         let generation = upstream.generation;
-        let client = self
-            .health_client
-            .get_or_insert_with(|| health::client(self.shared.cfg.health_timeout))
-            .clone();
+        let client = self.health_client();
         ctx.spawn(
             async move { health::probe(&client, &upstream).await }
                 .into_actor(self)
@@ -767,6 +764,13 @@ impl UserInstance {
         // Keeps `busySessions` current, and a working instance from looking idle to the
         // eviction.
         self.ask_busy(false, ctx);
+    }
+
+    /// The client of health checks and busy questions (one per instance, made on first use).
+    fn health_client(&mut self) -> awc::Client {
+        self.health_client
+            .get_or_insert_with(|| health::client(self.shared.cfg.health_timeout))
+            .clone()
     }
 
     fn on_health(
@@ -830,10 +834,7 @@ impl UserInstance {
         self.asking_busy = true;
         let upstream = upstream.clone();
         let generation = upstream.generation;
-        let client = self
-            .health_client
-            .get_or_insert_with(|| health::client(self.shared.cfg.health_timeout))
-            .clone();
+        let client = self.health_client();
         ctx.spawn(
             async move { busy::busy_sessions(&client, &upstream).await }
                 .into_actor(self)
