@@ -11,6 +11,34 @@ use bytes::Bytes;
 use crate::mock_model::MockModel;
 use crate::support::Gateway;
 
+/// A new session of `user` in the directory `query` names (or OpenCode's own), sent a prompt
+/// that the agent works on after the request has been answered.
+async fn prompt(gw: &Gateway, user: &str, query: &str) {
+    let session = gw
+        .request(
+            Method::POST,
+            Some(user),
+            &format!("/session{query}"),
+            &[("content-type", "application/json")],
+            Some(Bytes::from_static(b"{}")),
+        )
+        .await;
+    assert_eq!(session.status, StatusCode::OK, "{}", session.text());
+    let id = session.json()["id"].as_str().unwrap().to_owned();
+    let prompt = gw
+        .request(
+            Method::POST,
+            Some(user),
+            &format!("/session/{id}/prompt_async{query}"),
+            &[("content-type", "application/json")],
+            Some(Bytes::from_static(
+                br#"{"parts":[{"type":"text","text":"write a long answer"}]}"#,
+            )),
+        )
+        .await;
+    assert!(prompt.status.is_success(), "{}", prompt.text());
+}
+
 #[actix_web::test]
 async fn an_agent_at_work_keeps_its_instance_until_the_work_is_done() {
     // Each agent step streams for about 12 s; the idle timeout is 3 s.
@@ -43,29 +71,7 @@ async fn an_agent_at_work_keeps_its_instance_until_the_work_is_done() {
             }
             None => String::new(),
         };
-        let session = gw
-            .request(
-                Method::POST,
-                Some("alice"),
-                &format!("/session{query}"),
-                &[("content-type", "application/json")],
-                Some(Bytes::from_static(b"{}")),
-            )
-            .await;
-        assert_eq!(session.status, StatusCode::OK, "{}", session.text());
-        let id = session.json()["id"].as_str().unwrap().to_owned();
-        let prompt = gw
-            .request(
-                Method::POST,
-                Some("alice"),
-                &format!("/session/{id}/prompt_async{query}"),
-                &[("content-type", "application/json")],
-                Some(Bytes::from_static(
-                    br#"{"parts":[{"type":"text","text":"write a long answer"}]}"#,
-                )),
-            )
-            .await;
-        assert!(prompt.status.is_success(), "{}", prompt.text());
+        prompt(&gw, "alice", &query).await;
 
         // No client from here on (the admin API is not a client of the instance).
         let done = round as u32 + 1;
@@ -124,21 +130,7 @@ async fn a_full_gateway_does_not_evict_an_agent_at_work() {
     let start = gw.post("alice", "/-/api/instance/start").await;
     assert!(start.status.is_success(), "{}", start.text());
     gw.wait_state("alice", "ready").await;
-    let session = gw.post("alice", "/session").await;
-    assert_eq!(session.status, StatusCode::OK, "{}", session.text());
-    let id = session.json()["id"].as_str().unwrap().to_owned();
-    let prompt = gw
-        .request(
-            Method::POST,
-            Some("alice"),
-            &format!("/session/{id}/prompt_async"),
-            &[("content-type", "application/json")],
-            Some(Bytes::from_static(
-                br#"{"parts":[{"type":"text","text":"work"}]}"#,
-            )),
-        )
-        .await;
-    assert!(prompt.status.is_success(), "{}", prompt.text());
+    prompt(&gw, "alice", "").await;
     gw.wait_user("alice", "was seen at work", |u| {
         u["busySessions"].as_u64().unwrap_or(0) > 0
     })
