@@ -140,15 +140,13 @@ pub fn setup(
     })
     .context("cannot set up isolation")?;
     if let (Some(shared_gid), Some(range)) = (isolation.shared_gid(), isolation.uid_range()) {
-        claim_uid_range(range, &isolation.known_uids())?;
+        let leftovers = claim_uid_range(range, &isolation.known_uids())?;
         prepare_for_uids(data_dir, shared, shared_gid)?;
         // A gateway that died leaves users' terminals and jobs running under their uids.
-        for uid in isolation.known_uids() {
-            if !reaper::processes_of(uid).is_empty() {
-                tracing::warn!(uid, "ending processes left from an earlier run");
-                if let Err(e) = reaper::signal_uid(uid, nix::sys::signal::Signal::SIGKILL) {
-                    tracing::error!(uid, error = %e, "cannot end leftover processes");
-                }
+        for uid in leftovers {
+            tracing::warn!(uid, "ending processes left from an earlier run");
+            if let Err(e) = reaper::signal_uid(uid, nix::sys::signal::Signal::SIGKILL) {
+                tracing::error!(uid, error = %e, "cannot end leftover processes");
             }
         }
     }
@@ -177,8 +175,9 @@ const RANGE_LOCKS: &str = "/run/chamberlain";
 /// each other's users. Holds an exclusive lock named after the range for as long as the
 /// gateway runs (the descriptor is leaked on purpose; the kernel drops the lock at exit),
 /// and refuses to start when processes of the range exist that are not this gateway's
-/// users (another gateway's, or someone else's).
-fn claim_uid_range(range: (u32, u32), known: &[u32]) -> anyhow::Result<()> {
+/// users (another gateway's, or someone else's). Returns the uids of this gateway's users
+/// that still have processes (left by an earlier run), from the same look at `/proc`.
+fn claim_uid_range(range: (u32, u32), known: &[u32]) -> anyhow::Result<Vec<u32>> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::DirBuilderExt;
     match fs::DirBuilder::new().mode(0o700).create(RANGE_LOCKS) {
@@ -217,10 +216,11 @@ fn claim_uid_range(range: (u32, u32), known: &[u32]) -> anyhow::Result<()> {
             path.display()
         );
     }
-    let strangers: Vec<(u32, u32)> = reaper::processes_in(range.0, range.1)
+    // (pid, uid) of every process of the range: this gateway's users', and the others'.
+    type Processes = Vec<(u32, u32)>;
+    let (ours, strangers): (Processes, Processes) = reaper::processes_in(range.0, range.1)
         .into_iter()
-        .filter(|(_, uid)| !known.contains(uid))
-        .collect();
+        .partition(|(_, uid)| known.contains(uid));
     if let Some((pid, uid)) = strangers.first() {
         bail!(
             "--uid-range {}-{} is not free: {} process(es) run under its uids that this gateway \
@@ -232,7 +232,10 @@ fn claim_uid_range(range: (u32, u32), known: &[u32]) -> anyhow::Result<()> {
         );
     }
     std::mem::forget(file);
-    Ok(())
+    let mut leftovers: Vec<u32> = ours.into_iter().map(|(_, uid)| uid).collect();
+    leftovers.sort_unstable();
+    leftovers.dedup();
+    Ok(leftovers)
 }
 
 /// With a uid per user: the gateway (root) owns everything but the homes; users may pass

@@ -370,16 +370,7 @@ async fn stopping_the_instance_closes_its_terminal_sockets() {
 #[actix_web::test]
 async fn opencode_stops_on_sigterm_with_a_terminal_open() {
     let gw = Gateway::real(&["--stop-grace", "60s"]);
-    let pty = gw
-        .request(
-            awc::http::Method::POST,
-            Some("alice"),
-            "/pty",
-            &[("content-type", "application/json")],
-            Some(bytes::Bytes::from_static(b"{}")),
-        )
-        .await;
-    assert_eq!(pty.status, StatusCode::OK, "{}", pty.text());
+    create_pty(&gw, "alice").await;
     let stop = gw.post("alice", "/-/api/instance/stop").await;
     assert_eq!(stop.status, StatusCode::OK, "{}", stop.text());
     assert_eq!(gw.state("alice").await, "stopped");
