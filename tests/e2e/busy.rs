@@ -136,8 +136,13 @@ async fn a_full_gateway_does_not_evict_an_agent_at_work() {
     })
     .await;
 
-    // Well past --evict-min-idle without a client of hers, bob wants the one place.
-    actix_web::rt::time::sleep(Duration::from_secs(4)).await;
+    // Well past --evict-min-idle without a client of hers (8 pieces, 500 ms apart, since her
+    // prompt), bob wants the one place.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while model.counts.pieces.load(Ordering::SeqCst) < 8 {
+        assert!(Instant::now() < deadline, "the model never streamed");
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         model.counts.finished.load(Ordering::SeqCst),
         0,

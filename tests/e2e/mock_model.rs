@@ -16,6 +16,8 @@ pub struct Counts {
     pub finished: AtomicU32,
     /// Agent-step streams begun.
     pub started: AtomicU32,
+    /// Pieces of agent steps sent so far (one every `every`: a clock the test can wait on).
+    pub pieces: AtomicU32,
 }
 
 pub struct MockModel {
@@ -115,6 +117,9 @@ fn answer(body: &[u8], chunks: u32, every: Duration, counts: Arc<Counts>) -> Htt
             if i < n {
                 if i > 0 {
                     actix_web::rt::time::sleep(pause).await;
+                }
+                if step {
+                    counts.pieces.fetch_add(1, Ordering::SeqCst);
                 }
                 return Some((
                     Ok::<_, actix_web::Error>(chunk(Some(&format!("word{i} ")), false)),
