@@ -11,8 +11,8 @@ use actix_web::{web, App, HttpMessage, HttpServer};
 use anyhow::{bail, Context};
 use chamberlain_actors::as_user::Runner;
 use chamberlain_actors::{
-    Homes, InstanceConfig, InstanceMetrics, InstanceShared, LaunchConfig, Launcher, OrgFiles,
-    Registry, RegistryConfig, Shutdown, UsersRoot,
+    Homes, InstanceConfig, InstanceMetrics, InstanceShared, LaunchConfig, Launcher, Local,
+    LocalBackend, OrgFiles, Registry, RegistryConfig, Shutdown, UsersRoot,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -103,12 +103,30 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Runner::new(helper),
         shared_paths.auth_file.clone(),
     ));
+    let health_timeout = args.health_interval.min(Duration::from_secs(5));
+    let backend = LocalBackend::new(
+        Local {
+            launcher: Launcher::new(LaunchConfig {
+                program: program.clone(),
+                extra_args: args.opencode_args.clone(),
+                env_allow,
+            }),
+            homes: Arc::clone(&homes),
+            account: account_name(),
+            isolation: Arc::clone(&isolation),
+            org: OrgFiles {
+                auth: shared_paths.auth_file.clone(),
+                config: shared_paths.config_file.clone(),
+            },
+        },
+        health_timeout,
+    );
     let shared = InstanceShared {
         cfg: InstanceConfig {
             start_timeout: args.start_timeout,
             health_interval: args.health_interval,
             health_failures: args.health_failures,
-            health_timeout: args.health_interval.min(Duration::from_secs(5)),
+            health_timeout,
             stop_grace: args.stop_grace,
             idle_timeout: args.idle_timeout,
             disk_quota: args.disk_quota.map(|q| q as u64),
@@ -116,22 +134,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             busy_timeout: args.busy_timeout,
             ..InstanceConfig::default()
         },
-        launcher: Launcher::new(LaunchConfig {
-            program: program.clone(),
-            extra_args: args.opencode_args.clone(),
-            env_allow,
-        }),
-        homes: Arc::clone(&homes),
+        backend: std::rc::Rc::new(backend),
         start_slots: Arc::new(tokio::sync::Semaphore::new(
             args.max_concurrent_starts as usize,
         )),
         metrics: instance_metrics,
-        account: account_name(),
-        isolation: Arc::clone(&isolation),
-        org: OrgFiles {
-            auth: shared_paths.auth_file.clone(),
-            config: shared_paths.config_file.clone(),
-        },
     };
     let registry = Registry::new(
         RegistryConfig {

@@ -1,8 +1,8 @@
 //! Launching one `opencode serve` child for a user, and the plumbing around it: its
 //! environment, its process group, its output, and signalling it.
 //!
-//! This is the seam for running instances elsewhere (see DESIGN.md, "Where scale goes"): the
-//! instance actor only needs a process it can signal and a loopback address it can reach.
+//! The instance's state machine never calls this directly: it acts through
+//! `instance::Backend`, whose local implementation uses it.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;

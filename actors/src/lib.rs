@@ -29,14 +29,16 @@ pub mod workspace;
 
 pub use activity::{Activity, ActivityGuard};
 pub use config::{InstanceConfig, RegistryConfig};
-pub use instance::{InstanceShared, Stop, StopReason, UserInstance, UserSpec, Wake, WakeReply};
+pub use instance::{
+    Admission, InstanceShared, Local, LocalBackend, Stop, StopReason, UserInstance, UserSpec, Wake,
+    WakeReply,
+};
 pub use launcher::{LaunchConfig, Launcher};
 pub use metrics::InstanceMetrics;
 pub use org::OrgFiles;
 pub use provision::Homes;
 pub use registry::{
-    Admission, InstanceHandle, Open, PoolStats, Registry, Routes, Shutdown, Stats, StopUser,
-    UserStats,
+    InstanceHandle, Open, PoolStats, Registry, Routes, Shutdown, Stats, StopUser, UserStats,
 };
 pub use status::{InstanceState, InstanceStatus, Refusal, Upstream};
 pub use workspace::{UserKey, UsersRoot, Workspace};

@@ -20,6 +20,7 @@
 //! path never waits in this actor's mailbox.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,7 +31,10 @@ use tokio::sync::watch;
 
 use crate::activity::Activity;
 use crate::config::RegistryConfig;
-use crate::instance::{InstanceShared, Retire, Stop, StopReason, UserInstance, UserSpec};
+use crate::instance::{
+    Admission, Admit, InstanceShared, Released, Retire, Room, Stop, StopReason, UserInstance,
+    UserSpec,
+};
 use crate::procfs;
 use crate::status::{InstanceState, InstanceStatus, Refusal};
 
@@ -48,24 +52,6 @@ pub type Routes = Arc<DashMap<String, InstanceHandle>>;
 #[derive(Message)]
 #[rtype(result = "InstanceHandle")]
 pub struct Open(pub UserSpec);
-
-#[derive(Message)]
-#[rtype(result = "Admission")]
-pub struct Admit {
-    pub user: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    Granted,
-    Refused(Refusal),
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Released {
-    pub user: String,
-}
 
 #[derive(Message)]
 #[rtype(result = "bool")]
@@ -121,7 +107,7 @@ pub struct UserStats {
 
 pub struct Registry {
     cfg: RegistryConfig,
-    shared: Arc<InstanceShared>,
+    shared: Rc<InstanceShared>,
     routes: Routes,
     /// Users whose instance holds room under `max_instances` (an evicted one until it is
     /// at rest).
@@ -137,7 +123,7 @@ impl Registry {
     pub fn new(cfg: RegistryConfig, shared: InstanceShared) -> Self {
         Self {
             cfg,
-            shared: Arc::new(shared),
+            shared: Rc::new(shared),
             routes: Arc::new(DashMap::new()),
             holders: HashSet::new(),
             evicting: HashSet::new(),
@@ -161,8 +147,11 @@ impl Registry {
         let user = Arc::new(spec);
         let addr = UserInstance::new(
             Arc::clone(&user),
-            Arc::clone(&self.shared),
-            ctx.address(),
+            Rc::clone(&self.shared),
+            Room {
+                admit: ctx.address().recipient(),
+                released: ctx.address().recipient(),
+            },
             status_tx,
             Arc::clone(&activity),
         )
@@ -466,8 +455,7 @@ mod tests {
             })
             .unwrap(),
         );
-        let shared = InstanceShared {
-            cfg: inst,
+        let local = crate::instance::Local {
             launcher: Launcher::new(LaunchConfig {
                 program,
                 extra_args: vec![],
@@ -479,14 +467,21 @@ mod tests {
                 crate::as_user::Runner::in_process(),
                 dir.path().join("shared-auth.json"),
             )),
-            start_slots: Arc::new(tokio::sync::Semaphore::new(reg.max_concurrent_starts)),
-            metrics: InstanceMetrics::new(),
             account: "test".into(),
             isolation,
             org: crate::org::OrgFiles {
                 auth: dir.path().join("shared-auth.json"),
                 config: dir.path().join("shared-opencode.json"),
             },
+        };
+        let shared = InstanceShared {
+            backend: Rc::new(crate::instance::LocalBackend::new(
+                local,
+                inst.health_timeout,
+            )),
+            cfg: inst,
+            start_slots: Arc::new(tokio::sync::Semaphore::new(reg.max_concurrent_starts)),
+            metrics: InstanceMetrics::new(),
         };
         let registry = Registry::new(reg, shared);
         let routes = registry.routes();

@@ -1,23 +1,26 @@
 //! The running OpenCode process of an instance: who it is, what it started, and signalling
-//! all of it. The uid reaper itself lives in `isolation::reaper`.
+//! all of it — its [`Custody`] for the state machine. The uid reaper itself lives in
+//! `isolation::reaper`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use futures_util::future::LocalBoxFuture;
+use futures_util::FutureExt as _;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use tokio_util::sync::CancellationToken;
 
+use super::backend::Custody;
 use crate::isolation::reaper;
 use crate::launcher::{self, StderrTail};
+use crate::procfs;
 use crate::proctree::Descendants;
 
 /// One spawned OpenCode process.
 pub(super) struct Process {
+    /// The user's id, for the log.
+    pub(super) user: String,
     pub(super) pid: Pid,
-    pub(super) generation: u64,
     pub(super) stderr: StderrTail,
-    pub(super) spawned_at: Instant,
-    pub(super) stopping: CancellationToken,
     pub(super) password: String,
     /// Processes below it last time we looked (terminal shells live outside its group).
     pub(super) descendants: Descendants,
@@ -34,14 +37,14 @@ pub(super) struct Process {
 impl Process {
     /// Remembers processes started below OpenCode since the last look. Only meaningful while
     /// OpenCode itself is alive: once it exits, its orphans are no longer below it.
-    pub(super) fn look_for_descendants(&mut self) {
+    fn look_for_descendants(&mut self) {
         self.descendants.merge(Descendants::of(self.pid));
     }
 
     /// When stopping: also everything that carries this process's marker, which finds
     /// what left the tree (a `setsid … &` whose parent exited). With a uid per user the
     /// uid finds everything; this is for the modes without one.
-    pub(super) fn look_for_everything(&mut self) {
+    fn look_for_everything(&mut self) {
         self.look_for_descendants();
         if self.uid.is_none() {
             self.descendants
@@ -51,13 +54,14 @@ impl Process {
 
     /// Signals OpenCode's process group and every remembered descendant, and with a uid of
     /// the user's own, every process of that uid (off the actor thread).
-    pub(super) fn signal_all(&self, user: &str, signal: Signal) {
+    fn signal_all(&self, signal: Signal) {
+        let user = &self.user;
         if let Err(e) = launcher::signal_group(self.pid, signal) {
             tracing::error!(user, pid = self.pid.as_raw(), %signal, error = %e, "cannot signal OpenCode");
         }
         self.descendants.signal(signal);
         if let Some(uid) = self.uid {
-            let user = user.to_owned();
+            let user = user.clone();
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = reaper::signal_uid(uid, signal) {
                     tracing::error!(user, uid, %signal, error = %e, "cannot signal the user's processes");
@@ -67,10 +71,81 @@ impl Process {
     }
 }
 
+impl Custody for Process {
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid.as_raw() as u32)
+    }
+
+    fn authorization(&self) -> String {
+        launcher::basic_authorization(&self.password)
+    }
+
+    fn look(&mut self) {
+        self.look_for_descendants();
+    }
+
+    fn terminate(&mut self) {
+        self.look_for_everything();
+        tracing::debug!(
+            user = %self.user,
+            pid = self.pid.as_raw(),
+            descendants = self.descendants.len(),
+            "SIGTERM to OpenCode and what it started"
+        );
+        self.signal_all(Signal::SIGTERM);
+    }
+
+    fn kill(&mut self) {
+        self.look_for_everything();
+        self.signal_all(Signal::SIGKILL);
+    }
+
+    fn clean_up(&mut self) -> Option<LocalBoxFuture<'static, ()>> {
+        // OpenCode is gone; whatever is left of its group or below it is an orphan.
+        self.kill();
+        // With a uid of the user's own, the stop lasts until no process of that uid is
+        // left: `stopped` then means nothing of the user runs.
+        let uid = self.uid?;
+        let user = self.user.clone();
+        Some(
+            async move {
+                match tokio::task::spawn_blocking(move || reap_uid(uid)).await {
+                    Ok(0) => {}
+                    Ok(left) => {
+                        tracing::error!(user, uid, left, "processes of the user survived SIGKILL")
+                    }
+                    Err(e) => {
+                        tracing::error!(user, uid, error = %e, "reaping the user's processes failed")
+                    }
+                }
+            }
+            .boxed_local(),
+        )
+    }
+
+    fn still_running(&self) -> String {
+        let left = match self.uid {
+            Some(uid) => reaper::processes_of(uid),
+            None => vec![self.pid.as_raw() as u32],
+        };
+        procfs::describe(&left)
+    }
+
+    fn last_output(&self) -> String {
+        self.stderr.joined()
+    }
+
+    fn out_of_memory(&self) -> bool {
+        self.host_oom_kills_at_spawn
+            .zip(procfs::host_oom_kills())
+            .is_some_and(|(then, now)| now > then)
+    }
+}
+
 /// SIGKILL to every process of `uid` until none is left (a process may be forking as it is
 /// signalled; each round takes all that exist at that instant). Returns how many remain
 /// after the last round. Blocking.
-pub(super) fn reap_uid(uid: u32) -> usize {
+fn reap_uid(uid: u32) -> usize {
     let mut left = 0;
     for _ in 0..50 {
         if let Err(e) = reaper::signal_uid(uid, Signal::SIGKILL) {

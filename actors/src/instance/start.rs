@@ -1,16 +1,23 @@
-//! Off the actor, before a start: the user's ids, leftovers of an earlier run ended, the home
-//! provisioned (as the user), the organisation's files read, the home measured; and the
-//! child's own variables.
+//! A local start, in two steps. Off the actor: the user's ids, leftovers of an earlier run
+//! ended, the home provisioned (as the user), the organisation's files read, the home
+//! measured. Then on the actor's thread: the password, the sandbox, the environment, the
+//! spawn and the watchers of its output and exit.
 
 use nix::sys::signal::Signal;
 
-use super::{InstanceShared, UserSpec};
+use super::backend::{Launch, ProcessEvent};
+use super::local::Local;
+use super::process::Process;
+use super::UserSpec;
 use crate::isolation::{reaper, UserIds};
+use crate::launcher::{self, ChildSpec, StderrTail};
+use crate::procfs;
+use crate::proctree::Descendants;
 use crate::provision::Profile;
 use crate::workspace::Workspace;
 
-/// What [`prepare`] made ready for a start.
-pub(super) struct Prepared {
+/// What [`prepare`] made ready for a spawn.
+pub(super) struct Ready {
     pub(super) workspace: Workspace,
     pub(super) ids: Option<UserIds>,
     /// The organisation's keys and config, for the child's environment.
@@ -21,12 +28,8 @@ pub(super) struct Prepared {
 
 /// Off the actor thread, before a start: the user's ids, leftovers of an earlier run of the
 /// same uid ended, the home provisioned, the organisation's files read.
-pub(super) fn prepare(
-    shared: &InstanceShared,
-    user: &UserSpec,
-    measure: bool,
-) -> Result<Prepared, String> {
-    let ids = shared.isolation.ids(&user.key).map_err(|e| e.to_string())?;
+pub(super) fn prepare(local: &Local, user: &UserSpec, measure: bool) -> Result<Ready, String> {
+    let ids = local.isolation.ids(&user.key).map_err(|e| e.to_string())?;
     if let Some(ids) = ids {
         // A gateway that died leaves terminals and background jobs behind; with a uid per
         // user they are found exactly, and a new start begins from nothing.
@@ -35,24 +38,110 @@ pub(super) fn prepare(
             reaper::signal_uid(ids.uid, Signal::SIGKILL).map_err(|e| e.to_string())?;
         }
     }
-    let (workspace, ids) = shared
+    let (workspace, ids) = local
         .homes
         .prepare(&user.key, &user.profile())
         .map_err(|e| e.to_string())?;
-    let org_env = shared.org.environment().map_err(|e| e.to_string())?;
+    let org_env = local.org.environment().map_err(|e| e.to_string())?;
     let disk_bytes = if measure {
-        shared
+        local
             .homes
             .usage(&user.key)
             .map_err(|e| format!("measuring the home: {e}"))?
     } else {
         None
     };
-    Ok(Prepared {
+    Ok(Ready {
         workspace,
         ids,
         org_env,
         disk_bytes,
+    })
+}
+
+/// On the actor's thread: spawns OpenCode in the prepared home behind the user's walls, and
+/// watches its output (for the start line) and its exit.
+pub(super) fn spawn(
+    local: &Local,
+    user: &UserSpec,
+    ready: Ready,
+    launch: Launch,
+) -> Result<Process, String> {
+    let Ready {
+        workspace,
+        ids,
+        org_env,
+        ..
+    } = ready;
+    let password = launcher::generate_password().map_err(|e| e.to_string())?;
+    let sandbox = local
+        .isolation
+        .child_sandbox(workspace.home(), ids)
+        .map_err(|e| e.to_string())?;
+    let account = match ids {
+        Some(_) => user.key.as_str().to_owned(),
+        None => local.account.clone(),
+    };
+    let marker = launcher::generate_password().map_err(|e| e.to_string())?;
+    let mut extra_env = child_env(&user.profile());
+    extra_env.extend(org_env);
+    extra_env.push((launcher::MARKER_VAR.to_owned(), marker.clone()));
+    let launched = local.launcher.launch(&ChildSpec {
+        workspace: &workspace,
+        password: &password,
+        account: &account,
+        extra_env: &extra_env,
+        sandbox: Some(&sandbox),
+    });
+    drop(sandbox);
+    let launched = launched.map_err(|e| e.to_string())?;
+    let Launch { generation, events } = launch;
+    let stderr = StderrTail::default();
+    let listening = events.clone();
+    actix::spawn(launcher::follow_stdout(
+        launched.stdout,
+        user.user_id.clone(),
+        move |addr| listening.do_send(ProcessEvent::Listening { generation, addr }),
+    ));
+    actix::spawn(launcher::follow_stderr(
+        launched.stderr,
+        user.user_id.clone(),
+        stderr.clone(),
+    ));
+    let mut child = launched.child;
+    actix::spawn(async move {
+        let (status, killed) = match child.wait().await {
+            Ok(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                (
+                    status.to_string(),
+                    status.signal() == Some(nix::libc::SIGKILL),
+                )
+            }
+            Err(e) => (format!("wait failed: {e}"), false),
+        };
+        events.do_send(ProcessEvent::Exited {
+            generation,
+            status,
+            killed,
+        });
+    });
+    tracing::info!(
+        user = %user.user_id,
+        pid = launched.pid.as_raw(),
+        uid = ids.map(|i| i.uid),
+        program = %local.launcher.program().display(),
+        "spawned OpenCode"
+    );
+    Ok(Process {
+        user: user.user_id.clone(),
+        pid: launched.pid,
+        stderr,
+        password,
+        descendants: Descendants::default(),
+        uid: ids.map(|i| i.uid),
+        marker,
+        host_oom_kills_at_spawn: procfs::host_oom_kills(),
     })
 }
 
