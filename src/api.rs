@@ -120,6 +120,13 @@ fn handle_json(handle: Option<&InstanceHandle>) -> Value {
     }
 }
 
+/// The instance with the user's model use today (UTC) and their daily budget.
+fn with_usage(mut instance: Value, gateway: &Gateway, user_id: &str) -> Value {
+    instance["llm"] = json!(gateway.cfg.llm_usage.today(user_id));
+    instance["llmDailyTokens"] = json!(gateway.cfg.llm_daily_tokens);
+    instance
+}
+
 async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let identity = gateway
         .identify(&req)
@@ -135,7 +142,7 @@ async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpRespons
         "name": identity.name,
         "homeDirectory": ws.home(),
         "isInitialized": gateway.homes.users().is_initialized(&key),
-        "instance": handle_json(handle.as_ref()),
+        "instance": with_usage(handle_json(handle.as_ref()), &gateway, &identity.user_id),
     })))
 }
 
@@ -144,7 +151,8 @@ async fn instance(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpR
         .identify(&req)
         .await
         .map_err(|e| ApiError(e, req.clone()))?;
-    Ok(HttpResponse::Ok().json(handle_json(gateway.peek(&identity).as_ref())))
+    let instance = handle_json(gateway.peek(&identity).as_ref());
+    Ok(HttpResponse::Ok().json(with_usage(instance, &gateway, &identity.user_id)))
 }
 
 async fn start(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {

@@ -299,6 +299,22 @@ pub struct ServeArgs {
     #[arg(long, env = "CHAMBERLAIN_BUSY_TIMEOUT", default_value = "4h", value_parser = duration)]
     pub busy_timeout: Duration,
 
+    /// Loopback address of the model-API relay, through which instances reach the
+    /// organisation's providers (the keys in shared/auth/auth.json stay in the gateway). Port
+    /// 0 picks a free one.
+    #[arg(long, env = "CHAMBERLAIN_LLM_LISTEN", default_value = "127.0.0.1:0", value_parser = loopback_addr)]
+    pub llm_listen: SocketAddr,
+
+    /// The real address of a relayed provider, as `<provider>=<base URL>` (repeatable); over
+    /// the built-in table and the provider's baseURL in shared/config/opencode.json.
+    #[arg(long = "llm-upstream", env = "CHAMBERLAIN_LLM_UPSTREAM", value_delimiter = ',', value_parser = llm_upstream)]
+    pub llm_upstreams: Vec<(String, String)>,
+
+    /// Tokens (input + output) each user may use through the relay per UTC day; 0: no limit.
+    /// A call beyond it is refused with a message OpenCode shows in the session.
+    #[arg(long, env = "CHAMBERLAIN_LLM_DAILY_TOKENS", default_value_t = 0)]
+    pub llm_daily_tokens: u64,
+
     /// When full, only instances idle at least this long may be evicted to make room.
     #[arg(long, env = "CHAMBERLAIN_EVICT_MIN_IDLE", default_value = "1m", value_parser = duration)]
     pub evict_min_idle: Duration,
@@ -386,6 +402,34 @@ impl AdminListen {
             AdminListen::At(addr) => Some(addr),
         }
     }
+}
+
+fn loopback_addr(text: &str) -> Result<SocketAddr, String> {
+    let addr = crate::listeners::parse_addr(text)?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the relay is for this machine's instances only"
+        ));
+    }
+    Ok(addr)
+}
+
+fn llm_upstream(text: &str) -> Result<(String, String), String> {
+    let (id, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not <provider>=<base URL>"))?;
+    let (id, url) = (id.trim(), url.trim());
+    if id.is_empty()
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!("{id:?} is not a provider id"));
+    }
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!("{url:?} is not an http(s) URL"));
+    }
+    Ok((id.to_owned(), url.trim_end_matches('/').to_owned()))
 }
 
 fn admin_listen(text: &str) -> Result<AdminListen, String> {

@@ -35,6 +35,9 @@ pub struct GatewayConfig {
     pub shared_auth: std::path::PathBuf,
     /// `--max-user-connections`.
     pub max_user_connections: u32,
+    /// Model use through the relay, and `--llm-daily-tokens` (0: none).
+    pub llm_usage: Arc<crate::relay::usage::UsageBook>,
+    pub llm_daily_tokens: u64,
 }
 
 pub struct Gateway {

@@ -20,6 +20,7 @@ pub mod origin;
 pub mod pages;
 pub mod peer;
 pub mod proxy;
+pub mod relay;
 pub mod repos;
 pub mod server;
 pub mod site;

@@ -114,6 +114,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub ws: WsMetrics,
     pub auth: AuthMetrics,
+    pub llm: crate::relay::metrics::LlmMetrics,
 }
 
 impl Metrics {
@@ -172,7 +173,10 @@ impl Metrics {
             auth.key_fetches.clone(),
         );
         instances.register(&mut registry);
+        let llm = crate::relay::metrics::LlmMetrics::default();
+        llm.register(&mut registry);
         Self {
+            llm,
             registry,
             http,
             ws,

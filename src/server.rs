@@ -10,6 +10,7 @@ use actix_web::dev::{ServerHandle, Service};
 use actix_web::{web, App, HttpMessage, HttpServer};
 use anyhow::{bail, Context};
 use chamberlain_actors::as_user::Runner;
+use chamberlain_actors::llm::{Grants, RelaySettings};
 use chamberlain_actors::{
     Homes, InstanceConfig, InstanceMetrics, InstanceShared, LaunchConfig, Launcher, Local,
     LocalBackend, OrgFiles, Registry, RegistryConfig, Shutdown, UsersRoot,
@@ -21,6 +22,8 @@ use crate::cli::{AuthMode, ServeArgs};
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::identity::{Authenticator, Identity};
 use crate::metrics::{HttpMetrics, Metrics};
+use crate::relay::usage::UsageBook;
+use crate::relay::{Relay, RelayClient};
 use crate::websocket::WsConfig;
 use crate::{api, proxy};
 
@@ -53,6 +56,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .addr()
         .map(|addr| crate::listeners::bind_tcp(addr, "--admin-listen"))
         .transpose()?;
+    let relay_listener = crate::listeners::bind_tcp(args.llm_listen, "--llm-listen")?;
+    let relay_addr = relay_listener
+        .local_addr()
+        .context("cannot tell the model relay's address")?;
     let admin_socket = args
         .admin_socket
         .as_deref()
@@ -104,6 +111,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shared_paths.auth_file.clone(),
     ));
     let health_timeout = args.health_interval.min(Duration::from_secs(5));
+    let grants = Grants::default();
+    let usage = Arc::new(
+        UsageBook::open(data_dir.join("state/llm-usage.json"))
+            .context("cannot read the model usage book; move it aside to start afresh")?,
+    );
     let backend = LocalBackend::new(
         Local {
             launcher: Launcher::new(LaunchConfig {
@@ -117,6 +129,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             org: OrgFiles {
                 auth: shared_paths.auth_file.clone(),
                 config: shared_paths.config_file.clone(),
+            },
+            relay: RelaySettings {
+                base_url: format!("http://{relay_addr}"),
+                upstreams: args.llm_upstreams.iter().cloned().collect(),
+                grants: Arc::clone(&grants),
             },
         },
         health_timeout,
@@ -178,6 +195,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             },
             shared_auth: shared_paths.auth_file.clone(),
             max_user_connections: args.max_user_connections,
+            llm_usage: Arc::clone(&usage),
+            llm_daily_tokens: args.llm_daily_tokens,
         },
         metrics.http.clone(),
         metrics.ws.clone(),
@@ -232,9 +251,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         gateway: gateway.clone(),
         isolation: Arc::clone(&isolation),
         token: token.clone(),
+        usage: Arc::clone(&usage),
+        daily_tokens: args.llm_daily_tokens,
     });
     let admin_library = web::Data::new(crate::repos::Library(repos.clone()));
     let mut admin_servers = Vec::new();
+    let mut admin_handles_extra: Vec<ServerHandle> = Vec::new();
     let mut admin_addrs = Vec::new();
     if let Some(listener) = admin_listener {
         let (state, library) = (admin_state.clone(), admin_library.clone());
@@ -279,8 +301,36 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         admin_servers.push(server.run());
     }
 
+    let relay = {
+        let state = web::Data::new(Relay {
+            grants,
+            usage: Arc::clone(&usage),
+            daily_tokens: args.llm_daily_tokens,
+            metrics: metrics.llm.clone(),
+            timeout: crate::relay::ANSWER_TIMEOUT,
+        });
+        let timeout = crate::relay::ANSWER_TIMEOUT;
+        HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::Data::new(RelayClient::new(timeout)))
+                .configure(crate::relay::configure)
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(relay_listener)
+        .context("cannot serve the model relay")?
+        .run()
+    };
+    admin_handles_extra.push(relay.handle());
+    let relay_task = actix_web::rt::spawn(relay);
+    let flusher = actix_web::rt::spawn(keep_writing(Arc::clone(&usage)));
+
     let public_handle = public.handle();
-    let admin_handles: Vec<ServerHandle> = admin_servers.iter().map(|s| s.handle()).collect();
+    let mut admin_handles: Vec<ServerHandle> = admin_servers.iter().map(|s| s.handle()).collect();
+    let has_admin = !admin_handles.is_empty();
+    admin_handles.append(&mut admin_handles_extra);
     let public_task = actix_web::rt::spawn(public);
     let admin_task = actix_web::rt::spawn(async move {
         let results = futures_util::future::join_all(admin_servers).await;
@@ -310,7 +360,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
         result = public_task => bail!("public listener stopped unexpectedly: {result:?}"),
-        result = admin_task, if !admin_handles.is_empty() => {
+        result = relay_task => bail!("the model relay stopped unexpectedly: {result:?}"),
+        result = admin_task, if has_admin => {
             bail!("admin listener stopped unexpectedly: {result:?}")
         }
     };
@@ -326,7 +377,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.admin_socket {
         admin::socket::remove(path);
     }
+    flusher.abort();
+    write_usage(usage).await;
     Ok(())
+}
+
+/// How often the usage book is written when it changed.
+const USAGE_WRITE_INTERVAL: Duration = Duration::from_secs(5);
+
+async fn keep_writing(usage: Arc<UsageBook>) {
+    let mut tick = tokio::time::interval(USAGE_WRITE_INTERVAL);
+    loop {
+        tick.tick().await;
+        write_usage(Arc::clone(&usage)).await;
+    }
+}
+
+async fn write_usage(usage: Arc<UsageBook>) {
+    match tokio::task::spawn_blocking(move || usage.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "cannot write the model usage book"),
+        Err(e) => tracing::error!(error = %e, "writing the model usage book was interrupted"),
+    }
 }
 
 async fn shutdown(

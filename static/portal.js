@@ -81,10 +81,19 @@
     $("started-at").textContent = when(inst.startedAt);
     $("last-activity").textContent = when(inst.lastActivity);
     renderDisk(inst.diskBytes, inst.diskQuota);
+    if (inst.llm) { renderUsage(inst.llm, inst.llmDailyTokens); }
     var busy = state === "queued" || state === "starting" || state === "stopping";
     $("start").disabled = busy || state === "ready";
     $("stop").disabled = busy || state === "stopped";
     $("restart").disabled = busy || state !== "ready";
+  }
+
+  // Tokens through the organisation's keys today (UTC), against the daily budget if any.
+  function renderUsage(llm, budget) {
+    var tokens = (llm.inputTokens || 0) + (llm.outputTokens || 0);
+    var text = tokens.toLocaleString("en") + " tokens in " + (llm.requests || 0) + " calls";
+    if (budget) { text += " (of " + budget.toLocaleString("en") + " a day)"; }
+    $("llm-usage").textContent = text;
   }
 
   // From 90% of the quota the person is told; at 100% new starts are refused.

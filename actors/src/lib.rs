@@ -19,6 +19,7 @@ pub mod health;
 pub mod instance;
 pub mod isolation;
 pub mod launcher;
+pub mod llm;
 pub mod metrics;
 pub mod org;
 pub mod provision;

@@ -473,6 +473,11 @@ mod tests {
                 auth: dir.path().join("shared-auth.json"),
                 config: dir.path().join("shared-opencode.json"),
             },
+            relay: crate::llm::RelaySettings {
+                base_url: "http://127.0.0.1:9".into(),
+                upstreams: Default::default(),
+                grants: Default::default(),
+            },
         };
         let shared = InstanceShared {
             backend: Rc::new(crate::instance::LocalBackend::new(

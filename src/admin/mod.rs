@@ -28,6 +28,10 @@ pub struct Admin {
     /// The operator token TCP clients must present (`None`: no TCP listener, and any TCP
     /// request is refused).
     pub token: Option<Arc<AdminToken>>,
+    /// Model use through the relay, per user per UTC day.
+    pub usage: Arc<crate::relay::usage::UsageBook>,
+    /// `--llm-daily-tokens` (0: none).
+    pub daily_tokens: u64,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -64,12 +68,14 @@ async fn stats(admin: web::Data<Admin>) -> HttpResponse {
         "cachedTokens": auth.cached_tokens(),
     });
     body["isolation"] = json!(admin.isolation.info());
+    body["llmDailyTokens"] = json!(admin.daily_tokens);
+    let today = admin.usage.everyone_today();
     if let Some(users) = body["users"].as_array_mut() {
         for user in users {
-            let uid = user["userId"]
-                .as_str()
-                .and_then(|id| admin.isolation.existing_uid(&UserKey::derive(id)));
+            let id = user["userId"].as_str().unwrap_or_default().to_owned();
+            let uid = admin.isolation.existing_uid(&UserKey::derive(&id));
             user["uid"] = json!(uid);
+            user["llm"] = json!(today.get(&id).copied().unwrap_or_default());
         }
     }
     HttpResponse::Ok().json(body)

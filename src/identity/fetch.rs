@@ -28,7 +28,7 @@ impl FetchError {
 
 /// Built once; an error (which ring's defaults cannot produce) fails every HTTPS fetch
 /// with a clear reason instead of panicking.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+pub(crate) fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
     static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {

@@ -12,7 +12,7 @@ mod cache;
 mod claims;
 pub mod cookies;
 pub mod dev;
-mod fetch;
+pub(crate) mod fetch;
 mod jwks;
 mod jwt;
 mod keys;

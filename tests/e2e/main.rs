@@ -12,6 +12,7 @@ mod lifecycle;
 mod mock_model;
 mod proxy;
 mod real_opencode;
+mod relay;
 mod repos;
 mod startup;
 mod support;

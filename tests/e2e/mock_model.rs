@@ -18,6 +18,18 @@ pub struct Counts {
     pub started: AtomicU32,
     /// Pieces of agent steps sent so far (one every `every`: a clock the test can wait on).
     pub pieces: AtomicU32,
+    /// Answers begun, agent steps and titles alike (each reports 5 + 5 tokens at its end).
+    pub answers: AtomicU32,
+    /// Requests that asked for usage in the stream (`stream_options.include_usage`).
+    pub asked_for_usage: AtomicU32,
+    /// The `Authorization` header of every request.
+    pub keys: std::sync::Mutex<Vec<String>>,
+}
+
+impl Counts {
+    pub fn keys(&self) -> Vec<String> {
+        self.keys.lock().map(|k| k.clone()).unwrap_or_default()
+    }
 }
 
 pub struct MockModel {
@@ -38,8 +50,17 @@ impl MockModel {
                     let counts = Arc::clone(&shared);
                     App::new().route(
                         "/v1/chat/completions",
-                        web::post().to(move |body: web::Bytes| {
+                        web::post().to(move |req: actix_web::HttpRequest, body: web::Bytes| {
                             let counts = Arc::clone(&counts);
+                            let key = req
+                                .headers()
+                                .get("authorization")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("")
+                                .to_owned();
+                            if let Ok(mut keys) = counts.keys.lock() {
+                                keys.push(key);
+                            }
                             async move { answer(&body, chunks, every, counts) }
                         }),
                     )
@@ -63,6 +84,19 @@ impl MockModel {
     }
 
     /// OpenCode's config for a provider `mock` with one model `m1` served here.
+    /// The org's config when the gateway holds the key (`shared/auth/auth.json` has "mock").
+    pub fn org_config(&self) -> String {
+        serde_json::json!({
+            "model": "mock/m1",
+            "provider": {"mock": {
+                "npm": "@ai-sdk/openai-compatible",
+                "options": {"baseURL": self.base_url},
+                "models": {"m1": {}}
+            }}
+        })
+        .to_string()
+    }
+
     pub fn opencode_config(&self) -> String {
         serde_json::json!({
             "model": "mock/m1",
@@ -100,8 +134,12 @@ fn chunk(content: Option<&str>, finish: bool) -> Bytes {
 }
 
 fn answer(body: &[u8], chunks: u32, every: Duration, counts: Arc<Counts>) -> HttpResponse {
-    let step =
-        serde_json::from_slice::<serde_json::Value>(body).is_ok_and(|b| b.get("tools").is_some());
+    let request = serde_json::from_slice::<serde_json::Value>(body).unwrap_or_default();
+    let step = request.get("tools").is_some();
+    counts.answers.fetch_add(1, Ordering::SeqCst);
+    if request["stream_options"]["include_usage"] == true {
+        counts.asked_for_usage.fetch_add(1, Ordering::SeqCst);
+    }
     let (n, pause) = if step {
         counts.started.fetch_add(1, Ordering::SeqCst);
         (chunks, every)

@@ -70,6 +70,17 @@ pub struct Gateway {
     pub data: tempfile::TempDir,
     log: Arc<Mutex<String>>,
     pub client: awc::Client,
+    /// How it was started, for [`Gateway::restart`].
+    started: Started,
+}
+
+#[derive(Clone)]
+struct Started {
+    opencode: PathBuf,
+    /// Its arguments, with the uid range it was given.
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    run_as: Option<u32>,
 }
 
 pub fn client() -> awc::Client {
@@ -115,7 +126,45 @@ impl Gateway {
         if let Some(uid) = run_as {
             std::os::unix::fs::chown(data.path(), Some(uid), Some(uid)).expect("chown data dir");
         }
-        let (child, log, lines) = spawn_gateway(opencode, data.path(), args, env, run_as);
+        let started = Started {
+            opencode: opencode.to_owned(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            run_as,
+        };
+        Gateway::spawn_in(data, started)
+    }
+
+    /// The same gateway again, on the same data directory, once this one has exited.
+    pub fn restart(mut self) -> Gateway {
+        assert!(
+            self.child
+                .as_mut()
+                .is_none_or(|c| c.try_wait().ok().flatten().is_some()),
+            "restart after the gateway has exited"
+        );
+        self.child = None;
+        let started = self.started.clone();
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("temp dir"));
+        Gateway::spawn_in(data, started)
+    }
+
+    fn spawn_in(data: tempfile::TempDir, mut started: Started) -> Gateway {
+        let args: Vec<&str> = started.args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = started
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (child, log, lines, uid_range) =
+            spawn_gateway(&started.opencode, data.path(), &args, &env, started.run_as);
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        started.args = args;
+        started.args.extend(uid_range);
+        let args: Vec<&str> = started.args.iter().map(String::as_str).collect();
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(60);
         let (base, admin) = loop {
@@ -146,6 +195,7 @@ impl Gateway {
             data,
             log,
             client: client(),
+            started,
         }
     }
 
@@ -354,7 +404,14 @@ fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
     line[start..].split_whitespace().next()
 }
 
-type Spawned = (Child, Arc<Mutex<String>>, mpsc::Receiver<(String, String)>);
+/// The child, its log, its addresses once known, and the uid range it was given (if the
+/// arguments named none).
+type Spawned = (
+    Child,
+    Arc<Mutex<String>>,
+    mpsc::Receiver<(String, String)>,
+    Vec<String>,
+);
 
 fn spawn_gateway(
     opencode: &Path,
@@ -415,7 +472,7 @@ fn spawn_gateway(
             }
         }
     });
-    (child, log, rx)
+    (child, log, rx, uid_range)
 }
 
 /// Runs `chamberlain serve` with `args` (plus loopback listeners on free ports, a fresh data

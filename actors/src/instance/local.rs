@@ -15,6 +15,7 @@ use crate::busy;
 use crate::health;
 use crate::isolation::Isolation;
 use crate::launcher::Launcher;
+use crate::llm::RelaySettings;
 use crate::org::OrgFiles;
 use crate::provision::Homes;
 use crate::status::Upstream;
@@ -31,6 +32,8 @@ pub struct Local {
     /// (`shared/config/opencode.json`), read by the gateway at every start and handed to
     /// the child in its environment: users cannot read them on disk.
     pub org: OrgFiles,
+    /// Where instances reach the organisation's providers (the gateway's relay).
+    pub relay: RelaySettings,
 }
 
 pub struct LocalBackend {

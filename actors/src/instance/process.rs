@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use super::backend::Custody;
 use crate::isolation::reaper;
 use crate::launcher::{self, StderrTail};
+use crate::llm::GrantGuard;
 use crate::procfs;
 use crate::proctree::Descendants;
 
@@ -32,6 +33,8 @@ pub(super) struct Process {
     /// The host's OOM-kill count when it was spawned: a SIGKILL nobody here sent, with the
     /// count grown since, was the kernel's OOM killer.
     pub(super) host_oom_kills_at_spawn: Option<u64>,
+    /// Its relay token, valid while this lives.
+    pub(super) _grant: Option<GrantGuard>,
 }
 
 impl Process {

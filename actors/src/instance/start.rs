@@ -3,6 +3,8 @@
 //! measured. Then on the actor's thread: the password, the sandbox, the environment, the
 //! spawn and the watchers of its output and exit.
 
+use std::sync::Arc;
+
 use nix::sys::signal::Signal;
 
 use super::backend::{Launch, ProcessEvent};
@@ -11,6 +13,8 @@ use super::process::Process;
 use super::UserSpec;
 use crate::isolation::{reaper, UserIds};
 use crate::launcher::{self, ChildSpec, StderrTail};
+use crate::llm::{Grant, GrantGuard};
+use crate::org::OrgStart;
 use crate::procfs;
 use crate::proctree::Descendants;
 use crate::provision::Profile;
@@ -20,8 +24,10 @@ use crate::workspace::Workspace;
 pub(super) struct Ready {
     pub(super) workspace: Workspace,
     pub(super) ids: Option<UserIds>,
-    /// The organisation's keys and config, for the child's environment.
-    pub(super) org_env: Vec<(String, String)>,
+    /// The organisation's config, for the child's environment.
+    pub(super) org: OrgStart,
+    /// The start's token for the relay, in place of the organisation's keys.
+    pub(super) relay_token: String,
     /// The home's size, when it was measured for this start.
     pub(super) disk_bytes: Option<u64>,
 }
@@ -42,7 +48,11 @@ pub(super) fn prepare(local: &Local, user: &UserSpec, measure: bool) -> Result<R
         .homes
         .prepare(&user.key, &user.profile())
         .map_err(|e| e.to_string())?;
-    let org_env = local.org.environment().map_err(|e| e.to_string())?;
+    let relay_token = launcher::generate_password().map_err(|e| e.to_string())?;
+    let org = local
+        .org
+        .for_start(&local.relay, &relay_token)
+        .map_err(|e| e.to_string())?;
     let disk_bytes = if measure {
         local
             .homes
@@ -54,7 +64,8 @@ pub(super) fn prepare(local: &Local, user: &UserSpec, measure: bool) -> Result<R
     Ok(Ready {
         workspace,
         ids,
-        org_env,
+        org,
+        relay_token,
         disk_bytes,
     })
 }
@@ -70,7 +81,8 @@ pub(super) fn spawn(
     let Ready {
         workspace,
         ids,
-        org_env,
+        org,
+        relay_token,
         ..
     } = ready;
     let password = launcher::generate_password().map_err(|e| e.to_string())?;
@@ -84,7 +96,7 @@ pub(super) fn spawn(
     };
     let marker = launcher::generate_password().map_err(|e| e.to_string())?;
     let mut extra_env = child_env(&user.profile());
-    extra_env.extend(org_env);
+    extra_env.extend(org.env);
     extra_env.push((launcher::MARKER_VAR.to_owned(), marker.clone()));
     let launched = local.launcher.launch(&ChildSpec {
         workspace: &workspace,
@@ -96,6 +108,16 @@ pub(super) fn spawn(
     drop(sandbox);
     let launched = launched.map_err(|e| e.to_string())?;
     let Launch { generation, events } = launch;
+    let grant = (!org.providers.is_empty()).then(|| {
+        GrantGuard::new(
+            &local.relay.grants,
+            relay_token,
+            Grant {
+                user_id: user.user_id.clone(),
+                providers: Arc::new(org.providers),
+            },
+        )
+    });
     let stderr = StderrTail::default();
     let listening = events.clone();
     actix::spawn(launcher::follow_stdout(
@@ -142,6 +164,7 @@ pub(super) fn spawn(
         uid: ids.map(|i| i.uid),
         marker,
         host_oom_kills_at_spawn: procfs::host_oom_kills(),
+        _grant: grant,
     })
 }
 

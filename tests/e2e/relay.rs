@@ -1,0 +1,178 @@
+//! The organisation's model keys stay in the gateway: the real OpenCode reaches our mock
+//! provider through the relay, which swaps its per-start token for the org key. The key is
+//! nowhere a user can look; use is counted per user; a daily budget stops one user only.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use awc::http::{Method, StatusCode};
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::mock_model::MockModel;
+use crate::support::{Gateway, Terminal};
+
+const ORG_KEY: &str = "sk-org-5d1e2b7c9a";
+
+/// A gateway whose organisation has a key for the mock provider.
+fn gateway_with_org_key(model: &MockModel, args: &[&str]) -> Gateway {
+    let gw = Gateway::real(args);
+    let shared = gw.data.path().join("shared");
+    std::fs::write(shared.join("config/opencode.json"), model.org_config()).unwrap();
+    std::fs::write(
+        shared.join("auth/auth.json"),
+        format!(r#"{{"mock": {{"type": "api", "key": "{ORG_KEY}"}}}}"#),
+    )
+    .unwrap();
+    gw
+}
+
+/// Sends `user` a prompt in a new session and returns OpenCode's answer (the assistant
+/// message, once the turn has ended).
+async fn ask(gw: &Gateway, user: &str) -> Value {
+    let session = gw
+        .request(
+            Method::POST,
+            Some(user),
+            "/session",
+            &[("content-type", "application/json")],
+            Some(Bytes::from_static(b"{}")),
+        )
+        .await;
+    assert_eq!(session.status, StatusCode::OK, "{}", session.text());
+    let id = session.json()["id"].as_str().unwrap().to_owned();
+    let answer = gw
+        .request(
+            Method::POST,
+            Some(user),
+            &format!("/session/{id}/message"),
+            &[("content-type", "application/json")],
+            Some(Bytes::from_static(
+                br#"{"parts":[{"type":"text","text":"say something"}]}"#,
+            )),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    answer.json()
+}
+
+fn llm(user: &Value) -> (u64, u64, u64) {
+    let llm = &user["llm"];
+    (
+        llm["requests"].as_u64().unwrap_or(0),
+        llm["inputTokens"].as_u64().unwrap_or(0),
+        llm["outputTokens"].as_u64().unwrap_or(0),
+    )
+}
+
+#[actix_web::test]
+async fn org_keys_stay_in_the_gateway_and_use_is_counted() {
+    let model = MockModel::start(2, Duration::from_millis(10));
+    let gw = gateway_with_org_key(&model, &[]);
+
+    let answer = ask(&gw, "alice").await;
+    assert!(
+        answer["info"]["error"].is_null(),
+        "the turn failed: {answer}\n{}",
+        gw.log()
+    );
+    let keys = model.counts.keys();
+    assert!(!keys.is_empty(), "the model was never called");
+    assert!(
+        keys.iter().all(|k| k == &format!("Bearer {ORG_KEY}")),
+        "the provider saw {keys:?}"
+    );
+    assert!(model.counts.asked_for_usage.load(Ordering::SeqCst) >= 1);
+
+    // Not through OpenCode's API ...
+    for path in ["/provider", "/config", "/config/providers"] {
+        let seen = gw.get("alice", path).await;
+        assert_eq!(seen.status, StatusCode::OK, "{path}: {}", seen.text());
+        assert!(!seen.text().contains(ORG_KEY), "{path} shows the key");
+    }
+    // ... nor in a terminal: the environment, the home, the shared files.
+    let mut terminal = Terminal::open(&gw, "alice").await;
+    let shared = gw.data.path().join("shared");
+    let (out, _) = terminal
+        .run(&format!(
+            "{{ env; cat /proc/self/environ /proc/$PPID/environ; grep -r . ~ ; cat {0}/auth/auth.json {0}/config/opencode.json; }} 2>&1 | grep -c {ORG_KEY}",
+            shared.display()
+        ))
+        .await;
+    assert_eq!(out.trim().lines().last(), Some("0"), "{out}");
+    // ... nor in the gateway's log.
+    assert!(!gw.log().contains(ORG_KEY));
+
+    // What the mock reported is what was counted: 5 + 5 tokens per answer (the title's
+    // answer may end after the turn's).
+    let answered = || u64::from(model.counts.answers.load(Ordering::SeqCst));
+    let alice = gw
+        .wait_user("alice", "every answer counted", |u| llm(u).0 == answered())
+        .await;
+    let answers = llm(&alice).0;
+    assert!(answers >= 1);
+    assert_eq!(llm(&alice), (answers, 5 * answers, 5 * answers), "{alice}");
+    let me = gw.get("alice", "/-/api/instance").await.json();
+    assert_eq!(me["llm"]["inputTokens"], 5 * answers);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "chamberlain_llm_tokens_total{{provider=\"mock\",model=\"m1\",direction=\"output\"}} {}",
+            5 * answers
+        )),
+        "{metrics}"
+    );
+}
+
+#[actix_web::test]
+async fn a_daily_budget_stops_one_user_with_a_message_and_not_the_others() {
+    let model = MockModel::start(2, Duration::from_millis(10));
+    let gw = gateway_with_org_key(&model, &["--llm-daily-tokens", "15"]);
+
+    // The first turn (a title and a step, 10 tokens each) takes the user over the budget ...
+    let first = ask(&gw, "alice").await;
+    assert!(first["info"]["error"].is_null(), "{first}");
+    let calls = model.counts.answers.load(Ordering::SeqCst);
+    // ... the next is refused before it reaches the provider, and says why.
+    let refused = ask(&gw, "alice").await;
+    let error = refused["info"]["error"].to_string();
+    assert!(
+        error.contains("Your daily model budget is used up"),
+        "{refused}\n{}",
+        gw.log()
+    );
+    let idle = gw.get("alice", "/session/status").await.json();
+    assert_eq!(
+        idle,
+        serde_json::json!({}),
+        "the turn ended, no endless retry"
+    );
+    // Another user goes on.
+    let bob = ask(&gw, "bob").await;
+    assert!(bob["info"]["error"].is_null(), "{bob}");
+    assert!(model.counts.answers.load(Ordering::SeqCst) > calls);
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics
+            .contains("chamberlain_llm_requests_total{provider=\"mock\",outcome=\"over_budget\"}"),
+        "{metrics}"
+    );
+}
+
+#[actix_web::test]
+async fn use_survives_a_restart() {
+    let model = MockModel::start(2, Duration::from_millis(10));
+    let mut gw = gateway_with_org_key(&model, &[]);
+    ask(&gw, "alice").await;
+    let before = llm(&gw.user("alice").await.expect("alice"));
+    assert!(before.0 >= 1);
+    gw.terminate();
+    let gw = gw.restart();
+    // Known again before any new call: read from state/ at start.
+    ask(&gw, "alice").await;
+    let after = llm(&gw.user("alice").await.expect("alice"));
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "{before:?} then {after:?}"
+    );
+}
