@@ -13,6 +13,9 @@
 //! 6. Repository library: listing 301 repositories while a huge one is being sized
 //!    (`chamberlain-bench repos`, in process; see `repos.rs`).
 //!
+//! 7. Model relay: time to the first streamed token, direct vs through the relay
+//!    (`chamberlain-bench relay`, in process; see `relay.rs`).
+//!
 //! Build first: `cargo build --release --bins` (the gateway and the fake OpenCode), then
 //! `cargo run --release -p chamberlain-bench -- [--upstream fake|opencode] [--seconds N]
 //! [--connections N]`. With `--upstream opencode` the real OpenCode from
@@ -23,6 +26,7 @@
 mod http;
 mod identity;
 mod procs;
+mod relay;
 mod repos;
 mod ws;
 
@@ -222,21 +226,33 @@ fn report_load(name: &str, direct: &Load, gateway: &Load) -> Value {
     })
 }
 
+/// The one option of an in-process bench: `flag N`, or `default`.
+fn count_option(
+    mut argv: impl Iterator<Item = String>,
+    flag: &str,
+    default: usize,
+) -> anyhow::Result<usize> {
+    let mut value = default;
+    while let Some(arg) = argv.next() {
+        if arg != flag {
+            bail!("unknown argument {arg}");
+        }
+        value = argv.next().context("missing value")?.parse()?;
+    }
+    Ok(value)
+}
+
 fn main() -> anyhow::Result<()> {
     let mut argv = std::env::args().skip(1);
     let first = argv.next();
     if first.as_deref() == Some("repos") {
         return repos::run();
     }
+    if first.as_deref() == Some("relay") {
+        return relay::run(count_option(argv, "--requests", 2000)?);
+    }
     if first.as_deref() == Some("identity") {
-        let mut iterations = 200_000;
-        while let Some(arg) = argv.next() {
-            match arg.as_str() {
-                "--iterations" => iterations = argv.next().context("missing value")?.parse()?,
-                other => bail!("unknown argument {other}"),
-            }
-        }
-        return identity::run(iterations);
+        return identity::run(count_option(argv, "--iterations", 200_000)?);
     }
     let opts = parse_options()?;
     let runtime = tokio::runtime::Builder::new_current_thread()

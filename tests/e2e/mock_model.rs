@@ -22,13 +22,26 @@ pub struct Counts {
     pub answers: AtomicU32,
     /// Requests that asked for usage in the stream (`stream_options.include_usage`).
     pub asked_for_usage: AtomicU32,
-    /// The `Authorization` header of every request.
+    /// The key every request carried (see [`Counts::keys`]).
     pub keys: std::sync::Mutex<Vec<String>>,
 }
 
 impl Counts {
+    /// `Bearer …` or `x-api-key …`, per request.
     pub fn keys(&self) -> Vec<String> {
         self.keys.lock().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    fn saw_key(&self, req: &actix_web::HttpRequest) {
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let key = match (header("authorization"), header("x-api-key")) {
+            (Some(auth), _) => auth.to_owned(),
+            (None, Some(key)) => format!("x-api-key {key}"),
+            (None, None) => String::new(),
+        };
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.push(key);
+        }
     }
 }
 
@@ -48,22 +61,24 @@ impl MockModel {
             actix_web::rt::System::new().block_on(async move {
                 let server = HttpServer::new(move || {
                     let counts = Arc::clone(&shared);
-                    App::new().route(
-                        "/v1/chat/completions",
-                        web::post().to(move |req: actix_web::HttpRequest, body: web::Bytes| {
-                            let counts = Arc::clone(&counts);
-                            let key = req
-                                .headers()
-                                .get("authorization")
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_owned();
-                            if let Ok(mut keys) = counts.keys.lock() {
-                                keys.push(key);
-                            }
-                            async move { answer(&body, chunks, every, counts) }
-                        }),
-                    )
+                    let anthropic = Arc::clone(&counts);
+                    App::new()
+                        .route(
+                            "/v1/messages",
+                            web::post().to(move |req: actix_web::HttpRequest| {
+                                let counts = Arc::clone(&anthropic);
+                                counts.saw_key(&req);
+                                async move { answer_anthropic(&counts) }
+                            }),
+                        )
+                        .route(
+                            "/v1/chat/completions",
+                            web::post().to(move |req: actix_web::HttpRequest, body: web::Bytes| {
+                                let counts = Arc::clone(&counts);
+                                counts.saw_key(&req);
+                                async move { answer(&body, chunks, every, counts) }
+                            }),
+                        )
                 })
                 .workers(1)
                 .disable_signals()
@@ -84,6 +99,16 @@ impl MockModel {
     }
 
     /// OpenCode's config for a provider `mock` with one model `m1` served here.
+    /// The org's config for OpenCode's own `anthropic` provider, sent here.
+    pub fn anthropic_config(&self) -> String {
+        serde_json::json!({
+            "model": "anthropic/claude-sonnet-4-5",
+            "small_model": "anthropic/claude-sonnet-4-5",
+            "provider": {"anthropic": {"options": {"baseURL": self.base_url}}}
+        })
+        .to_string()
+    }
+
     /// The org's config when the gateway holds the key (`shared/auth/auth.json` has "mock").
     pub fn org_config(&self) -> String {
         serde_json::json!({
@@ -115,6 +140,49 @@ impl Drop for MockModel {
         let handle = self.handle.clone();
         std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(false)));
     }
+}
+
+/// An Anthropic messages stream: 7 tokens in, 3 out.
+fn answer_anthropic(counts: &Counts) -> HttpResponse {
+    counts.answers.fetch_add(1, Ordering::SeqCst);
+    let events = [
+        (
+            "message_start",
+            serde_json::json!({"type": "message_start", "message": {
+            "id": "msg_mock", "type": "message", "role": "assistant", "model": "claude-mock",
+            "content": [], "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": 7, "output_tokens": 1}}}),
+        ),
+        (
+            "content_block_start",
+            serde_json::json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "text", "text": ""}}),
+        ),
+        (
+            "content_block_delta",
+            serde_json::json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": "hello from the mock"}}),
+        ),
+        (
+            "content_block_stop",
+            serde_json::json!({"type": "content_block_stop", "index": 0}),
+        ),
+        (
+            "message_delta",
+            serde_json::json!({"type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": null},
+            "usage": {"output_tokens": 3}}),
+        ),
+        ("message_stop", serde_json::json!({"type": "message_stop"})),
+    ];
+    let body: String = events
+        .iter()
+        .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+        .collect();
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .body(body)
 }
 
 fn chunk(content: Option<&str>, finish: bool) -> Bytes {

@@ -16,12 +16,17 @@ const ORG_KEY: &str = "sk-org-5d1e2b7c9a";
 
 /// A gateway whose organisation has a key for the mock provider.
 fn gateway_with_org_key(model: &MockModel, args: &[&str]) -> Gateway {
+    gateway_with(args, "mock", &model.org_config())
+}
+
+/// A gateway whose organisation has a key for `provider`, and `config`.
+fn gateway_with(args: &[&str], provider: &str, config: &str) -> Gateway {
     let gw = Gateway::real(args);
     let shared = gw.data.path().join("shared");
-    std::fs::write(shared.join("config/opencode.json"), model.org_config()).unwrap();
+    std::fs::write(shared.join("config/opencode.json"), config).unwrap();
     std::fs::write(
         shared.join("auth/auth.json"),
-        format!(r#"{{"mock": {{"type": "api", "key": "{ORG_KEY}"}}}}"#),
+        format!(r#"{{"{provider}": {{"type": "api", "key": "{ORG_KEY}"}}}}"#),
     )
     .unwrap();
     gw
@@ -56,6 +61,31 @@ async fn ask(gw: &Gateway, user: &str) -> Value {
     answer.json()
 }
 
+/// Alice's turn is answered without error, and every call reached the provider with `key`.
+async fn answered_with(gw: &Gateway, model: &MockModel, key: &str) {
+    let answer = ask(gw, "alice").await;
+    assert!(
+        answer["info"]["error"].is_null(),
+        "the turn failed: {answer}\n{}",
+        gw.log()
+    );
+    let keys = model.counts.keys();
+    assert!(!keys.is_empty(), "the model was never called");
+    assert!(keys.iter().all(|k| k == key), "the provider saw {keys:?}");
+}
+
+/// Alice in `/stats` once every answer the provider began is counted (a title's answer may
+/// end after the turn's), and how many that is.
+async fn counted(gw: &Gateway, model: &MockModel) -> (Value, u64) {
+    let answered = || u64::from(model.counts.answers.load(Ordering::SeqCst));
+    let alice = gw
+        .wait_user("alice", "every answer counted", |u| llm(u).0 == answered())
+        .await;
+    let answers = llm(&alice).0;
+    assert!(answers >= 1);
+    (alice, answers)
+}
+
 fn llm(user: &Value) -> (u64, u64, u64) {
     let llm = &user["llm"];
     (
@@ -70,18 +100,7 @@ async fn org_keys_stay_in_the_gateway_and_use_is_counted() {
     let model = MockModel::start(2, Duration::from_millis(10));
     let gw = gateway_with_org_key(&model, &[]);
 
-    let answer = ask(&gw, "alice").await;
-    assert!(
-        answer["info"]["error"].is_null(),
-        "the turn failed: {answer}\n{}",
-        gw.log()
-    );
-    let keys = model.counts.keys();
-    assert!(!keys.is_empty(), "the model was never called");
-    assert!(
-        keys.iter().all(|k| k == &format!("Bearer {ORG_KEY}")),
-        "the provider saw {keys:?}"
-    );
+    answered_with(&gw, &model, &format!("Bearer {ORG_KEY}")).await;
     assert!(model.counts.asked_for_usage.load(Ordering::SeqCst) >= 1);
 
     // Not through OpenCode's API ...
@@ -105,12 +124,7 @@ async fn org_keys_stay_in_the_gateway_and_use_is_counted() {
 
     // What the mock reported is what was counted: 5 + 5 tokens per answer (the title's
     // answer may end after the turn's).
-    let answered = || u64::from(model.counts.answers.load(Ordering::SeqCst));
-    let alice = gw
-        .wait_user("alice", "every answer counted", |u| llm(u).0 == answered())
-        .await;
-    let answers = llm(&alice).0;
-    assert!(answers >= 1);
+    let (alice, answers) = counted(&gw, &model).await;
     assert_eq!(llm(&alice), (answers, 5 * answers, 5 * answers), "{alice}");
     let me = gw.get("alice", "/-/api/instance").await.json();
     assert_eq!(me["llm"]["inputTokens"], 5 * answers);
@@ -175,4 +189,87 @@ async fn use_survives_a_restart() {
         after.0 > before.0 && after.1 > before.1,
         "{before:?} then {after:?}"
     );
+}
+
+#[actix_web::test]
+async fn anthropic_calls_carry_the_key_as_x_api_key_and_are_counted() {
+    let model = MockModel::start(2, Duration::from_millis(10));
+    let gw = gateway_with(&[], "anthropic", &model.anthropic_config());
+
+    answered_with(&gw, &model, &format!("x-api-key {ORG_KEY}")).await;
+    let seen = gw.get("alice", "/provider").await;
+    assert!(!seen.text().contains(ORG_KEY));
+    // 7 in (message_start), 3 out (the last message_delta) per answer.
+    let (alice, answers) = counted(&gw, &model).await;
+    assert_eq!(llm(&alice), (answers, 7 * answers, 3 * answers), "{alice}");
+}
+
+#[actix_web::test]
+async fn a_token_is_good_only_for_its_providers_and_while_its_instance_runs() {
+    let model = MockModel::start(2, Duration::from_millis(10));
+    let gw = gateway_with_org_key(&model, &[]);
+    let mut terminal = Terminal::open(&gw, "alice").await;
+    let (config, status) = terminal.run("printenv OPENCODE_CONFIG_CONTENT").await;
+    assert_eq!(status, 0, "{config}");
+    let config: Value = config
+        .lines()
+        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .unwrap_or_else(|| panic!("no config in {config}"));
+    let options = &config["provider"]["mock"]["options"];
+    let base = options["baseURL"].as_str().unwrap().to_owned();
+    let token = options["apiKey"].as_str().unwrap().to_owned();
+    assert!(base.starts_with("http://127.0.0.1:"), "{base}");
+    assert!(!token.contains(ORG_KEY));
+
+    let client = crate::support::client();
+    let call = |path: String, key: Option<String>| {
+        let mut req = client
+            .post(format!("{base}{path}"))
+            .insert_header(("content-type", "application/json"));
+        if let Some(key) = key {
+            req = req.insert_header(("authorization", format!("Bearer {key}")));
+        }
+        async move {
+            let mut resp = req
+                .send_body(r#"{"model":"m1","stream":true,"messages":[]}"#)
+                .await
+                .expect("relay reachable");
+            let body = resp.body().limit(1 << 20).await.expect("body");
+            (resp.status(), String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, body) = call("/chat/completions".into(), Some(token.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("\"usage\""), "{body}");
+    assert_eq!(
+        model.counts.keys().last(),
+        Some(&format!("Bearer {ORG_KEY}"))
+    );
+    // The provider's own answers pass unchanged, errors included.
+    let (status, _) = call("/no-such-endpoint".into(), Some(token.clone())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    for (key, expected) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("made-up".to_owned()), StatusCode::UNAUTHORIZED),
+        (Some(ORG_KEY.to_owned()), StatusCode::UNAUTHORIZED),
+    ] {
+        let (status, body) = call("/chat/completions".into(), key.clone()).await;
+        assert_eq!(status, expected, "{key:?}: {body}");
+        assert!(serde_json::from_str::<Value>(&body).unwrap()["error"]["message"].is_string());
+    }
+    // A provider the organisation has no key for, through this token.
+    let other = base.replace("/mock", "/openai");
+    let resp = client
+        .post(format!("{other}/chat/completions"))
+        .insert_header(("authorization", format!("Bearer {token}")))
+        .send_body("{}")
+        .await
+        .expect("relay reachable");
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    // The token ends with its instance.
+    let stop = gw.post("alice", "/-/api/instance/stop").await;
+    assert_eq!(stop.status, StatusCode::OK, "{}", stop.text());
+    let (status, _) = call("/chat/completions".into(), Some(token)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
