@@ -310,6 +310,12 @@ pub struct ServeArgs {
     #[arg(long = "llm-upstream", env = "CHAMBERLAIN_LLM_UPSTREAM", value_delimiter = ',', value_parser = llm_upstream)]
     pub llm_upstreams: Vec<(String, String)>,
 
+    /// A model's price, as `<model>=<USD per million input tokens>/<USD per million output
+    /// tokens>` (repeatable; the model as the provider names it in its answers, e.g.
+    /// `gpt-4o=2.5/10`): `/stats` then shows `costUsd` of the day's use.
+    #[arg(long = "llm-price", env = "CHAMBERLAIN_LLM_PRICE", value_delimiter = ',', value_parser = llm_price)]
+    pub llm_prices: Vec<(String, (f64, f64))>,
+
     /// Tokens (input + output) each user may use through the relay per UTC day; 0: no limit.
     /// A call beyond it is refused with a message OpenCode shows in the session.
     #[arg(long, env = "CHAMBERLAIN_LLM_DAILY_TOKENS", default_value_t = 0)]
@@ -432,6 +438,25 @@ fn llm_upstream(text: &str) -> Result<(String, String), String> {
     Ok((id.to_owned(), url.trim_end_matches('/').to_owned()))
 }
 
+fn llm_price(text: &str) -> Result<(String, (f64, f64)), String> {
+    let usage = || format!("{text:?} is not <model>=<input USD per Mtok>/<output USD per Mtok>");
+    let (model, prices) = text.split_once('=').ok_or_else(usage)?;
+    let (input, output) = prices.split_once('/').ok_or_else(usage)?;
+    let price = |p: &str| -> Result<f64, String> {
+        let value: f64 = p.trim().parse().map_err(|_| usage())?;
+        if value.is_finite() && value >= 0.0 {
+            Ok(value)
+        } else {
+            Err(usage())
+        }
+    };
+    let model = model.trim();
+    if model.is_empty() {
+        return Err(usage());
+    }
+    Ok((model.to_owned(), (price(input)?, price(output)?)))
+}
+
 fn admin_listen(text: &str) -> Result<AdminListen, String> {
     if matches!(text.trim(), "none" | "off") {
         return Ok(AdminListen::Off);
@@ -530,6 +555,37 @@ mod tests {
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Serve(args) => *args,
         })
+    }
+
+    #[test]
+    fn relay_flags_are_checked() {
+        let args = serve(&[
+            "--llm-upstream",
+            "groq=https://groq.proxy/v1/",
+            "--llm-price",
+            "gpt-4o=2.5/10",
+            "--llm-daily-tokens",
+            "100000",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.llm_upstreams,
+            [("groq".to_owned(), "https://groq.proxy/v1".to_owned())]
+        );
+        assert_eq!(args.llm_prices, [("gpt-4o".to_owned(), (2.5, 10.0))]);
+        assert_eq!(args.llm_daily_tokens, 100_000);
+        assert!(args.llm_listen.ip().is_loopback());
+        for bad in [
+            &["--llm-listen", "0.0.0.0:7000"][..],
+            &["--llm-upstream", "groq"],
+            &["--llm-upstream", "groq=ftp://x"],
+            &["--llm-upstream", "a b=https://x"],
+            &["--llm-price", "gpt-4o=2.5"],
+            &["--llm-price", "gpt-4o=-1/2"],
+            &["--llm-price", "=1/2"],
+        ] {
+            assert!(serve(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

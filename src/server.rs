@@ -307,6 +307,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             usage: Arc::clone(&usage),
             daily_tokens: args.llm_daily_tokens,
             metrics: metrics.llm.clone(),
+            prices: args.llm_prices.iter().cloned().collect(),
             timeout: crate::relay::ANSWER_TIMEOUT,
         });
         let timeout = crate::relay::ANSWER_TIMEOUT;

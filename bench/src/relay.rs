@@ -137,6 +137,7 @@ pub fn run(requests: usize) -> anyhow::Result<()> {
         usage: Arc::new(UsageBook::open(dir.path().join("usage.json"))?),
         daily_tokens: u64::MAX,
         metrics: LlmMetrics::default(),
+        prices: Default::default(),
         timeout: ANSWER_TIMEOUT,
     });
     let relay = serve(move |cfg: &mut web::ServiceConfig| {

@@ -44,6 +44,8 @@ pub struct Relay {
     /// `--llm-daily-tokens`; 0: none.
     pub daily_tokens: u64,
     pub metrics: LlmMetrics,
+    /// `--llm-price`: model → USD per million input and output tokens.
+    pub prices: std::collections::HashMap<String, (f64, f64)>,
     /// Bound on the wait for a provider's answer to begin (its body may take longer).
     pub timeout: Duration,
 }
@@ -94,6 +96,30 @@ fn presented_token(req: &HttpRequest) -> Option<&str> {
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
+}
+
+/// Whether the call is a model call. The org key opens much more at a provider (files,
+/// batches, fine-tuning, an organisation's admin endpoints, what other users stored there):
+/// the relay lends it for model calls only. `tail` is the path under the provider's base URL.
+fn is_model_call(method: &actix_web::http::Method, tail: &str) -> bool {
+    use actix_web::http::Method;
+    let tail = tail.trim_end_matches('/');
+    if *method == Method::GET {
+        return tail == "models"
+            || tail
+                .strip_prefix("models/")
+                .is_some_and(|id| !id.is_empty() && !id.contains(".."));
+    }
+    *method == Method::POST
+        && matches!(
+            tail,
+            "chat/completions"
+                | "completions"
+                | "responses"
+                | "embeddings"
+                | "messages"
+                | "messages/count_tokens"
+        )
 }
 
 /// Request headers that are the connection's, the key's or ours to set.
@@ -149,6 +175,15 @@ async fn relay(
             &format!("the organisation has no key for provider {provider_id:?}"),
         );
     };
+    if !is_model_call(req.method(), &tail) {
+        relay.metrics.request(&provider_id, "refused");
+        tracing::warn!(user = %grant.user_id, provider = %provider_id, method = %req.method(), path = %tail, "a call through the relay that is not a model call was refused");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "the gateway lends the organisation's key for model calls only",
+        );
+    }
     if let Err(over) = relay.usage.check(&grant.user_id, relay.daily_tokens) {
         relay.metrics.request(&provider_id, "over_budget");
         tracing::info!(user = %grant.user_id, provider = %provider_id, used = over.used, budget = over.budget, "model call refused: daily budget reached");
@@ -255,9 +290,12 @@ impl Drop for Tally {
         self.relay
             .metrics
             .tokens(&self.provider, model, used.input_tokens, used.output_tokens);
+        let cost = self.relay.prices.get(model).map(|(input, output)| {
+            (used.input_tokens as f64 * input + used.output_tokens as f64 * output) / 1e6
+        });
         self.relay
             .usage
-            .record(&self.user, used.input_tokens, used.output_tokens, None);
+            .record(&self.user, used.input_tokens, used.output_tokens, cost);
         tracing::debug!(user = %self.user, provider = %self.provider, model, input = used.input_tokens, output = used.output_tokens, "model call counted");
     }
 }
@@ -285,5 +323,39 @@ where
             }
         }
         polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::Method;
+
+    #[test]
+    fn only_model_calls_are_relayed() {
+        for (method, tail) in [
+            (Method::POST, "chat/completions"),
+            (Method::POST, "responses"),
+            (Method::POST, "messages"),
+            (Method::POST, "messages/count_tokens"),
+            (Method::POST, "embeddings"),
+            (Method::GET, "models"),
+            (Method::GET, "models/gpt-4o"),
+        ] {
+            assert!(is_model_call(&method, tail), "{method} {tail}");
+        }
+        for (method, tail) in [
+            (Method::GET, "files"),
+            (Method::POST, "files"),
+            (Method::POST, "batches"),
+            (Method::POST, "fine_tuning/jobs"),
+            (Method::GET, "organization/users"),
+            (Method::DELETE, "models/ft-x"),
+            (Method::GET, "chat/completions"),
+            (Method::GET, "models/../files"),
+            (Method::POST, "chat/completions/../../files"),
+        ] {
+            assert!(!is_model_call(&method, tail), "{method} {tail}");
+        }
     }
 }

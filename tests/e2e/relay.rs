@@ -98,7 +98,7 @@ fn llm(user: &Value) -> (u64, u64, u64) {
 #[actix_web::test]
 async fn org_keys_stay_in_the_gateway_and_use_is_counted() {
     let model = MockModel::start(2, Duration::from_millis(10));
-    let gw = gateway_with_org_key(&model, &[]);
+    let gw = gateway_with_org_key(&model, &["--llm-price", "m1=1000000/2000000"]);
 
     answered_with(&gw, &model, &format!("Bearer {ORG_KEY}")).await;
     assert!(model.counts.asked_for_usage.load(Ordering::SeqCst) >= 1);
@@ -126,6 +126,11 @@ async fn org_keys_stay_in_the_gateway_and_use_is_counted() {
     // answer may end after the turn's).
     let (alice, answers) = counted(&gw, &model).await;
     assert_eq!(llm(&alice), (answers, 5 * answers, 5 * answers), "{alice}");
+    // $1 per input token and $2 per output token, at that price.
+    assert_eq!(
+        alice["llm"]["costUsd"].as_f64(),
+        Some(15.0 * answers as f64)
+    );
     let me = gw.get("alice", "/-/api/instance").await.json();
     assert_eq!(me["llm"]["inputTokens"], 5 * answers);
     let metrics = gw.metrics().await;
@@ -245,9 +250,17 @@ async fn a_token_is_good_only_for_its_providers_and_while_its_instance_runs() {
         model.counts.keys().last(),
         Some(&format!("Bearer {ORG_KEY}"))
     );
-    // The provider's own answers pass unchanged, errors included.
-    let (status, _) = call("/no-such-endpoint".into(), Some(token.clone())).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The provider's own answers pass unchanged, errors included (the mock has no /models).
+    let models = client
+        .get(format!("{base}/models"))
+        .insert_header(("authorization", format!("Bearer {token}")))
+        .send()
+        .await
+        .expect("relay reachable");
+    assert_eq!(models.status(), StatusCode::NOT_FOUND);
+    // The org key is lent for model calls only.
+    let (status, body) = call("/files".into(), Some(token.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     for (key, expected) in [
         (None, StatusCode::UNAUTHORIZED),
         (Some("made-up".to_owned()), StatusCode::UNAUTHORIZED),
