@@ -308,6 +308,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             daily_tokens: args.llm_daily_tokens,
             metrics: metrics.llm.clone(),
             prices: args.llm_prices.iter().cloned().collect(),
+            calls: Default::default(),
             timeout: crate::relay::ANSWER_TIMEOUT,
         });
         let timeout = crate::relay::ANSWER_TIMEOUT;
@@ -317,7 +318,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .app_data(web::Data::new(RelayClient::new(timeout)))
                 .configure(crate::relay::configure)
         })
-        .workers(1)
+        .workers(2)
+        .max_connections(RELAY_CONNECTIONS)
         .disable_signals()
         .shutdown_timeout(1)
         .listen(relay_listener)
@@ -382,6 +384,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     write_usage(usage).await;
     Ok(())
 }
+
+/// Connections the model relay holds open at once, per worker (calls beyond wait).
+const RELAY_CONNECTIONS: usize = 1024;
 
 /// How often the usage book is written when it changed.
 const USAGE_WRITE_INTERVAL: Duration = Duration::from_secs(5);

@@ -22,13 +22,24 @@ pub enum KeyHeader {
 }
 
 /// A provider whose calls go through the relay.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RelayedProvider {
     pub id: String,
     /// The real base URL, without a trailing `/` (e.g. `https://api.openai.com/v1`).
     pub upstream: String,
     pub key: String,
     pub header: KeyHeader,
+}
+
+impl std::fmt::Debug for RelayedProvider {
+    /// Without the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayedProvider")
+            .field("id", &self.id)
+            .field("upstream", &self.upstream)
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
 }
 
 /// OpenCode's built-in providers the relay knows the address of (the SDK defaults), and how
@@ -52,13 +63,24 @@ const BUILT_IN: &[(&str, &str, KeyHeader)] = &[
 ];
 
 /// The relay as instances see it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RelaySettings {
     /// `http://127.0.0.1:<port>`: the relay's loopback listener.
     pub base_url: String,
     /// `--llm-upstream`: provider id → base URL, over the built-in table.
     pub upstreams: BTreeMap<String, String>,
     pub grants: Grants,
+}
+
+impl std::fmt::Debug for RelaySettings {
+    /// Without the live tokens.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelaySettings")
+            .field("base_url", &self.base_url)
+            .field("upstreams", &self.upstreams)
+            .field("grants", &self.grants.len())
+            .finish()
+    }
 }
 
 /// Which user a token belongs to, and what it may reach.
@@ -284,6 +306,16 @@ mod tests {
             ("https://groq.proxy/v1", "sk-groq", KeyHeader::Bearer)
         );
         assert!(plan.skipped.is_empty());
+    }
+
+    #[test]
+    fn keys_are_not_in_debug_output() {
+        let plan = plan(
+            &json!({"openai": {"type": "api", "key": "sk-secret"}}),
+            None,
+            &BTreeMap::new(),
+        );
+        assert!(!format!("{plan:?}").contains("sk-secret"));
     }
 
     #[test]

@@ -35,12 +35,23 @@ pub struct OrgFiles {
 }
 
 /// What the organisation's files give one start.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct OrgStart {
     /// Variables for the child (`OPENCODE_CONFIG_CONTENT`).
     pub env: Vec<(String, String)>,
     /// The providers relayed for it, each with the org's key (the gateway's only).
     pub providers: BTreeMap<String, RelayedProvider>,
+}
+
+impl std::fmt::Debug for OrgStart {
+    /// Names only: the values hold the start's token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.env.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("OrgStart")
+            .field("env", &names)
+            .field("providers", &self.providers)
+            .finish()
+    }
 }
 
 impl OrgFiles {

@@ -138,6 +138,7 @@ pub fn run(requests: usize) -> anyhow::Result<()> {
         daily_tokens: u64::MAX,
         metrics: LlmMetrics::default(),
         prices: Default::default(),
+        calls: Default::default(),
         timeout: ANSWER_TIMEOUT,
     });
     let relay = serve(move |cfg: &mut web::ServiceConfig| {

@@ -135,24 +135,57 @@ impl Meter {
     }
 }
 
-/// For an OpenAI-style streamed chat request that did not ask for usage: the body with
-/// `stream_options.include_usage` set, so the last chunk carries it. `None`: leave the body
-/// as it is.
-pub fn ask_for_usage(body: &[u8]) -> Option<Vec<u8>> {
-    let mut value: Value = serde_json::from_slice(body).ok()?;
-    let object = value.as_object_mut()?;
-    if object.get("stream") != Some(&Value::Bool(true)) {
-        return None;
+/// What the relay does with a request body before it goes on.
+#[derive(Debug, PartialEq)]
+pub enum RequestCheck {
+    /// As it is.
+    Keep,
+    /// This body instead.
+    Replace(Vec<u8>),
+    /// Not relayed, for this reason.
+    Refuse(&'static str),
+}
+
+/// Looks at the top level of a model call's body only (the rest is kept as raw text, so a
+/// large body costs one scan, not a tree of values):
+/// - a streamed OpenAI-style completion (`chat/completions`, `completions`) is made to
+///   report its usage on its last chunk, whatever the client asked
+///   (`stream_options.include_usage`): a budget must see what it counts;
+/// - a background call (`"background": true`) is refused: it answers before the work is
+///   done, so its use could not be counted.
+pub fn check_request(tail: &str, body: &[u8]) -> RequestCheck {
+    type Object = serde_json::Map<String, Value>;
+    type RawObject = std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>;
+    let Ok(mut top) = serde_json::from_slice::<RawObject>(body) else {
+        // Not a JSON object: the provider says what is wrong with it.
+        return RequestCheck::Keep;
+    };
+    let is_true =
+        |raw: Option<&Box<serde_json::value::RawValue>>| raw.is_some_and(|v| v.get() == "true");
+    if is_true(top.get("background")) {
+        return RequestCheck::Refuse(
+            "background calls are not relayed: their use could not be counted",
+        );
     }
-    let options = object
-        .entry("stream_options")
-        .or_insert_with(|| Value::Object(Default::default()))
-        .as_object_mut()?;
-    if options.contains_key("include_usage") {
-        return None;
+    if !matches!(tail, "chat/completions" | "completions") || !is_true(top.get("stream")) {
+        return RequestCheck::Keep;
+    }
+    let mut options: Object = top
+        .get("stream_options")
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .unwrap_or_default();
+    if options.get("include_usage") == Some(&Value::Bool(true)) {
+        return RequestCheck::Keep;
     }
     options.insert("include_usage".into(), Value::Bool(true));
-    serde_json::to_vec(&value).ok()
+    let Ok(raw) = serde_json::value::to_raw_value(&options) else {
+        return RequestCheck::Keep;
+    };
+    top.insert("stream_options".into(), raw);
+    match serde_json::to_vec(&top) {
+        Ok(body) => RequestCheck::Replace(body),
+        Err(_) => RequestCheck::Keep,
+    }
 }
 
 #[cfg(test)]
@@ -230,14 +263,48 @@ mod tests {
     }
 
     #[test]
-    fn usage_is_asked_for_only_in_streams_that_did_not_say() {
-        let asked = ask_for_usage(br#"{"model":"m","stream":true}"#).unwrap();
-        let v: Value = serde_json::from_slice(&asked).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        assert!(ask_for_usage(br#"{"stream":false}"#).is_none());
-        assert!(
-            ask_for_usage(br#"{"stream":true,"stream_options":{"include_usage":false}}"#).is_none()
+    fn streams_always_report_usage_and_background_calls_are_refused() {
+        let replaced = |tail: &str, body: &str| match check_request(tail, body.as_bytes()) {
+            RequestCheck::Replace(body) => serde_json::from_slice::<Value>(&body).unwrap(),
+            other => panic!("{body}: {other:?}"),
+        };
+        for asked in [
+            r#"{"model":"m","stream":true}"#,
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#,
+            r#"{"model":"m","stream":true,"stream_options":null}"#,
+        ] {
+            let v = replaced("chat/completions", asked);
+            assert_eq!(v["stream_options"]["include_usage"], true, "{asked}");
+            assert_eq!(v["model"], "m");
+        }
+        let v = replaced(
+            "completions",
+            r#"{"stream":true,"n":12345678901234567890123,"stream_options":{"x":1}}"#,
         );
-        assert!(ask_for_usage(b"not json").is_none());
+        assert_eq!(
+            v["stream_options"],
+            serde_json::json!({"x": 1, "include_usage": true})
+        );
+        let kept = check_request(
+            "chat/completions",
+            br#"{"stream":true,"stream_options":{"include_usage":true}}"#,
+        );
+        assert_eq!(kept, RequestCheck::Keep);
+        assert_eq!(
+            check_request("chat/completions", br#"{"stream":false}"#),
+            RequestCheck::Keep
+        );
+        assert_eq!(
+            check_request("messages", br#"{"stream":true}"#),
+            RequestCheck::Keep
+        );
+        assert_eq!(
+            check_request("chat/completions", b"not json"),
+            RequestCheck::Keep
+        );
+        assert!(matches!(
+            check_request("responses", br#"{"background":true,"stream":true}"#),
+            RequestCheck::Refuse(_)
+        ));
     }
 }

@@ -10,24 +10,34 @@
 
 pub mod meter;
 pub mod metrics;
+mod rules;
 pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header::{self, HeaderName};
+use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use chamberlain_actors::llm::{Grants, KeyHeader};
+use dashmap::DashMap;
 use futures_util::Stream;
 
-use self::meter::Meter;
+use self::meter::{Meter, RequestCheck};
 use self::metrics::LlmMetrics;
 use self::usage::UsageBook;
 
 /// Largest request body relayed (a long conversation with its tools and files).
 pub const MAX_REQUEST: usize = 32 << 20;
+
+/// How long a client may take to send its request body.
+const BODY_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Model calls one user may have under way at once: more wait for a retry (429), so one
+/// user cannot take every connection to a provider, nor run many calls past the budget
+/// before their use is known.
+pub const MAX_CALLS_PER_USER: u32 = 8;
 
 /// How long a provider may take to begin its answer (a call that does not stream answers
 /// only once the whole reply is written).
@@ -46,6 +56,8 @@ pub struct Relay {
     pub metrics: LlmMetrics,
     /// `--llm-price`: model → USD per million input and output tokens.
     pub prices: std::collections::HashMap<String, (f64, f64)>,
+    /// Calls under way per user.
+    pub calls: DashMap<String, u32>,
     /// Bound on the wait for a provider's answer to begin (its body may take longer).
     pub timeout: Duration,
 }
@@ -55,7 +67,10 @@ pub struct RelayClient(awc::Client);
 
 impl RelayClient {
     pub fn new(timeout: Duration) -> Self {
-        let mut connector = awc::Connector::new().timeout(Duration::from_secs(10));
+        // No limit of its own on connections: each user's calls are (`MAX_CALLS_PER_USER`).
+        let mut connector = awc::Connector::new()
+            .timeout(Duration::from_secs(10))
+            .limit(0);
         if let Ok(tls) = crate::identity::fetch::tls_config() {
             connector = connector.rustls_0_23(tls);
         }
@@ -70,8 +85,7 @@ impl RelayClient {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::PayloadConfig::new(MAX_REQUEST))
-        .route("/{provider}/{tail:.*}", web::route().to(relay));
+    cfg.route("/{provider}/{tail:.*}", web::route().to(relay));
 }
 
 /// An error as both OpenAI-style and Anthropic-style clients read it: `error.message`.
@@ -98,58 +112,71 @@ fn presented_token(req: &HttpRequest) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Whether the call is a model call. The org key opens much more at a provider (files,
-/// batches, fine-tuning, an organisation's admin endpoints, what other users stored there):
-/// the relay lends it for model calls only. `tail` is the path under the provider's base URL.
-fn is_model_call(method: &actix_web::http::Method, tail: &str) -> bool {
-    use actix_web::http::Method;
-    let tail = tail.trim_end_matches('/');
-    if *method == Method::GET {
-        return tail == "models"
-            || tail
-                .strip_prefix("models/")
-                .is_some_and(|id| !id.is_empty() && !id.contains(".."));
-    }
-    *method == Method::POST
-        && matches!(
-            tail,
-            "chat/completions"
-                | "completions"
-                | "responses"
-                | "embeddings"
-                | "messages"
-                | "messages/count_tokens"
-        )
+/// A call under way, counted against its user's `MAX_CALLS_PER_USER` until dropped.
+struct Call {
+    relay: Arc<Relay>,
+    user: String,
 }
 
-/// Request headers that are the connection's, the key's or ours to set.
-fn crosses(name: &HeaderName) -> bool {
-    !matches!(
-        name.as_str(),
-        "host"
-            | "authorization"
-            | "x-api-key"
-            | "connection"
-            | "keep-alive"
-            | "proxy-authorization"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "content-length"
-            | "accept-encoding"
-    )
+impl Call {
+    fn begin(relay: &Arc<Relay>, user: &str) -> Option<Call> {
+        let mut calls = relay.calls.entry(user.to_owned()).or_insert(0);
+        if *calls >= MAX_CALLS_PER_USER {
+            return None;
+        }
+        *calls += 1;
+        Some(Call {
+            relay: Arc::clone(relay),
+            user: user.to_owned(),
+        })
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.relay.calls.remove_if_mut(&self.user, |_, calls| {
+            *calls = calls.saturating_sub(1);
+            *calls == 0
+        });
+    }
+}
+
+/// The request body, read only once the call is known to be allowed (a caller without a
+/// token never makes the gateway hold a body), bounded in size and time.
+async fn read_body(payload: web::Payload) -> Result<Bytes, HttpResponse> {
+    match tokio::time::timeout(BODY_DEADLINE, payload.to_bytes_limited(MAX_REQUEST)).await {
+        Ok(Ok(Ok(body))) => Ok(body),
+        Ok(Ok(Err(e))) => Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            &format!("the request body could not be read: {e}"),
+        )),
+        Ok(Err(_)) => Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            "the request body is larger than the relay takes",
+        )),
+        Err(_) => Err(refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "the request body did not arrive in time",
+        )),
+    }
 }
 
 async fn relay(
     req: HttpRequest,
     path: web::Path<(String, String)>,
-    body: Bytes,
+    payload: web::Payload,
     relay: web::Data<Relay>,
     client: web::Data<RelayClient>,
 ) -> HttpResponse {
+    let relay = relay.into_inner();
     let (provider_id, tail) = path.into_inner();
+    if !rules::is_provider_id(&provider_id) {
+        relay.metrics.request(UNKNOWN, "unknown_provider");
+        return refuse(StatusCode::NOT_FOUND, "not_found_error", "no such provider");
+    }
     let Some(token) = presented_token(&req) else {
         relay.metrics.request(UNKNOWN, "unauthorized");
         return refuse(
@@ -175,9 +202,9 @@ async fn relay(
             &format!("the organisation has no key for provider {provider_id:?}"),
         );
     };
-    if !is_model_call(req.method(), &tail) {
+    if !rules::is_model_call(req.method(), &tail) {
         relay.metrics.request(&provider_id, "refused");
-        tracing::warn!(user = %grant.user_id, provider = %provider_id, method = %req.method(), path = %tail, "a call through the relay that is not a model call was refused");
+        tracing::warn!(user = %grant.user_id, provider = %provider_id, method = %req.method(), path = ?tail, "a call through the relay that is not a model call was refused");
         return refuse(
             StatusCode::FORBIDDEN,
             "permission_error",
@@ -190,24 +217,39 @@ async fn relay(
         // 403: OpenCode ends the turn and shows the message (a 429 would be retried).
         return refuse(StatusCode::FORBIDDEN, "permission_error", &over.message());
     }
+    let Some(call) = Call::begin(&relay, &grant.user_id) else {
+        relay.metrics.request(&provider_id, "too_many");
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "too many model calls under way at once for this user; retry shortly",
+        );
+    };
+    let body = match read_body(payload).await {
+        Ok(body) => body,
+        Err(refusal) => return refusal,
+    };
+    let body = match meter::check_request(&tail, &body) {
+        RequestCheck::Keep => body,
+        RequestCheck::Replace(changed) => Bytes::from(changed),
+        RequestCheck::Refuse(why) => {
+            relay.metrics.request(&provider_id, "refused");
+            return refuse(StatusCode::FORBIDDEN, "permission_error", why);
+        }
+    };
+    let request_bytes = body.len();
 
     let mut url = format!("{}/{}", provider.upstream, tail);
     if let Some(query) = req.uri().query() {
         url.push('?');
         url.push_str(query);
     }
-    let body =
-        if req.method() == actix_web::http::Method::POST && tail.ends_with("chat/completions") {
-            meter::ask_for_usage(&body).map_or(body, Bytes::from)
-        } else {
-            body
-        };
     let mut upstream = client
         .0
         .request(req.method().clone(), &url)
         .timeout(relay.timeout);
     for (name, value) in req.headers() {
-        if crosses(name) {
+        if rules::crosses(name) {
             upstream = upstream.append_header((name.clone(), value.clone()));
         }
     }
@@ -255,11 +297,13 @@ async fn relay(
         }
     }
     let tally = Tally {
-        relay: relay.into_inner(),
+        call,
         user: grant.user_id.clone(),
         provider: provider_id,
         meter: Some(Meter::new(event_stream)),
-        counted: status.is_success(),
+        succeeded: status.is_success(),
+        request_bytes,
+        answer_bytes: 0,
     };
     answer.streaming(Metered {
         inner: response,
@@ -269,31 +313,44 @@ async fn relay(
 
 /// Adds what an answer used to the user's day when it ends (or its reader goes away).
 struct Tally {
-    relay: Arc<Relay>,
+    /// Holds the user's place among their calls under way until the answer is done.
+    call: Call,
     user: String,
     provider: String,
     meter: Option<Meter>,
-    /// Only answers that succeeded count as a request.
-    counted: bool,
+    succeeded: bool,
+    request_bytes: usize,
+    answer_bytes: usize,
 }
+
+/// Bytes per token when an answer reports no use (a common rule of thumb for English text
+/// and JSON; the estimate only keeps a budget from being dodged).
+const BYTES_PER_TOKEN: usize = 4;
 
 impl Drop for Tally {
     fn drop(&mut self) {
         let Some(meter) = self.meter.take() else {
             return;
         };
-        let used = meter.finish();
-        if !self.counted && !used.seen {
-            return;
+        let mut used = meter.finish();
+        if !used.seen {
+            if !self.succeeded {
+                return;
+            }
+            // Cut short, too large to read, or a provider that does not say: charged by size.
+            used.input_tokens = (self.request_bytes / BYTES_PER_TOKEN) as u64;
+            used.output_tokens = (self.answer_bytes / BYTES_PER_TOKEN) as u64;
+            tracing::info!(user = %self.user, provider = %self.provider, input = used.input_tokens, output = used.output_tokens, "a model answer reported no use; charged an estimate from its size");
         }
+        let relay = &self.call.relay;
         let model = used.model.as_deref().unwrap_or("unknown");
-        self.relay
+        relay
             .metrics
             .tokens(&self.provider, model, used.input_tokens, used.output_tokens);
-        let cost = self.relay.prices.get(model).map(|(input, output)| {
+        let cost = relay.prices.get(model).map(|(input, output)| {
             (used.input_tokens as f64 * input + used.output_tokens as f64 * output) / 1e6
         });
-        self.relay
+        relay
             .usage
             .record(&self.user, used.input_tokens, used.output_tokens, cost);
         tracing::debug!(user = %self.user, provider = %self.provider, model, input = used.input_tokens, output = used.output_tokens, "model call counted");
@@ -318,7 +375,9 @@ where
     ) -> std::task::Poll<Option<Self::Item>> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_next(cx);
         if let std::task::Poll::Ready(Some(Ok(chunk))) = &polled {
-            if let Some(meter) = self.tally.meter.as_mut() {
+            let tally = &mut self.tally;
+            tally.answer_bytes += chunk.len();
+            if let Some(meter) = tally.meter.as_mut() {
                 meter.feed(chunk);
             }
         }
@@ -329,33 +388,74 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::http::Method;
+
+    fn relay() -> (tempfile::TempDir, Arc<Relay>) {
+        let dir = tempfile::tempdir().unwrap();
+        let usage = Arc::new(UsageBook::open(dir.path().join("u.json")).unwrap());
+        let relay = Arc::new(Relay {
+            grants: Grants::default(),
+            usage,
+            daily_tokens: 0,
+            metrics: LlmMetrics::default(),
+            prices: [("m".to_owned(), (1.0, 2.0))].into(),
+            calls: DashMap::new(),
+            timeout: ANSWER_TIMEOUT,
+        });
+        (dir, relay)
+    }
 
     #[test]
-    fn only_model_calls_are_relayed() {
-        for (method, tail) in [
-            (Method::POST, "chat/completions"),
-            (Method::POST, "responses"),
-            (Method::POST, "messages"),
-            (Method::POST, "messages/count_tokens"),
-            (Method::POST, "embeddings"),
-            (Method::GET, "models"),
-            (Method::GET, "models/gpt-4o"),
-        ] {
-            assert!(is_model_call(&method, tail), "{method} {tail}");
+    fn calls_under_way_are_bounded_per_user() {
+        let (_dir, relay) = relay();
+        let held: Vec<Call> = (0..MAX_CALLS_PER_USER)
+            .map(|_| Call::begin(&relay, "alice").expect("room"))
+            .collect();
+        assert!(Call::begin(&relay, "alice").is_none());
+        assert!(Call::begin(&relay, "bob").is_some(), "others unaffected");
+        drop(held);
+        assert!(relay.calls.get("alice").is_none(), "forgotten at zero");
+        assert!(Call::begin(&relay, "alice").is_some());
+    }
+
+    fn tally(relay: &Arc<Relay>, succeeded: bool, answer: &[u8]) {
+        let mut tally = Tally {
+            call: Call::begin(relay, "alice").expect("room"),
+            user: "alice".into(),
+            provider: "p".into(),
+            meter: Some(Meter::new(true)),
+            succeeded,
+            request_bytes: 400,
+            answer_bytes: 0,
+        };
+        tally.answer_bytes += answer.len();
+        if let Some(meter) = tally.meter.as_mut() {
+            meter.feed(answer);
         }
-        for (method, tail) in [
-            (Method::GET, "files"),
-            (Method::POST, "files"),
-            (Method::POST, "batches"),
-            (Method::POST, "fine_tuning/jobs"),
-            (Method::GET, "organization/users"),
-            (Method::DELETE, "models/ft-x"),
-            (Method::GET, "chat/completions"),
-            (Method::GET, "models/../files"),
-            (Method::POST, "chat/completions/../../files"),
-        ] {
-            assert!(!is_model_call(&method, tail), "{method} {tail}");
-        }
+    }
+
+    #[test]
+    fn use_is_what_the_answer_reports_or_an_estimate_from_sizes() {
+        let (_dir, relay) = relay();
+        tally(
+            &relay,
+            true,
+            b"data: {\"model\":\"m\",\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
+        );
+        let day = relay.usage.today("alice");
+        assert_eq!(
+            (day.requests, day.input_tokens, day.output_tokens),
+            (1, 3, 4)
+        );
+        assert_eq!(day.cost_usd, Some(11e-6));
+        // No usage reported (cut short, say): 400 request bytes, 40 answer bytes.
+        tally(&relay, true, &[b'x'; 40]);
+        let day = relay.usage.today("alice");
+        assert_eq!(
+            (day.requests, day.input_tokens, day.output_tokens),
+            (2, 103, 14)
+        );
+        // A failed call that reports nothing costs nothing.
+        tally(&relay, false, b"{\"error\":{}}");
+        assert_eq!(relay.usage.today("alice").requests, 2);
     }
 }

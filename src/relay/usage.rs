@@ -54,6 +54,8 @@ pub enum UsageError {
 pub struct UsageBook {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// One write at a time (a periodic one may still run when the last one starts).
+    writing: Mutex<()>,
 }
 
 struct Inner {
@@ -107,6 +109,7 @@ impl UsageBook {
                 stored,
                 dirty: false,
             }),
+            writing: Mutex::new(()),
         })
     }
 
@@ -179,6 +182,7 @@ impl UsageBook {
     /// Writes the book if it changed since the last write (atomically: a temporary file
     /// renamed over the old one). Blocking.
     pub fn flush(&self) -> Result<(), UsageError> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let text = {
             let mut inner = self.lock();
             if !inner.dirty {
