@@ -249,7 +249,7 @@ fn main() -> anyhow::Result<()> {
         return repos::run();
     }
     if first.as_deref() == Some("relay") {
-        return relay::run(count_option(argv, "--requests", 2000)?);
+        return relay::run(count_option(argv, "--requests", 1000)?);
     }
     if first.as_deref() == Some("identity") {
         return identity::run(count_option(argv, "--iterations", 200_000)?);

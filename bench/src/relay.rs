@@ -5,8 +5,8 @@
 //!
 //! The provider answers at once with a first chunk, then its usage a few milliseconds later;
 //! the client sends a ~2 KiB request on a fresh connection each time (to the provider and to
-//! the relay alike; the relay keeps its own connections to the provider) and reads until the
-//! first `data:` line.
+//! the relay alike; the relay keeps its own connections to the provider), notes when the
+//! first `data:` line arrives, and reads the answer to its end.
 //!
 //! Run: `cargo run --release -p chamberlain-bench -- relay [--requests N]`.
 
@@ -107,9 +107,14 @@ fn first_token(addr: SocketAddr, path: &str, body: &str) -> anyhow::Result<u64> 
         }
         seen.extend_from_slice(&buf[..n]);
         if seen.windows(5).any(|w| w == b"data:") {
-            return Ok(t0.elapsed().as_micros() as u64);
+            break;
         }
     }
+    let first = t0.elapsed().as_micros() as u64;
+    // Read the answer to its end, as OpenCode does: the call is over only then (and the
+    // relay allows a user only so many at once).
+    while stream.read(&mut buf)? > 0 {}
+    Ok(first)
 }
 
 pub fn run(requests: usize) -> anyhow::Result<()> {
