@@ -333,6 +333,8 @@ async fn opencodes_own_web_ui_works_through_the_gateway() {
         .await;
     click_button(&browser, "New session").await;
     const PROMPT: &str = "[aria-label='Prompt']";
+    // OpenCode renders the prompt, then enables it.
+    browser.wait_interactable(PROMPT).await;
     browser.click_css(PROMPT).await;
     browser
         .type_css(PROMPT, "hello from the browser test")

@@ -1,6 +1,7 @@
 //! The gateway in front of the real, pinned OpenCode.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 
 use awc::http::StatusCode;
@@ -127,7 +128,11 @@ struct Direct {
 
 impl Drop for Direct {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // Its own process group: whatever it started goes with it.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.child.wait();
     }
 }
@@ -143,6 +148,7 @@ fn direct_opencode() -> Direct {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home.path())
         .env("OPENCODE_SERVER_PASSWORD", "direct")
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

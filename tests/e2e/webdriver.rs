@@ -3,6 +3,7 @@
 //! script, take a screenshot, read the console log.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,9 +14,14 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 pub struct Driver {
     process: Child,
+    /// The value of [`MARKER`] in the environment of chromedriver and all it starts.
+    marker: String,
     base: String,
     client: awc::Client,
 }
+
+/// Set in chromedriver's environment, which Chromium and its helpers inherit.
+const MARKER: &str = "CHAMBERLAIN_TEST_BROWSER";
 
 pub struct Browser<'d> {
     driver: &'d Driver,
@@ -26,28 +32,101 @@ pub struct Browser<'d> {
 #[derive(Clone, Debug)]
 pub struct Element(String);
 
+/// Debian's packages for the browser tests.
+const PACKAGES: [&str; 2] = ["chromium", "chromium-driver"];
+
+/// Chromium and chromedriver, installed now if they are missing and the tests run as root
+/// (once per test run; other browser tests wait for it). Without root, the test fails with
+/// what to install.
+fn ensure_browser() {
+    static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let present = || {
+        std::path::Path::new("/usr/bin/chromium").exists()
+            && Command::new("chromedriver")
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+    };
+    let result = INSTALLED.get_or_init(|| {
+        if present() {
+            return Ok(());
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return Err(format!(
+                "the browser tests need Chromium and its driver: install the Debian packages {} \
+                 (`sudo apt-get install {}`), or run the tests as root, which installs them",
+                PACKAGES.join(" and "),
+                PACKAGES.join(" ")
+            ));
+        }
+        eprintln!(
+            "browser tests: installing Chromium and its driver (Debian packages {})",
+            PACKAGES.join(", ")
+        );
+        let apt = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("apt-get")
+                .args(args)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("apt-get: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "apt-get {}: {}\n{}",
+                    args.join(" "),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        apt(&["update", "-qq"])?;
+        let mut install = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        install.extend(PACKAGES);
+        apt(&install)?;
+        if present() {
+            Ok(())
+        } else {
+            Err("Chromium or chromedriver still missing after installing them".to_owned())
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
 impl Driver {
-    /// Starts chromedriver; fails the test when it or Chromium is missing (CI installs the
-    /// Debian packages `chromium` and `chromium-driver`).
+    /// Starts chromedriver (installing Chromium first when it is missing; see
+    /// [`ensure_browser`]). chromedriver, Chromium and everything they start share a process
+    /// group and a marker in their environment, so dropping the driver ends them all, even
+    /// when a test fails or panics.
     pub async fn start() -> Driver {
+        ensure_browser();
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        let marker = format!("{}-{port}", std::process::id());
         let process = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .env(MARKER, &marker)
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("chromedriver (Debian package chromium-driver) must be installed");
+            .expect("chromedriver starts");
         let driver = Driver {
             process,
+            marker,
             base: format!("http://127.0.0.1:{port}"),
             client: awc::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .finish(),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(v) = driver.call("GET", "/status", None).await {
                 if v["ready"] == true {
@@ -115,9 +194,32 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.process.kill();
+        use nix::sys::signal::{kill, killpg, Signal};
+        use nix::unistd::Pid;
+        let group = Pid::from_raw(self.process.id() as i32);
+        let _ = killpg(group, Signal::SIGKILL);
+        // Whatever left the group (a helper that made a session of its own) still carries
+        // the marker.
+        let needle = format!("{MARKER}={}", self.marker);
+        for pid in marked(&needle) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
         let _ = self.process.wait();
     }
+}
+
+/// Processes whose environment holds `needle` (`NAME=value`).
+fn marked(needle: &str) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect()
 }
 
 impl Browser<'_> {
@@ -185,6 +287,20 @@ impl Browser<'_> {
         }
     }
 
+    /// Waits until the element `css` can take input: there, laid out, visible, and neither
+    /// disabled nor read-only.
+    pub async fn wait_interactable(&self, css: &str) {
+        let script = format!(
+            "var e = document.querySelector({css:?}); if (!e) return false; \
+             var r = e.getBoundingClientRect(), s = getComputedStyle(e); \
+             return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && \
+             s.display !== 'none' && !e.disabled && e.getAttribute('aria-disabled') !== 'true' && \
+             (e.isContentEditable || ((e.tagName === 'TEXTAREA' || e.tagName === 'INPUT') && !e.readOnly));"
+        );
+        self.wait_until(&format!("{css} ready for input"), &script)
+            .await
+    }
+
     /// Waits (up to 60 s) until `script` (a function body) returns true.
     pub async fn wait_until(&self, what: &str, script: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -208,9 +324,11 @@ impl Browser<'_> {
     }
 
     /// Finds `css` and does `action` (`click`, `value`) to it, again if the page re-rendered
-    /// it in between (a stale element): pages built by frameworks replace nodes at will.
+    /// it in between (a stale element) or has not made it usable yet (not interactable):
+    /// pages built by frameworks replace and enable nodes at will. Up to 60 s.
     async fn on_css(&self, css: &str, action: &str, body: Value) {
-        for _ in 0..20 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
             let e = self.find(css).await;
             match self
                 .call(
@@ -221,13 +339,13 @@ impl Browser<'_> {
                 .await
             {
                 Ok(_) => return,
-                Err(err) if err.contains("stale element") => {
+                Err(err) if err.contains("stale element") || err.contains("not interactable") => {
                     actix_web::rt::time::sleep(Duration::from_millis(100)).await
                 }
                 Err(err) => panic!("{action} {css}: {err}"),
             }
         }
-        panic!("{css} kept going stale");
+        panic!("{css} kept going stale or was never interactable");
     }
 
     pub async fn click_css(&self, css: &str) {
