@@ -215,7 +215,10 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: Option<Bytes>,
     ) -> Response {
-        let mut req = self.client.request(method, self.url(path));
+        // A connection per request: reusing a kept-alive one the gateway had just closed
+        // failed requests with "connector has been disconnected" on a loaded machine (seen
+        // after a refused PUT whose body the gateway did not read).
+        let mut req = self.client.request(method, self.url(path)).force_close();
         if let Some(user) = user {
             req = req.insert_header(("x-chamberlain-dev-user", user));
         }
@@ -277,7 +280,10 @@ impl Gateway {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Response {
-        let mut req = self.client.request(method, format!("{}{path}", self.admin));
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.admin))
+            .force_close();
         for (k, v) in headers {
             req = req.insert_header((*k, *v));
         }
@@ -652,6 +658,7 @@ impl Gateway {
         let mut req = self
             .client
             .get(self.url(path))
+            .force_close()
             .insert_header(("x-chamberlain-dev-user", user));
         for (k, v) in headers {
             req = req.insert_header((*k, *v));

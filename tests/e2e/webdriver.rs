@@ -2,6 +2,7 @@
 //! `chromedriver`. Enough for the browser tests: navigate, find, click, type, read, run a
 //! script, take a screenshot, read the console log.
 
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, Stdio};
@@ -61,7 +62,9 @@ fn ensure_browser() {
                 PACKAGES.join(" ")
             ));
         }
-        eprintln!(
+        // Straight to the terminal: the test harness hides what tests print.
+        let _ = writeln!(
+            std::io::stderr(),
             "browser tests: installing Chromium and its driver (Debian packages {})",
             PACKAGES.join(", ")
         );
