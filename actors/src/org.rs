@@ -132,14 +132,7 @@ fn strip_jsonc(text: &str) -> String {
                 }
             }
             ('/', Some('*')) => {
-                chars.next();
-                let mut last = ' ';
-                for c in chars.by_ref() {
-                    if last == '*' && c == '/' {
-                        break;
-                    }
-                    last = c;
-                }
+                skip_block_comment(&mut chars);
                 out.push(' ');
             }
             (',', _) => {
@@ -155,6 +148,18 @@ fn strip_jsonc(text: &str) -> String {
     out
 }
 
+/// Past a `/* … */` whose `/` was just taken and whose `*` is next.
+fn skip_block_comment(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    chars.next();
+    let mut last = ' ';
+    for c in chars.by_ref() {
+        if last == '*' && c == '/' {
+            break;
+        }
+        last = c;
+    }
+}
+
 /// The next character that is neither blank nor inside a comment.
 fn next_significant(mut chars: std::iter::Peekable<std::str::Chars<'_>>) -> Option<char> {
     loop {
@@ -164,16 +169,7 @@ fn next_significant(mut chars: std::iter::Peekable<std::str::Chars<'_>>) -> Opti
             ('/', Some('/')) => {
                 chars.by_ref().find(|&c| c == '\n')?;
             }
-            ('/', Some('*')) => {
-                chars.next();
-                let mut last = ' ';
-                for c in chars.by_ref() {
-                    if last == '*' && c == '/' {
-                        break;
-                    }
-                    last = c;
-                }
-            }
+            ('/', Some('*')) => skip_block_comment(&mut chars),
             (c, _) => return Some(c),
         }
     }
