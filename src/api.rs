@@ -34,6 +34,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(resource("/api/instance/stop", web::post().to(stop)))
         .service(resource("/api/instance/progress", web::get().to(progress)))
         .configure(crate::repos::configure_public)
+        .configure(crate::tokens::configure)
+        .configure(crate::admin::console::configure_public)
         .default_service(web::to(not_found));
 }
 
@@ -64,22 +66,12 @@ async fn portal(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpRes
         .body(pages::PORTAL))
 }
 
-/// The portal's assets: public (they hold nothing about anyone), revalidated each time so
-/// an upgraded gateway is picked up at once.
 async fn portal_css() -> HttpResponse {
-    asset("text/css; charset=utf-8", pages::PORTAL_CSS)
+    pages::asset("text/css; charset=utf-8", pages::PORTAL_CSS)
 }
 
 async fn portal_js() -> HttpResponse {
-    asset("text/javascript; charset=utf-8", pages::PORTAL_JS)
-}
-
-fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(content_type)
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("x-content-type-options", "nosniff"))
-        .body(body)
+    pages::asset("text/javascript; charset=utf-8", pages::PORTAL_JS)
 }
 
 async fn healthz() -> HttpResponse {
@@ -135,8 +127,14 @@ async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpRespons
     let key = gateway.user_key(&identity);
     let ws = gateway.homes.users().workspace(&key);
     let handle = gateway.peek(&identity);
+    let org_auth = gateway.cfg.shared_auth.clone();
+    let models_configured = web::block(move || has_org_keys(&org_auth))
+        .await
+        .unwrap_or(false);
     Ok(HttpResponse::Ok().json(json!({
         "userId": identity.user_id,
+        "admin": gateway.auth.policy().is_admin(&identity),
+        "modelsConfigured": models_configured,
         "email": identity.email,
         "emailVerified": identity.email_verified,
         "name": identity.name,
@@ -144,6 +142,15 @@ async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpRespons
         "isInitialized": gateway.homes.users().is_initialized(&key),
         "instance": with_usage(handle_json(handle.as_ref()), &gateway, &identity.user_id),
     })))
+}
+
+/// Whether the organisation's `auth.json` holds any provider's key. Blocking.
+fn has_org_keys(path: &std::path::Path) -> bool {
+    std::fs::read(path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .and_then(|v| v.as_object().map(|o| !o.is_empty()))
+        .unwrap_or(false)
 }
 
 async fn instance(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {

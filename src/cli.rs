@@ -40,23 +40,38 @@ pub enum AuthMode {
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {
     /// How users are identified.
-    #[arg(long = "auth", env = "CHAMBERLAIN_AUTH", value_enum, default_value_t = AuthMode::Dev)]
+    #[arg(help_heading = "Identity and sign-in", long = "auth", env = "CHAMBERLAIN_AUTH", value_enum, default_value_t = AuthMode::Dev)]
     pub mode: AuthMode,
 
     /// Allow --auth dev on a non-loopback address (anyone who can reach it can be anyone).
-    #[arg(long, env = "CHAMBERLAIN_ALLOW_INSECURE_DEV")]
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long,
+        env = "CHAMBERLAIN_ALLOW_INSECURE_DEV"
+    )]
     pub allow_insecure_dev: bool,
 
     /// --auth alb: the load balancer's ARN; tokens signed by any other are refused.
-    #[arg(long, env = "CHAMBERLAIN_ALB_ARN", required_if_eq("mode", "alb"))]
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long,
+        env = "CHAMBERLAIN_ALB_ARN",
+        required_if_eq("mode", "alb")
+    )]
     pub alb_arn: Option<String>,
 
     /// --auth alb: the load balancer's region, e.g. eu-west-1.
-    #[arg(long, env = "CHAMBERLAIN_ALB_REGION", required_if_eq("mode", "alb"))]
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long,
+        env = "CHAMBERLAIN_ALB_REGION",
+        required_if_eq("mode", "alb")
+    )]
     pub alb_region: Option<String>,
 
     /// --auth alb: where the ALB's public keys are; `{region}` and `{kid}` are filled in.
     #[arg(
+        help_heading = "Identity and sign-in",
         long,
         env = "CHAMBERLAIN_ALB_KEY_URL",
         default_value = "https://public-keys.auth.elb.{region}.amazonaws.com/{kid}"
@@ -65,24 +80,43 @@ pub struct AuthArgs {
 
     /// --auth jwt: JSON Web Key Set URL, e.g.
     /// https://cognito-idp.REGION.amazonaws.com/POOL_ID/.well-known/jwks.json
-    #[arg(long, env = "CHAMBERLAIN_JWKS_URL", conflicts_with = "jwt_public_key")]
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long,
+        env = "CHAMBERLAIN_JWKS_URL",
+        conflicts_with = "jwt_public_key"
+    )]
     pub jwks_url: Option<String>,
 
     /// --auth jwt: a PEM public key file (EC P-256/P-384, RSA or Ed25519) instead of a JWKS.
-    #[arg(long, env = "CHAMBERLAIN_JWT_PUBLIC_KEY")]
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long,
+        env = "CHAMBERLAIN_JWT_PUBLIC_KEY"
+    )]
     pub jwt_public_key: Option<PathBuf>,
 
     /// --auth jwt with --jwt-public-key: the algorithm, when the key's family has several
     /// (e.g. PS256 for an RSA key; default RS256 for RSA, the curve's ES algorithm for EC).
-    #[arg(long, env = "CHAMBERLAIN_JWT_ALGORITHM", requires = "jwt_public_key")]
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long,
+        env = "CHAMBERLAIN_JWT_ALGORITHM",
+        requires = "jwt_public_key"
+    )]
     pub jwt_algorithm: Option<String>,
 
     /// --auth jwt: required `iss` claim.
-    #[arg(long, env = "CHAMBERLAIN_JWT_ISSUER")]
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long,
+        env = "CHAMBERLAIN_JWT_ISSUER"
+    )]
     pub jwt_issuer: Option<String>,
 
     /// --auth jwt: accepted `aud` values (repeatable; comma-separated in the variable).
     #[arg(
+        help_heading = "Identity and sign-in",
         long = "jwt-audience",
         env = "CHAMBERLAIN_JWT_AUDIENCE",
         value_delimiter = ','
@@ -92,6 +126,7 @@ pub struct AuthArgs {
     /// --auth jwt: accepted app client ids: a token passes if its `client_id` (Cognito access
     /// tokens) or `aud` (ID tokens) is one of them (repeatable; comma-separated).
     #[arg(
+        help_heading = "Identity and sign-in",
         long = "jwt-client-id",
         env = "CHAMBERLAIN_JWT_CLIENT_ID",
         value_delimiter = ','
@@ -99,38 +134,86 @@ pub struct AuthArgs {
     pub jwt_client_ids: Vec<String>,
 
     /// --auth jwt: a cookie that may carry the token when there is no Authorization header.
-    #[arg(long, env = "CHAMBERLAIN_JWT_COOKIE")]
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long,
+        env = "CHAMBERLAIN_JWT_COOKIE"
+    )]
     pub jwt_cookie: Option<String>,
 
     /// --auth jwt: least time between JWKS refreshes caused by unknown key ids.
-    #[arg(long, env = "CHAMBERLAIN_JWKS_REFRESH_COOLDOWN", default_value = "30s", value_parser = duration)]
+    #[arg(help_heading = "Identity and sign-in", long, env = "CHAMBERLAIN_JWKS_REFRESH_COOLDOWN", default_value = "30s", value_parser = duration)]
     pub jwks_refresh_cooldown: Duration,
 
     /// --auth jwt: refetch the JWKS when it is older than this (revoked keys drop out).
-    #[arg(long, env = "CHAMBERLAIN_JWKS_MAX_AGE", default_value = "1h", value_parser = duration)]
+    #[arg(help_heading = "Identity and sign-in", long, env = "CHAMBERLAIN_JWKS_MAX_AGE", default_value = "1h", value_parser = duration)]
     pub jwks_max_age: Duration,
 
     /// Timeout for fetching a signing key or the JWKS.
-    #[arg(long, env = "CHAMBERLAIN_AUTH_KEY_TIMEOUT", default_value = "5s", value_parser = duration)]
+    #[arg(help_heading = "Identity and sign-in", long, env = "CHAMBERLAIN_AUTH_KEY_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub auth_key_timeout: Duration,
 
     /// --auth alb: how long a key id the key server did not know is not asked for again.
-    #[arg(long, env = "CHAMBERLAIN_AUTH_NEGATIVE_CACHE", default_value = "5m", value_parser = duration)]
+    #[arg(help_heading = "Identity and sign-in", long, env = "CHAMBERLAIN_AUTH_NEGATIVE_CACHE", default_value = "5m", value_parser = duration)]
     pub auth_negative_cache: Duration,
 
     /// Clock skew allowed when checking a token's `exp` and `nbf`.
-    #[arg(long, env = "CHAMBERLAIN_AUTH_CLOCK_SKEW", default_value = "30s", value_parser = duration)]
+    #[arg(help_heading = "Identity and sign-in", long, env = "CHAMBERLAIN_AUTH_CLOCK_SKEW", default_value = "30s", value_parser = duration)]
     pub auth_clock_skew: Duration,
 
     /// Most verified tokens remembered (each is checked once, then served from memory
     /// until it expires).
-    #[arg(long, env = "CHAMBERLAIN_AUTH_CACHE_ENTRIES", default_value_t = 10_000,
+    #[arg(help_heading = "Identity and sign-in", long, env = "CHAMBERLAIN_AUTH_CACHE_ENTRIES", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub auth_cache_entries: u32,
 
+    /// Who may sign in: user ids (the token's `sub`, or the dev name) or email addresses
+    /// (repeatable; comma-separated in the variable). With neither this nor
+    /// --allowed-groups, anyone the identity provider accepts may. Admins always may.
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long = "allowed-users",
+        env = "CHAMBERLAIN_ALLOWED_USERS",
+        value_delimiter = ','
+    )]
+    pub allowed_users: Vec<String>,
+
+    /// Who may sign in: members of these groups (the token's `cognito:groups` or `groups`
+    /// claim; repeatable; comma-separated in the variable).
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long = "allowed-groups",
+        env = "CHAMBERLAIN_ALLOWED_GROUPS",
+        value_delimiter = ','
+    )]
+    pub allowed_groups: Vec<String>,
+
+    /// Administrators (the console at /-/admin): user ids or email addresses (repeatable;
+    /// comma-separated in the variable).
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long = "admin-users",
+        env = "CHAMBERLAIN_ADMIN_USERS",
+        value_delimiter = ','
+    )]
+    pub admin_users: Vec<String>,
+
+    /// Administrators: members of these groups (repeatable; comma-separated in the variable).
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long = "admin-groups",
+        env = "CHAMBERLAIN_ADMIN_GROUPS",
+        value_delimiter = ','
+    )]
+    pub admin_groups: Vec<String>,
+
     /// Where `/-/logout` sends the browser after clearing the session (e.g. the Cognito
     /// logout endpoint with client_id and logout_uri).
-    #[arg(long, env = "CHAMBERLAIN_LOGOUT_URL")]
+    #[arg(
+        help_heading = "Identity and sign-in",
+        long,
+        env = "CHAMBERLAIN_LOGOUT_URL"
+    )]
     pub logout_url: Option<String>,
 }
 
@@ -158,13 +241,13 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Public address (web UI, API, event streams).
-    #[arg(long, env = "CHAMBERLAIN_LISTEN", default_value = "127.0.0.1:8080", value_parser = crate::listeners::parse_addr)]
+    #[arg(help_heading = "Listeners", long, env = "CHAMBERLAIN_LISTEN", default_value = "127.0.0.1:8080", value_parser = crate::listeners::parse_addr)]
     pub listen: SocketAddr,
 
     /// Admin address (/stats, /metrics, stopping instances), or `none`. Every request but
     /// GET /healthz needs `Authorization: Bearer <token>` (see --admin-token-file). Keep it
     /// off the public network.
-    #[arg(
+    #[arg(help_heading = "Listeners", 
         long,
         env = "CHAMBERLAIN_ADMIN_LISTEN",
         default_value = "127.0.0.1:9090",
@@ -174,19 +257,19 @@ pub struct ServeArgs {
 
     /// Also serve the admin API on this Unix socket (mode 0600, the gateway's own uid), to
     /// clients running as root or as the gateway's uid (kernel credentials); no token needed.
-    #[arg(long, env = "CHAMBERLAIN_ADMIN_SOCKET")]
+    #[arg(help_heading = "Listeners", long, env = "CHAMBERLAIN_ADMIN_SOCKET")]
     pub admin_socket: Option<PathBuf>,
 
     /// The admin API's operator token, in a file only its owner can read. Default: a new
     /// random token at every start, written to <data-dir>/state/admin-token (mode 0600).
-    #[arg(long, env = "CHAMBERLAIN_ADMIN_TOKEN_FILE")]
+    #[arg(help_heading = "Listeners", long, env = "CHAMBERLAIN_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
     /// The URL people reach the gateway at, e.g. https://chamberlain.example.com
     /// (repeatable; comma-separated in the variable). Requests naming another host are
     /// refused (DNS rebinding) and only these origins may change state. Default: loopback
     /// names only, or any host for --auth alb/jwt on a non-loopback address (warned).
-    #[arg(
+    #[arg(help_heading = "Listeners", 
         long = "public-url",
         env = "CHAMBERLAIN_PUBLIC_URL",
         value_delimiter = ',',
@@ -197,7 +280,7 @@ pub struct ServeArgs {
     /// Networks whose X-Forwarded-For/-Proto/-Host are believed (comma-separated CIDRs, or
     /// `none`). Default: the private networks (10/8, 172.16/12, 192.168/16, fc00::/7) with
     /// --auth alb, where the load balancer connects from the VPC; `none` otherwise.
-    #[arg(
+    #[arg(help_heading = "Listeners", 
         long,
         env = "CHAMBERLAIN_TRUSTED_PROXIES",
         value_parser = crate::forwarded::TrustedProxies::parse
@@ -205,16 +288,26 @@ pub struct ServeArgs {
     pub trusted_proxies: Option<crate::forwarded::TrustedProxies>,
 
     /// Data directory: users/ (homes), shared/ (org keys, repos), state/.
-    #[arg(long, env = "CHAMBERLAIN_DATA_DIR", default_value = "./data")]
+    #[arg(
+        help_heading = "OpenCode and data",
+        long,
+        env = "CHAMBERLAIN_DATA_DIR",
+        default_value = "./data"
+    )]
     pub data_dir: PathBuf,
 
     /// The OpenCode executable. Default: `opencode` on PATH, else ./node_modules/.bin/opencode.
-    #[arg(long, env = "CHAMBERLAIN_OPENCODE_BIN")]
+    #[arg(
+        help_heading = "OpenCode and data",
+        long,
+        env = "CHAMBERLAIN_OPENCODE_BIN"
+    )]
     pub opencode_bin: Option<PathBuf>,
 
     /// Extra argument for `opencode serve` (repeatable; e.g. --opencode-arg=--pure). In the
     /// environment variable, arguments are separated by spaces.
     #[arg(
+        help_heading = "OpenCode and data",
         long = "opencode-arg",
         env = "CHAMBERLAIN_OPENCODE_ARG",
         value_delimiter = ' ',
@@ -226,154 +319,165 @@ pub struct ServeArgs {
     pub auth: AuthArgs,
 
     /// How users' OpenCode processes are walled off from each other.
-    #[arg(long, env = "CHAMBERLAIN_ISOLATION", value_enum, default_value_t = IsolationArg::Auto)]
+    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_ISOLATION", value_enum, default_value_t = IsolationArg::Auto)]
     pub isolation: IsolationArg,
 
     /// Unix ids for users (with uid isolation): the first is the shared read-only group, the
     /// rest are given to users, one each, for good (recorded in state/uids.json).
-    #[arg(long, env = "CHAMBERLAIN_UID_RANGE", default_value = "200000-265535", value_parser = id_range)]
+    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_UID_RANGE", default_value = "200000-265535", value_parser = id_range)]
     pub uid_range: (u32, u32),
 
     /// Add users' uids to /etc/passwd and /etc/group (named after the user where the name
     /// fits, else u<uid>), so their shells show a name. For a container whose /etc belongs
     /// to the gateway; entries outside --uid-range are never touched.
-    #[arg(long, env = "CHAMBERLAIN_SYSTEM_ACCOUNTS")]
+    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_SYSTEM_ACCOUNTS")]
     pub system_accounts: bool,
 
     /// Most processes (threads) a user may run at once (with uid isolation).
-    #[arg(long, env = "CHAMBERLAIN_LIMIT_NPROC", default_value_t = 4096,
+    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_LIMIT_NPROC", default_value_t = 4096,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub limit_nproc: u64,
 
     /// Largest file a user's process may write (e.g. 16GiB).
-    #[arg(long, env = "CHAMBERLAIN_LIMIT_FSIZE", default_value = "16GiB", value_parser = size)]
+    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_LIMIT_FSIZE", default_value = "16GiB", value_parser = size)]
     pub limit_fsize: usize,
 
     /// Most requests and websockets one user may hold open at once (each holds descriptors
     /// of the gateway's); beyond it the user gets 429, nobody else notices.
-    #[arg(long, env = "CHAMBERLAIN_MAX_USER_CONNECTIONS", default_value_t = 256)]
+    #[arg(
+        help_heading = "Limits",
+        long,
+        env = "CHAMBERLAIN_MAX_USER_CONNECTIONS",
+        default_value_t = 256
+    )]
     pub max_user_connections: u32,
 
     /// Largest a user's home may grow (e.g. 20GiB), measured as the user every
     /// --disk-check-interval: from 90% the portal and the log warn; at 100% new starts of
     /// that user are refused with a message saying why. Off by default.
-    #[arg(long, env = "CHAMBERLAIN_DISK_QUOTA", value_parser = size)]
+    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_DISK_QUOTA", value_parser = size)]
     pub disk_quota: Option<usize>,
 
     /// How often a running user's home is measured (as the user).
-    #[arg(long, env = "CHAMBERLAIN_DISK_CHECK_INTERVAL", default_value = "10m", value_parser = duration)]
+    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_DISK_CHECK_INTERVAL", default_value = "10m", value_parser = duration)]
     pub disk_check_interval: Duration,
 
     /// Most open files per process of a user (capped at the gateway's own hard limit).
-    #[arg(long, env = "CHAMBERLAIN_LIMIT_NOFILE", default_value_t = 8192,
+    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_LIMIT_NOFILE", default_value_t = 8192,
           value_parser = clap::value_parser!(u64).range(16..))]
     pub limit_nofile: u64,
 
     /// A variable of the gateway's environment to pass to every OpenCode, e.g. a provider key
     /// such as ANTHROPIC_API_KEY (repeatable; comma-separated in the variable). Nothing else
     /// of the gateway's environment reaches users.
-    #[arg(long = "pass-env", env = "CHAMBERLAIN_PASS_ENV", value_delimiter = ',', value_parser = env_name)]
+    #[arg(help_heading = "OpenCode and data", long = "pass-env", env = "CHAMBERLAIN_PASS_ENV", value_delimiter = ',', value_parser = env_name)]
     pub pass_env: Vec<String>,
 
     /// Most clones of shared repositories running at once.
-    #[arg(long, env = "CHAMBERLAIN_MAX_CONCURRENT_CLONES", default_value_t = 4,
+    #[arg(help_heading = "Repositories", long, env = "CHAMBERLAIN_MAX_CONCURRENT_CLONES", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_concurrent_clones: u32,
 
     /// Most instances running at once.
-    #[arg(long, env = "CHAMBERLAIN_MAX_INSTANCES", default_value_t = 15,
+    #[arg(help_heading = "Limits", long, env = "CHAMBERLAIN_MAX_INSTANCES", default_value_t = 15,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_instances: u32,
 
     /// Most instances starting at once; further starts wait in `queued`.
-    #[arg(long, env = "CHAMBERLAIN_MAX_CONCURRENT_STARTS", default_value_t = 3,
+    #[arg(help_heading = "Limits", long, env = "CHAMBERLAIN_MAX_CONCURRENT_STARTS", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_starts: u32,
 
     /// Stop an instance after this long without client activity.
-    #[arg(long, env = "CHAMBERLAIN_IDLE_TIMEOUT", default_value = "30m", value_parser = duration)]
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_IDLE_TIMEOUT", default_value = "30m", value_parser = duration)]
     pub idle_timeout: Duration,
 
     /// A session an agent has worked in this long without a break stops keeping its
     /// instance from the idle timeout and eviction (a stuck agent); the log says so.
-    #[arg(long, env = "CHAMBERLAIN_BUSY_TIMEOUT", default_value = "4h", value_parser = duration)]
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_BUSY_TIMEOUT", default_value = "4h", value_parser = duration)]
     pub busy_timeout: Duration,
 
     /// Loopback address of the model-API relay, through which instances reach the
     /// organisation's providers (the keys in shared/auth/auth.json stay in the gateway). Port
     /// 0 picks a free one.
-    #[arg(long, env = "CHAMBERLAIN_LLM_LISTEN", default_value = "127.0.0.1:0", value_parser = loopback_addr)]
+    #[arg(help_heading = "Model keys and usage", long, env = "CHAMBERLAIN_LLM_LISTEN", default_value = "127.0.0.1:0", value_parser = loopback_addr)]
     pub llm_listen: SocketAddr,
 
     /// The real address of a relayed provider, as `<provider>=<base URL>` (repeatable); over
     /// the built-in table and the provider's baseURL in shared/config/opencode.json.
-    #[arg(long = "llm-upstream", env = "CHAMBERLAIN_LLM_UPSTREAM", value_delimiter = ',', value_parser = llm_upstream)]
+    #[arg(help_heading = "Model keys and usage", long = "llm-upstream", env = "CHAMBERLAIN_LLM_UPSTREAM", value_delimiter = ',', value_parser = llm_upstream)]
     pub llm_upstreams: Vec<(String, String)>,
 
     /// A model's price, as `<model>=<USD per million input tokens>/<USD per million output
     /// tokens>` (repeatable; the model as the provider names it in its answers, e.g.
     /// `gpt-4o=2.5/10`): `/stats` then shows `costUsd` of the day's use.
-    #[arg(long = "llm-price", env = "CHAMBERLAIN_LLM_PRICE", value_delimiter = ',', value_parser = llm_price)]
+    #[arg(help_heading = "Model keys and usage", long = "llm-price", env = "CHAMBERLAIN_LLM_PRICE", value_delimiter = ',', value_parser = llm_price)]
     pub llm_prices: Vec<(String, (f64, f64))>,
 
     /// Tokens (input + output) each user may use through the relay per UTC day; 0: no limit.
     /// A call beyond it is refused with a message OpenCode shows in the session.
-    #[arg(long, env = "CHAMBERLAIN_LLM_DAILY_TOKENS", default_value_t = 0)]
+    #[arg(
+        help_heading = "Model keys and usage",
+        long,
+        env = "CHAMBERLAIN_LLM_DAILY_TOKENS",
+        default_value_t = 0
+    )]
     pub llm_daily_tokens: u64,
 
     /// When full, only instances idle at least this long may be evicted to make room.
-    #[arg(long, env = "CHAMBERLAIN_EVICT_MIN_IDLE", default_value = "1m", value_parser = duration)]
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_EVICT_MIN_IDLE", default_value = "1m", value_parser = duration)]
     pub evict_min_idle: Duration,
 
     /// A start that has not printed its listening line by then has failed.
-    #[arg(long, env = "CHAMBERLAIN_START_TIMEOUT", default_value = "60s", value_parser = duration)]
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_START_TIMEOUT", default_value = "60s", value_parser = duration)]
     pub start_timeout: Duration,
 
     /// How long a request waits for a starting instance before it gets 503 + Retry-After.
-    #[arg(long, env = "CHAMBERLAIN_WAIT_TIMEOUT", default_value = "30s", value_parser = duration)]
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_WAIT_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub wait_timeout: Duration,
 
     /// Time allowed for OpenCode to answer with response headers (prompts can take minutes).
-    #[arg(long, env = "CHAMBERLAIN_UPSTREAM_TIMEOUT", default_value = "10m", value_parser = duration)]
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_UPSTREAM_TIMEOUT", default_value = "10m", value_parser = duration)]
     pub upstream_timeout: Duration,
 
     /// Interval between health checks of a ready instance.
-    #[arg(long, env = "CHAMBERLAIN_HEALTH_INTERVAL", default_value = "15s", value_parser = duration)]
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_HEALTH_INTERVAL", default_value = "15s", value_parser = duration)]
     pub health_interval: Duration,
 
     /// Consecutive failed health checks before an instance is restarted.
-    #[arg(long, env = "CHAMBERLAIN_HEALTH_FAILURES", default_value_t = 3,
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_HEALTH_FAILURES", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub health_failures: u32,
 
     /// Time between SIGTERM and SIGKILL when stopping an instance.
-    #[arg(long, env = "CHAMBERLAIN_STOP_GRACE", default_value = "10s", value_parser = duration)]
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_STOP_GRACE", default_value = "10s", value_parser = duration)]
     pub stop_grace: Duration,
 
     /// Send a keep-alive comment on an event stream silent for this long.
-    #[arg(long, env = "CHAMBERLAIN_SSE_KEEPALIVE", default_value = "15s", value_parser = duration)]
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_SSE_KEEPALIVE", default_value = "15s", value_parser = duration)]
     pub sse_keepalive: Duration,
 
     /// Largest websocket frame accepted from a client or from OpenCode (e.g. 16MiB, 1048576).
-    #[arg(long, env = "CHAMBERLAIN_WS_MAX_FRAME", default_value = "16MiB", value_parser = size)]
+    #[arg(help_heading = "Limits", long, env = "CHAMBERLAIN_WS_MAX_FRAME", default_value = "16MiB", value_parser = size)]
     pub ws_max_frame: usize,
 
     /// Bytes a websocket may hold for a reader that does not keep up before it is closed
     /// with 1013 (try again later). At least --ws-max-frame.
-    #[arg(long, env = "CHAMBERLAIN_WS_MAX_BUFFER", default_value = "32MiB", value_parser = size)]
+    #[arg(help_heading = "Limits", long, env = "CHAMBERLAIN_WS_MAX_BUFFER", default_value = "32MiB", value_parser = size)]
     pub ws_max_buffer: usize,
 
     /// Ping websocket clients this often (keeps load balancers from dropping idle terminals).
-    #[arg(long, env = "CHAMBERLAIN_WS_PING_INTERVAL", default_value = "30s", value_parser = duration)]
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_WS_PING_INTERVAL", default_value = "30s", value_parser = duration)]
     pub ws_ping_interval: Duration,
 
     /// Close a websocket whose client has sent nothing (not even a pong) for this long.
-    #[arg(long, env = "CHAMBERLAIN_WS_CLIENT_TIMEOUT", default_value = "90s", value_parser = duration)]
+    #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_WS_CLIENT_TIMEOUT", default_value = "90s", value_parser = duration)]
     pub ws_client_timeout: Duration,
 
     /// An origin besides the gateway's own allowed to open websockets and change state, e.g.
     /// https://ide.example.com (repeatable; in the environment variable, comma-separated).
     #[arg(
+        help_heading = "Listeners",
         long = "allowed-origin",
         env = "CHAMBERLAIN_ALLOWED_ORIGIN",
         value_delimiter = ','
@@ -382,15 +486,20 @@ pub struct ServeArgs {
 
     /// HTTP worker threads for the public listener (default: the CPUs available to the
     /// process, cgroup quotas included).
-    #[arg(long, env = "CHAMBERLAIN_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(help_heading = "Listeners", long, env = "CHAMBERLAIN_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: Option<u32>,
 
     /// Log format.
-    #[arg(long, env = "CHAMBERLAIN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(help_heading = "Logging", long, env = "CHAMBERLAIN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Log filter, e.g. `info` or `info,chamberlain=debug,opencode=debug`.
-    #[arg(long, env = "CHAMBERLAIN_LOG", default_value = "info")]
+    #[arg(
+        help_heading = "Logging",
+        long,
+        env = "CHAMBERLAIN_LOG",
+        default_value = "info"
+    )]
     pub log: String,
 }
 

@@ -123,6 +123,19 @@ impl Gateway {
             }
             GatewayError::from_auth(e, self.auth.login_path())
         })?;
+        if !self.auth.policy().allows(&identity) {
+            tracing::info!(
+                user = %identity.user_id,
+                email = identity.email.as_deref().unwrap_or_default(),
+                path = req.path(),
+                "sign-in refused: not on --allowed-users or --allowed-groups"
+            );
+            return Err(GatewayError::Forbidden(format!(
+                "You are signed in as {}, but this gateway is not open to you. Ask an \
+                 administrator to add you.",
+                identity.email.as_deref().unwrap_or(&identity.user_id)
+            )));
+        }
         req.extensions_mut().insert(identity.clone());
         Ok(identity)
     }

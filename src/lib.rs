@@ -24,4 +24,6 @@ pub mod relay;
 pub mod repos;
 pub mod server;
 pub mod site;
+pub mod time;
+pub mod tokens;
 pub mod websocket;

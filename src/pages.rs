@@ -8,6 +8,11 @@ const ERROR: &str = include_str!("../static/error.html");
 pub const PORTAL: &str = include_str!("../static/portal.html");
 pub const PORTAL_CSS: &str = include_str!("../static/portal.css");
 pub const PORTAL_JS: &str = include_str!("../static/portal.js");
+pub const ADMIN: &str = include_str!("../static/admin.html");
+pub const ADMIN_JS: &str = include_str!("../static/admin.js");
+pub const ADMIN_CSS: &str = include_str!("../static/admin.css");
+pub const TOKENS: &str = include_str!("../static/tokens.html");
+pub const TOKENS_JS: &str = include_str!("../static/tokens.js");
 /// A copy of OpenCode's own `/site.webmanifest` (1.18.33). Browsers fetch a page's manifest
 /// without cookies, so a signed-in person's OpenCode page would get a 401 for it (and a
 /// console error); the gateway answers such requests with this copy. A real-OpenCode test
@@ -63,6 +68,16 @@ pub fn login(next: &str, error: Option<&str>) -> String {
     LOGIN
         .replace("{{next}}", &escape_html(next))
         .replace("{{error}}", &error_html)
+}
+
+/// A page's asset: public (it holds nothing about anyone), revalidated each time so an
+/// upgraded gateway is picked up at once.
+pub fn asset(content_type: &'static str, body: &'static str) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((actix_web::http::header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-content-type-options", "nosniff"))
+        .body(body)
 }
 
 pub fn escape_html(text: &str) -> String {

@@ -68,9 +68,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::isolation::harden_gateway();
     let instance_metrics = InstanceMetrics::new();
     let metrics = Arc::new(Metrics::new(&instance_metrics));
-    let auth = Authenticator::from_args(&args.auth, metrics.auth.clone())?;
     let program = resolve_opencode(args.opencode_bin.as_deref())?;
     let data_dir = prepare_data_dir(&args.data_dir)?;
+    let access_tokens = Arc::new(
+        crate::identity::access_tokens::AccessTokens::load(
+            &data_dir.join("state/access-tokens.json"),
+        )
+        .context("cannot load the personal access tokens")?,
+    );
+    let auth = Authenticator::from_args(&args.auth, metrics.auth.clone(), access_tokens)?;
     let users = UsersRoot::new(data_dir.join("users"));
     match users.sweep_partial() {
         Ok(0) => {}
@@ -203,37 +209,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         repos.clone(),
     ));
 
-    let public = {
-        let gateway = gateway.clone();
-        let site = Arc::clone(&site);
-        let upstream_timeout = args.upstream_timeout;
-        let workers = args.workers.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |n| n as usize,
-        );
-        HttpServer::new(move || {
-            let http_metrics = gateway.metrics.clone();
-            let site = Arc::clone(&site);
-            App::new()
-                .app_data(gateway.clone())
-                .app_data(web::Data::new(proxy::UpstreamClients::new(
-                    upstream_timeout,
-                )))
-                .wrap_fn(move |req, srv| crate::site::check_host(&site, req, srv))
-                .wrap_fn(crate::limits::limit_headers)
-                .wrap_fn(move |req, srv| access_log(req, srv, http_metrics.clone()))
-                .service(web::scope("/-").configure(api::configure))
-                .default_service(web::to(proxy::handle))
-        })
-        .workers(workers)
-        .disable_signals()
-        .shutdown_timeout(HTTP_DRAIN)
-        .listen(public_listener)
-        .with_context(|| format!("cannot serve on {}", args.listen))?
-    };
-    let public_addrs = public.addrs();
-    let public = public.run();
-
     let token = match (args.admin_listen.addr(), &args.admin_token_file) {
         (None, _) => {
             admin::token::remove_generated(&data_dir);
@@ -253,8 +228,44 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         token: token.clone(),
         usage: Arc::clone(&usage),
         daily_tokens: args.llm_daily_tokens,
+        opencode_version: opencode_version(&program),
     });
     let admin_library = web::Data::new(crate::repos::Library(repos.clone()));
+
+    let public = {
+        let gateway = gateway.clone();
+        let (admin_state, admin_library) = (admin_state.clone(), admin_library.clone());
+        let site = Arc::clone(&site);
+        let upstream_timeout = args.upstream_timeout;
+        let workers = args.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n as usize,
+        );
+        HttpServer::new(move || {
+            let http_metrics = gateway.metrics.clone();
+            let site = Arc::clone(&site);
+            App::new()
+                .app_data(gateway.clone())
+                .app_data(admin_state.clone())
+                .app_data(admin_library.clone())
+                .app_data(web::Data::new(proxy::UpstreamClients::new(
+                    upstream_timeout,
+                )))
+                .wrap_fn(move |req, srv| crate::site::check_host(&site, req, srv))
+                .wrap_fn(crate::limits::limit_headers)
+                .wrap_fn(move |req, srv| access_log(req, srv, http_metrics.clone()))
+                .service(web::scope("/-").configure(api::configure))
+                .default_service(web::to(proxy::handle))
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(HTTP_DRAIN)
+        .listen(public_listener)
+        .with_context(|| format!("cannot serve on {}", args.listen))?
+    };
+    let public_addrs = public.addrs();
+    let public = public.run();
+
     let mut admin_servers = Vec::new();
     let mut admin_handles_extra: Vec<ServerHandle> = Vec::new();
     let mut admin_addrs = Vec::new();
@@ -541,6 +552,21 @@ fn resolve_opencode(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
         );
     }
     Ok(absolute)
+}
+
+/// The version of the `opencode-ai` package the binary belongs to, from its
+/// `package.json` (the launcher lives in `<package>/bin/`); `None` for another layout.
+fn opencode_version(program: &Path) -> Option<String> {
+    for dir in program.ancestors().skip(1).take(3) {
+        let Ok(text) = std::fs::read_to_string(dir.join("package.json")) else {
+            continue;
+        };
+        let package: serde_json::Value = serde_json::from_str(&text).ok()?;
+        if package["name"].as_str()?.starts_with("opencode") {
+            return package["version"].as_str().map(str::to_owned);
+        }
+    }
+    None
 }
 
 fn find_on_path(name: &Path) -> Option<PathBuf> {

@@ -66,6 +66,9 @@
       if (!r.ok) { return; }
       $("user-name").textContent = r.data.name || r.data.userId;
       $("user-email").textContent = r.data.email || "";
+      $("admin-link").hidden = r.data.admin !== true;
+      // Only an explicit false: a gateway that does not say has nothing to warn about.
+      $("no-keys").hidden = r.data.modelsConfigured !== false;
       renderInstance(r.data.instance);
     });
   }

@@ -25,6 +25,7 @@ pub mod org;
 pub mod provision;
 pub mod registry;
 pub mod repos;
+pub mod state_file;
 pub mod status;
 pub mod workspace;
 

@@ -80,6 +80,8 @@ pub struct PoolStats {
     pub host_oom_kills: Option<u64>,
     /// Instances holding room under the limit (running, starting or about to).
     pub instances: usize,
+    /// Starts waiting for an evicted instance to give its room back.
+    pub starts_waiting: usize,
     pub by_state: BTreeMap<&'static str, usize>,
     pub users: Vec<UserStats>,
 }
@@ -292,6 +294,7 @@ impl Registry {
             disk_quota: self.shared.cfg.disk_quota,
             host_oom_kills: procfs::host_oom_kills(),
             instances: self.holders.len(),
+            starts_waiting: self.waiting.len(),
             by_state,
             users,
         }

@@ -56,7 +56,8 @@ pub fn run(iterations: usize) -> anyhow::Result<()> {
         "1000000",
     ])?;
     let Command::Serve(args) = cli.command;
-    let auth = Authenticator::from_args(&args.auth, AuthMetrics::default())?;
+    let tokens = std::sync::Arc::new(chamberlain::identity::access_tokens::AccessTokens::empty());
+    let auth = Authenticator::from_args(&args.auth, AuthMetrics::default(), tokens)?;
 
     let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
     let token = |n: usize| {

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use actix_web::dev::{Extensions, Service, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpMessage, HttpResponse};
 use serde_json::json;
 
 use super::socket::UnixPeer;
@@ -74,6 +74,11 @@ where
         .is_some_and(|admin| admin.isolation.uid_range().is_some());
     let me = nix::unistd::geteuid().as_raw();
     if socket_admits(uid, me, users_have_uids) {
+        let who = format!(
+            "operator uid {} on the admin socket",
+            uid.unwrap_or_default()
+        );
+        req.extensions_mut().insert(super::actions::Caller(who));
         return pass(req, srv);
     }
     tracing::warn!(
@@ -103,7 +108,9 @@ where
     S::Future: 'static,
     B: 'static,
 {
-    if req.method() == Method::GET && req.path() == "/healthz" {
+    if req.method() == Method::GET
+        && (req.path() == "/healthz" || super::console::is_public_asset(req.path()))
+    {
         return pass(req, srv);
     }
     let Some(admin) = req.app_data::<web::Data<Admin>>().cloned() else {
@@ -148,6 +155,9 @@ where
              gateway's start-up log says where the token is)",
         );
     }
+    req.extensions_mut().insert(super::actions::Caller(format!(
+        "operator token from {shown_peer}"
+    )));
     pass(req, srv)
 }
 

@@ -1,8 +1,10 @@
-//! The admin listener: pool statistics, Prometheus metrics, stopping a user's instance and
-//! the repository library's operator endpoints. Who may call it is `guard.rs`'s business
+//! The admin listener: what it serves (`/`), Prometheus metrics, the console page and the
+//! administrative actions (`actions.rs`, shared with `/-/api/admin`). Who may call it is `guard.rs`'s business
 //! (operator token over TCP, kernel credentials on the Unix socket); `token.rs` is the
 //! token, `socket.rs` the Unix socket.
 
+pub mod actions;
+pub mod console;
 pub mod guard;
 pub mod socket;
 pub mod token;
@@ -11,13 +13,12 @@ use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chamberlain_actors::{Registry, Stats, StopReason, StopUser};
+use chamberlain_actors::{Registry, Stats};
 use serde_json::json;
 
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use chamberlain_actors::isolation::Isolation;
-use chamberlain_actors::UserKey;
 pub use token::AdminToken;
 
 pub struct Admin {
@@ -32,53 +33,71 @@ pub struct Admin {
     pub usage: Arc<crate::relay::usage::UsageBook>,
     /// `--llm-daily-tokens` (0: none).
     pub daily_tokens: u64,
+    /// The version of the OpenCode package the gateway runs, when it can be told.
+    pub opencode_version: Option<String>,
 }
 
+/// The admin listener's routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/healthz",
         web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }),
     )
-    .route("/stats", web::get().to(stats))
+    .route("/", web::get().to(index))
     .route("/metrics", web::get().to(metrics))
-    .route("/instances/{user}/stop", web::post().to(stop))
-    .configure(crate::repos::configure_admin)
+    .configure(console::configure_operator)
+    .configure(actions::configure)
     .default_service(web::to(|req: HttpRequest| async move {
         HttpResponse::NotFound()
             .json(json!({"error": format!("no such endpoint: {} {}", req.method(), req.path())}))
     }));
 }
 
-fn unavailable(e: actix::MailboxError) -> HttpResponse {
-    HttpResponse::ServiceUnavailable().json(json!({"error": format!("registry unavailable: {e}")}))
+/// What the admin listener serves, for an operator who asks it.
+const ENDPOINTS: &[(&str, &str)] = &[
+    ("GET /healthz", "liveness (no token needed)"),
+    (
+        "GET /console",
+        "the admin console, a page (no token needed to load it)",
+    ),
+    ("GET /stats", "instances, users, isolation, model use today"),
+    ("GET /metrics", "Prometheus metrics (OpenMetrics text)"),
+    ("POST /instances/{user}/stop", "stop a user's OpenCode"),
+    (
+        "POST /instances/{user}/restart",
+        "stop, then start a user's OpenCode",
+    ),
+    (
+        "GET /tokens",
+        "everyone's personal access tokens (never the secrets)",
+    ),
+    ("DELETE /tokens/{id}", "revoke a personal access token"),
+    ("GET /repos", "the shared repository library"),
+    (
+        "POST /repos",
+        "add a shared repository: {\"name\", \"url\", \"description\"?}",
+    ),
+    (
+        "POST /repos/{name}/refresh",
+        "fetch a shared repository's upstream",
+    ),
+    ("DELETE /repos/{name}", "remove a shared repository"),
+];
+
+async fn index() -> HttpResponse {
+    let endpoints: serde_json::Map<String, serde_json::Value> = ENDPOINTS
+        .iter()
+        .map(|(route, what)| ((*route).to_owned(), json!(what)))
+        .collect();
+    HttpResponse::Ok().json(json!({
+        "service": "chamberlain admin",
+        "version": env!("CARGO_PKG_VERSION"),
+        "endpoints": endpoints,
+    }))
 }
 
-async fn stats(admin: web::Data<Admin>) -> HttpResponse {
-    let stats = match admin.registry.send(Stats).await {
-        Ok(stats) => stats,
-        Err(e) => return unavailable(e),
-    };
-    let mut body = match serde_json::to_value(stats) {
-        Ok(v) => v,
-        Err(e) => return HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
-    };
-    let auth = &admin.gateway.auth;
-    body["auth"] = json!({
-        "mode": auth.mode(),
-        "cachedTokens": auth.cached_tokens(),
-    });
-    body["isolation"] = json!(admin.isolation.info());
-    body["llmDailyTokens"] = json!(admin.daily_tokens);
-    let today = admin.usage.everyone_today();
-    if let Some(users) = body["users"].as_array_mut() {
-        for user in users {
-            let id = user["userId"].as_str().unwrap_or_default().to_owned();
-            let uid = admin.isolation.existing_uid(&UserKey::derive(&id));
-            user["uid"] = json!(uid);
-            user["llm"] = json!(today.get(&id).copied().unwrap_or_default());
-        }
-    }
-    HttpResponse::Ok().json(body)
+fn unavailable(e: actix::MailboxError) -> HttpResponse {
+    HttpResponse::ServiceUnavailable().json(json!({"error": format!("registry unavailable: {e}")}))
 }
 
 async fn metrics(admin: web::Data<Admin>) -> HttpResponse {
@@ -91,25 +110,5 @@ async fn metrics(admin: web::Data<Admin>) -> HttpResponse {
             .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
             .body(text),
         Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
-    }
-}
-
-async fn stop(admin: web::Data<Admin>, user: web::Path<String>) -> HttpResponse {
-    let user = user.into_inner();
-    let found = admin
-        .registry
-        .send(StopUser {
-            user: user.clone(),
-            reason: StopReason::Operator,
-        })
-        .await;
-    match found {
-        Ok(true) => {
-            tracing::info!(user = %user, "instance stopped by an operator");
-            HttpResponse::Ok().json(json!({"userId": user, "state": "stopped"}))
-        }
-        Ok(false) => HttpResponse::NotFound()
-            .json(json!({"error": format!("no instance for user {user:?}")})),
-        Err(e) => unavailable(e),
     }
 }

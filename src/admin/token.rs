@@ -6,8 +6,8 @@
 //! Only a SHA-256 digest of the token is kept in memory, and a presented token is compared
 //! digest to digest in constant time.
 
-use std::io::{Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -84,25 +84,12 @@ impl AdminToken {
             .map_err(|_| anyhow::anyhow!("no randomness for the admin token"))?;
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let path = data_dir.join(GENERATED);
-        let temp = data_dir.join(format!("state/.admin-token.{}.tmp", std::process::id()));
-        let _ = std::fs::remove_file(&temp);
-        let write = || -> std::io::Result<()> {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(&temp)?;
-            file.write_all(token.as_bytes())?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-            std::fs::rename(&temp, &path)
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&temp);
-            return Err(e)
-                .with_context(|| format!("cannot write the admin token {}", path.display()));
-        }
+        chamberlain_actors::state_file::write_atomically(
+            &path,
+            format!("{token}\n").as_bytes(),
+            0o600,
+        )
+        .with_context(|| format!("cannot write the admin token {}", path.display()))?;
         Ok(AdminToken {
             digest: digest(&token),
             path,

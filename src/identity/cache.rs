@@ -81,6 +81,7 @@ mod tests {
             email: None,
             name: None,
             email_verified: None,
+            groups: Vec::new(),
             credential: crate::identity::Credential::Cookie,
         })
     }

@@ -139,12 +139,40 @@ impl Claims {
             email,
             name,
             email_verified: self.map.get("email_verified").and_then(boolean),
+            groups: self.groups(),
             // The authenticator says how the token came; until then assume the kind that
             // gets every check.
             credential: Credential::Cookie,
         })
     }
 }
+
+impl Claims {
+    /// `cognito:groups`, else `groups`: an array of strings, or one string of names
+    /// separated by commas or spaces. Bounded, since a token's size is the issuer's choice.
+    fn groups(&self) -> Vec<String> {
+        let value = self
+            .map
+            .get("cognito:groups")
+            .or_else(|| self.map.get("groups"));
+        let names: Vec<&str> = match value {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            Some(Value::String(s)) => s.split([',', ' ']).collect(),
+            _ => Vec::new(),
+        };
+        names
+            .into_iter()
+            .map(str::trim)
+            .filter(|g| !g.is_empty() && g.len() <= MAX_GROUP && !g.chars().any(char::is_control))
+            .take(MAX_GROUPS)
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// Most groups read from a token, and the longest name kept.
+const MAX_GROUPS: usize = 100;
+const MAX_GROUP: usize = 256;
 
 /// A number of seconds written as a JSON number (integer or not) or a decimal string.
 fn number(value: &Value) -> Option<u64> {

@@ -64,6 +64,7 @@ pub fn identity_for(name: &str, credential: Credential) -> Identity {
         email: Some(format!("{name}@localhost")),
         name: Some(name.to_owned()),
         email_verified: None,
+        groups: Vec::new(),
         credential,
     }
 }

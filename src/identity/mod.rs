@@ -6,6 +6,7 @@
 //! signed header of an AWS load balancer) and `jwt` (a bearer token). Tokens are verified
 //! once and then served from [`cache::VerifiedCache`] until they expire.
 
+pub mod access_tokens;
 mod alb;
 mod alb_keys;
 mod cache;
@@ -16,6 +17,7 @@ pub(crate) mod fetch;
 mod jwks;
 mod jwt;
 mod keys;
+pub mod policy;
 pub mod token;
 
 use std::sync::Arc;
@@ -43,6 +45,9 @@ pub struct Identity {
     pub email: Option<String>,
     pub name: Option<String>,
     pub email_verified: Option<bool>,
+    /// Groups the identity provider puts the user in (`cognito:groups` or `groups`), for
+    /// `--allowed-groups` and `--admin-groups`.
+    pub groups: Vec<String>,
     /// How the request presented it (set per request; a cached identity is another
     /// request's).
     pub credential: Credential,
@@ -61,12 +66,19 @@ pub enum Credential {
     /// A cookie: the dev or `--jwt-cookie` cookie, or the ALB session (its header is made
     /// from the browser's cookie).
     Cookie,
+    /// A personal access token (`Authorization: Bearer` or the password of Basic): reaches
+    /// the user's own OpenCode, never token management or the admin console.
+    AccessToken { basic: bool },
 }
 
 impl Credential {
     /// Whether a browser sends it with requests other sites make.
     pub fn is_ambient(self) -> bool {
-        self == Credential::Cookie
+        // A browser that was once given Basic credentials for a site resends them.
+        matches!(
+            self,
+            Credential::Cookie | Credential::AccessToken { basic: true }
+        )
     }
 }
 
@@ -164,6 +176,10 @@ enum Mode {
 
 pub struct Authenticator {
     mode: Mode,
+    /// Who may sign in, and who is an administrator.
+    policy: policy::SignInPolicy,
+    /// Personal access tokens, accepted in every mode.
+    tokens: Arc<access_tokens::AccessTokens>,
     cache: VerifiedCache,
     metrics: AuthMetrics,
     cookies: CookieNames,
@@ -180,7 +196,11 @@ const IDENTITY_HEADERS: [&str; 4] = [
 ];
 
 impl Authenticator {
-    pub fn from_args(args: &AuthArgs, metrics: AuthMetrics) -> Result<Self, AuthConfigError> {
+    pub fn from_args(
+        args: &AuthArgs,
+        metrics: AuthMetrics,
+        tokens: Arc<access_tokens::AccessTokens>,
+    ) -> Result<Self, AuthConfigError> {
         let leeway = args.auth_clock_skew.as_secs();
         let mode = match args.mode {
             AuthMode::Dev => Mode::Dev,
@@ -210,13 +230,23 @@ impl Authenticator {
             }
             AuthMode::Jwt => Mode::Jwt(jwt_verifier(args, leeway, &metrics)?),
         };
-        Ok(Self::with_mode(
+        let policy = policy::SignInPolicy::new(
+            &args.allowed_users,
+            &args.allowed_groups,
+            &args.admin_users,
+            &args.admin_groups,
+        );
+        tracing::info!(policy = policy.summary(), "who may sign in");
+        let mut auth = Self::with_mode(
             mode,
             args.auth_cache_entries as usize,
             metrics,
             args.jwt_cookie.clone(),
             args.logout_url.clone(),
-        ))
+        );
+        auth.policy = policy;
+        auth.tokens = tokens;
+        Ok(auth)
     }
 
     fn with_mode(
@@ -234,6 +264,8 @@ impl Authenticator {
         };
         Authenticator {
             mode,
+            policy: policy::SignInPolicy::default(),
+            tokens: Arc::new(access_tokens::AccessTokens::empty()),
             cache: VerifiedCache::new(cache_entries),
             metrics,
             cookies,
@@ -250,15 +282,12 @@ impl Authenticator {
     }
 
     pub async fn identify(&self, req: &HttpRequest) -> Result<Identity, AuthError> {
-        let result = match &self.mode {
-            Mode::Dev => dev::identify(req),
-            Mode::Alb(_) | Mode::Jwt(_) => match self.credential(req) {
-                Ok((token, credential)) => self.verify(token).await.map(|identity| Identity {
-                    credential,
-                    ..identity
-                }),
-                Err(e) => Err(e),
-            },
+        let result = match access_token(req) {
+            Some(Ok((token, basic))) => self.tokens.identify(&token, basic).ok_or_else(|| {
+                AuthError::Rejected("the access token is unknown, revoked or expired".into())
+            }),
+            Some(Err(e)) => Err(e),
+            None => self.identify_by_mode(req).await,
         };
         match &result {
             Ok(_) => {}
@@ -269,6 +298,29 @@ impl Authenticator {
             Err(AuthError::Unavailable(_)) => self.metrics.outcome("unavailable"),
         }
         result
+    }
+
+    async fn identify_by_mode(&self, req: &HttpRequest) -> Result<Identity, AuthError> {
+        match &self.mode {
+            Mode::Dev => dev::identify(req),
+            Mode::Alb(_) | Mode::Jwt(_) => match self.credential(req) {
+                Ok((token, credential)) => self.verify(token).await.map(|identity| Identity {
+                    credential,
+                    ..identity
+                }),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Who may sign in, and who is an administrator.
+    pub fn policy(&self) -> &policy::SignInPolicy {
+        &self.policy
+    }
+
+    /// Personal access tokens.
+    pub fn tokens(&self) -> &Arc<access_tokens::AccessTokens> {
+        &self.tokens
     }
 
     /// The token a request presents, and how, by the rules of the mode.
@@ -382,6 +434,41 @@ impl Authenticator {
     pub fn cached_tokens(&self) -> usize {
         self.cache.len()
     }
+}
+
+/// A personal access token the request presents in `Authorization`: `Bearer <token>` or
+/// Basic with the token as the password (any user name), and whether it came as Basic.
+/// `None` when the header holds something else (a JWT, in `--auth jwt`).
+fn access_token(req: &HttpRequest) -> Option<Result<(String, bool), AuthError>> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, rest) = value.split_once(' ')?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return rest
+            .starts_with(access_tokens::PREFIX)
+            .then(|| Ok((rest.to_owned(), false)));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    use base64::Engine;
+    let decoded = match base64::engine::general_purpose::STANDARD.decode(rest) {
+        Ok(d) => d,
+        Err(_) => {
+            return Some(Err(AuthError::Rejected(
+                "Basic credentials are not base64".into(),
+            )))
+        }
+    };
+    let password = String::from_utf8(decoded)
+        .ok()
+        .and_then(|text| text.split_once(':').map(|(_, p)| p.to_owned()))
+        .filter(|p| p.starts_with(access_tokens::PREFIX));
+    Some(password.map(|p| (p, true)).ok_or_else(|| {
+        AuthError::Rejected(
+            "Basic credentials must carry a personal access token as the password".into(),
+        )
+    }))
 }
 
 fn jwt_verifier(

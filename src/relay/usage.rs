@@ -3,8 +3,8 @@
 //! and the daily token budget.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write as _};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -200,31 +200,17 @@ impl UsageBook {
             inner.dirty = false;
             text
         };
-        write_atomically(&self.path, &text).map_err(|source| {
-            // Try again next time.
-            self.lock().dirty = true;
-            UsageError::Write {
-                path: self.path.clone(),
-                source,
-            }
-        })
+        chamberlain_actors::state_file::write_atomically(&self.path, &text, 0o600).map_err(
+            |source| {
+                // Try again next time.
+                self.lock().dirty = true;
+                UsageError::Write {
+                    path: self.path.clone(),
+                    source,
+                }
+            },
+        )
     }
-}
-
-fn write_atomically(path: &Path, text: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".llm-usage.json.{}", std::process::id()));
-    let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(text)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 fn now_secs() -> u64 {

@@ -2,6 +2,7 @@
 //! a client would, in front of either the fake OpenCode (fault injection) or the real,
 //! pinned OpenCode.
 
+mod access;
 mod attacks;
 mod browser;
 mod busy;

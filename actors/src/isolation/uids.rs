@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -187,26 +187,15 @@ impl UidMap {
             version: 1,
             users: users.clone(),
         };
-        let write = |path: &Path| -> io::Result<()> {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let tmp = dir.join(format!(".uids.json.{}", std::process::id()));
-            let text = serde_json::to_vec_pretty(&stored).map_err(io::Error::other)?;
-            let written = (|| {
-                let mut file = fs::File::create(&tmp)?;
-                file.write_all(&text)?;
-                file.sync_all()?;
-                fs::rename(&tmp, path)
-            })();
-            if written.is_err() {
-                // A full disk must not leave a half-written file beside the map.
-                let _ = fs::remove_file(&tmp);
-            }
-            written?;
-            fs::File::open(dir)?.sync_all()
-        };
-        write(&self.path).map_err(|source| UidError::Write {
+        let text = serde_json::to_vec_pretty(&stored).map_err(|e| UidError::Write {
             path: self.path.clone(),
-            source,
+            source: io::Error::other(e),
+        })?;
+        crate::state_file::write_atomically(&self.path, &text, 0o600).map_err(|source| {
+            UidError::Write {
+                path: self.path.clone(),
+                source,
+            }
         })
     }
 }

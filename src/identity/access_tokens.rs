@@ -1,0 +1,430 @@
+//! Personal access tokens: a person makes one on `/-/tokens` for the OpenCode CLI or an IDE,
+//! and presents it as `Authorization: Bearer <token>` or as the password of HTTP Basic (what
+//! `opencode attach` sends; the user name is ignored). Only SHA-256 digests are kept, in
+//! `state/access-tokens.json` (mode 0600); the token itself is shown once.
+//!
+//! A token carries the identity its owner had when making it (subject, email, groups), so
+//! the sign-in policy still applies to it at every request; it never makes its bearer an
+//! administrator (see `policy.rs`). Revoking one takes effect at the next request.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Credential, Identity};
+
+/// What every token starts with, so the gateway (and secret scanners) can tell one from a
+/// JWT at a glance.
+pub const PREFIX: &str = "chpat_";
+/// Most live tokens one person may hold, and in all (the file stays small).
+pub const MAX_PER_USER: usize = 20;
+const MAX_TOTAL: usize = 20_000;
+/// Longest name, and the longest life, in days.
+pub const MAX_NAME: usize = 64;
+pub const MAX_DAYS: u64 = 365;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("you hold {MAX_PER_USER} tokens already; revoke one first")]
+    TooMany,
+    #[error("the gateway holds {MAX_TOTAL} tokens already")]
+    Full,
+    #[error("no token {0:?} of yours")]
+    NotFound(String),
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("cannot read {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("no randomness for a token")]
+    Random,
+}
+
+/// A token as stored: its digest and whose it is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Stored {
+    id: String,
+    /// Hex SHA-256 of the token.
+    digest: String,
+    name: String,
+    user_id: String,
+    email: Option<String>,
+    display_name: Option<String>,
+    email_verified: Option<bool>,
+    #[serde(default)]
+    groups: Vec<String>,
+    /// Seconds since the epoch.
+    created_at: u64,
+    expires_at: u64,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct File {
+    version: u32,
+    tokens: Vec<Stored>,
+}
+
+/// A token as its owner and the admins see it (never the secret or its digest).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub user_id: String,
+    pub created_at: String,
+    pub expires_at: String,
+}
+
+/// A token just made: the only time its secret exists outside the client.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewToken {
+    #[serde(flatten)]
+    pub info: TokenInfo,
+    pub token: String,
+}
+
+#[derive(Default)]
+struct Book {
+    by_id: BTreeMap<String, Stored>,
+    by_digest: HashMap<String, String>,
+}
+
+pub struct AccessTokens {
+    path: PathBuf,
+    book: Mutex<Book>,
+    /// Held while the file is written, so two writes never interleave.
+    writing: Mutex<()>,
+}
+
+impl std::fmt::Debug for AccessTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessTokens")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl AccessTokens {
+    /// The store at `path`; a missing file is an empty store, an unreadable one an error
+    /// (starting without the tokens would lock everyone's CLI out silently).
+    pub fn load(path: &Path) -> Result<Self, TokenError> {
+        let file: File = match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TokenError::Read {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => File::default(),
+            Err(e) => {
+                return Err(TokenError::Read {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })
+            }
+        };
+        let now = now_secs();
+        let mut book = Book::default();
+        for token in file.tokens.into_iter().filter(|t| t.expires_at > now) {
+            book.by_digest
+                .insert(token.digest.clone(), token.id.clone());
+            book.by_id.insert(token.id.clone(), token);
+        }
+        Ok(AccessTokens {
+            path: path.to_owned(),
+            book: Mutex::new(book),
+            writing: Mutex::new(()),
+        })
+    }
+
+    /// A store that holds nothing and cannot be written (unit tests of other parts).
+    pub fn empty() -> Self {
+        AccessTokens {
+            path: PathBuf::new(),
+            book: Mutex::new(Book::default()),
+            writing: Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The identity a presented token stands for, if it is live.
+    pub fn identify(&self, presented: &str, basic: bool) -> Option<Identity> {
+        let digest = digest(presented);
+        let book = self.lock();
+        let stored = book.by_id.get(book.by_digest.get(&digest)?)?;
+        if stored.expires_at <= now_secs() {
+            return None;
+        }
+        Some(Identity {
+            user_id: stored.user_id.clone(),
+            email: stored.email.clone(),
+            name: stored.display_name.clone(),
+            email_verified: stored.email_verified,
+            groups: stored.groups.clone(),
+            credential: Credential::AccessToken { basic },
+        })
+    }
+
+    /// Makes a token for `owner`, named `name`, living `days` days. Blocking (writes the file).
+    pub fn create(&self, owner: &Identity, name: &str, days: u64) -> Result<NewToken, TokenError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(char::is_control)
+        {
+            return Err(TokenError::Invalid(format!(
+                "a token's name is 1 to {MAX_NAME} characters, without control characters"
+            )));
+        }
+        if !(1..=MAX_DAYS).contains(&days) {
+            return Err(TokenError::Invalid(format!(
+                "a token lives 1 to {MAX_DAYS} days"
+            )));
+        }
+        let secret = format!("{PREFIX}{}", random_hex(32)?);
+        let now = now_secs();
+        let stored = Stored {
+            id: random_hex(8)?,
+            digest: digest(&secret),
+            name: name.to_owned(),
+            user_id: owner.user_id.clone(),
+            email: owner.email.clone(),
+            display_name: owner.name.clone(),
+            email_verified: owner.email_verified,
+            groups: owner.groups.clone(),
+            created_at: now,
+            expires_at: now + days * 86_400,
+        };
+        let info = info(&stored);
+        self.change(|book| {
+            book.drop_expired(now);
+            if book.by_id.len() >= MAX_TOTAL {
+                return Err(TokenError::Full);
+            }
+            if book.of(&owner.user_id).count() >= MAX_PER_USER {
+                return Err(TokenError::TooMany);
+            }
+            book.by_digest
+                .insert(stored.digest.clone(), stored.id.clone());
+            book.by_id.insert(stored.id.clone(), stored);
+            Ok(())
+        })?;
+        Ok(NewToken {
+            info,
+            token: secret,
+        })
+    }
+
+    /// Revokes token `id`, if it is `owner`'s (`None`: anyone's, for an admin). Blocking.
+    pub fn revoke(&self, id: &str, owner: Option<&str>) -> Result<TokenInfo, TokenError> {
+        self.change(|book| {
+            let found = book
+                .by_id
+                .get(id)
+                .filter(|t| owner.is_none_or(|o| o == t.user_id))
+                .ok_or_else(|| TokenError::NotFound(id.to_owned()))?;
+            let info = info(found);
+            let digest = found.digest.clone();
+            book.by_digest.remove(&digest);
+            book.by_id.remove(id);
+            Ok(info)
+        })
+    }
+
+    /// Live tokens of `owner` (`None`: everyone's), oldest first.
+    pub fn list(&self, owner: Option<&str>) -> Vec<TokenInfo> {
+        let now = now_secs();
+        let book = self.lock();
+        let mut tokens: Vec<&Stored> = book
+            .by_id
+            .values()
+            .filter(|t| t.expires_at > now && owner.is_none_or(|o| o == t.user_id))
+            .collect();
+        tokens.sort_by_key(|t| (t.created_at, t.id.clone()));
+        tokens.into_iter().map(info).collect()
+    }
+
+    /// Applies `f` to the book and writes the file; a failed write undoes the change.
+    fn change<T>(
+        &self,
+        f: impl FnOnce(&mut Book) -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let (out, text, before) = {
+            let mut book = self.lock();
+            let before = (book.by_id.clone(), book.by_digest.clone());
+            let out = f(&mut book)?;
+            let file = File {
+                version: 1,
+                tokens: book.by_id.values().cloned().collect(),
+            };
+            let text = serde_json::to_vec_pretty(&file).map_err(|e| TokenError::Write {
+                path: self.path.clone(),
+                source: io::Error::other(e),
+            })?;
+            (out, text, before)
+        };
+        if let Err(source) =
+            chamberlain_actors::state_file::write_atomically(&self.path, &text, 0o600)
+        {
+            let mut book = self.lock();
+            (book.by_id, book.by_digest) = before;
+            return Err(TokenError::Write {
+                path: self.path.clone(),
+                source,
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl Book {
+    fn of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a Stored> + 'a {
+        self.by_id.values().filter(move |t| t.user_id == user)
+    }
+
+    fn drop_expired(&mut self, now: u64) {
+        let expired: Vec<(String, String)> = self
+            .by_id
+            .values()
+            .filter(|t| t.expires_at <= now)
+            .map(|t| (t.id.clone(), t.digest.clone()))
+            .collect();
+        for (id, digest) in expired {
+            self.by_id.remove(&id);
+            self.by_digest.remove(&digest);
+        }
+    }
+}
+
+fn info(t: &Stored) -> TokenInfo {
+    TokenInfo {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        user_id: t.user_id.clone(),
+        created_at: crate::time::rfc3339(t.created_at),
+        expires_at: crate::time::rfc3339(t.expires_at),
+    }
+}
+
+fn digest(token: &str) -> String {
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn random_hex(bytes: usize) -> Result<String, TokenError> {
+    let mut buf = vec![0u8; bytes];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut buf)
+        .map_err(|_| TokenError::Random)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ana() -> Identity {
+        Identity {
+            user_id: "ana".into(),
+            email: Some("ana@example.com".into()),
+            name: Some("Ana".into()),
+            email_verified: Some(true),
+            groups: vec!["staff".into()],
+            credential: Credential::Cookie,
+        }
+    }
+
+    #[test]
+    fn a_token_identifies_its_owner_until_revoked_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access-tokens.json");
+        let store = AccessTokens::load(&path).unwrap();
+        let made = store.create(&ana(), "laptop", 30).unwrap();
+        assert!(made.token.starts_with(PREFIX) && made.token.len() == PREFIX.len() + 64);
+        let id = store.identify(&made.token, false).unwrap();
+        assert_eq!(
+            (id.user_id.as_str(), id.groups.as_slice()),
+            ("ana", &["staff".to_owned()][..])
+        );
+        assert_eq!(id.credential, Credential::AccessToken { basic: false });
+        assert!(store.identify("chpat_wrong", false).is_none());
+
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&made.token), "only the digest is stored");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        let again = AccessTokens::load(&path).unwrap();
+        assert!(again.identify(&made.token, true).is_some());
+        assert_eq!(again.list(Some("ana")).len(), 1);
+        assert!(again.list(Some("bob")).is_empty());
+        assert!(matches!(
+            again.revoke(&made.info.id, Some("bob")),
+            Err(TokenError::NotFound(_))
+        ));
+        again.revoke(&made.info.id, Some("ana")).unwrap();
+        assert!(again.identify(&made.token, false).is_none());
+        assert!(AccessTokens::load(&path).unwrap().list(None).is_empty());
+    }
+
+    #[test]
+    fn names_lives_and_counts_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = AccessTokens::load(&dir.path().join("t.json")).unwrap();
+        for (name, days) in [
+            ("", 30),
+            ("a\nb", 30),
+            (&"x".repeat(65)[..], 30),
+            ("ok", 0),
+            ("ok", 366),
+        ] {
+            assert!(
+                matches!(
+                    store.create(&ana(), name, days),
+                    Err(TokenError::Invalid(_))
+                ),
+                "{name:?} {days}"
+            );
+        }
+        for i in 0..MAX_PER_USER {
+            store.create(&ana(), &format!("t{i}"), 1).unwrap();
+        }
+        assert!(matches!(
+            store.create(&ana(), "one more", 1),
+            Err(TokenError::TooMany)
+        ));
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_and_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        let store = AccessTokens::load(&path).unwrap();
+        let made = store.create(&ana(), "old", 1).unwrap();
+        store
+            .lock()
+            .by_id
+            .values_mut()
+            .for_each(|t| t.expires_at = 1);
+        assert!(store.identify(&made.token, false).is_none());
+        assert!(store.list(None).is_empty());
+    }
+}

@@ -1,0 +1,195 @@
+//! Who may sign in, and who is an administrator: `--allowed-users`, `--allowed-groups`,
+//! `--admin-users`, `--admin-groups`. Checked on every identified request (after the
+//! credential, before anything is looked up or started), so a change of the flags or of a
+//! person's groups takes effect at the next request or token.
+//!
+//! A user entry matches the subject exactly, or the email address without regard to case —
+//! unless the identity provider says the address is not verified. Groups come from the
+//! token (`cognito:groups` or `groups`). With no allow-list at all, every identity the
+//! authenticator accepts may sign in (as before these flags).
+
+use std::collections::HashSet;
+
+use super::{Credential, Identity};
+
+#[derive(Debug, Default, Clone)]
+pub struct SignInPolicy {
+    allowed_users: Entries,
+    allowed_groups: HashSet<String>,
+    admin_users: Entries,
+    admin_groups: HashSet<String>,
+}
+
+/// Users named by subject or by email address (kept in lower case).
+#[derive(Debug, Default, Clone)]
+struct Entries {
+    exact: HashSet<String>,
+    lower: HashSet<String>,
+}
+
+impl Entries {
+    fn new(values: &[String]) -> Self {
+        let values = values.iter().map(|v| v.trim()).filter(|v| !v.is_empty());
+        Entries {
+            exact: values.clone().map(str::to_owned).collect(),
+            lower: values.map(str::to_lowercase).collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty()
+    }
+
+    fn names(&self, identity: &Identity) -> bool {
+        self.exact.contains(&identity.user_id)
+            || (identity.email_verified != Some(false)
+                && identity
+                    .email
+                    .as_deref()
+                    .is_some_and(|e| self.lower.contains(&e.to_lowercase())))
+    }
+}
+
+fn groups(list: &[String]) -> HashSet<String> {
+    list.iter()
+        .map(|g| g.trim())
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl SignInPolicy {
+    pub fn new(
+        allowed_users: &[String],
+        allowed_groups: &[String],
+        admin_users: &[String],
+        admin_groups: &[String],
+    ) -> Self {
+        SignInPolicy {
+            allowed_users: Entries::new(allowed_users),
+            allowed_groups: groups(allowed_groups),
+            admin_users: Entries::new(admin_users),
+            admin_groups: groups(admin_groups),
+        }
+    }
+
+    /// Whether anyone the authenticator accepts may sign in.
+    pub fn is_open(&self) -> bool {
+        self.allowed_users.is_empty() && self.allowed_groups.is_empty()
+    }
+
+    fn in_any(set: &HashSet<String>, identity: &Identity) -> bool {
+        identity.groups.iter().any(|g| set.contains(g))
+    }
+
+    /// Whether `identity` may use the gateway at all. Administrators always may.
+    pub fn allows(&self, identity: &Identity) -> bool {
+        self.is_open()
+            || self.allowed_users.names(identity)
+            || Self::in_any(&self.allowed_groups, identity)
+            || self.is_admin_person(identity)
+    }
+
+    /// Whether `identity` may use the admin console and its API. A personal access token
+    /// never may: it is made for a CLI or an IDE to reach the person's own OpenCode.
+    pub fn is_admin(&self, identity: &Identity) -> bool {
+        !matches!(identity.credential, Credential::AccessToken { .. })
+            && self.is_admin_person(identity)
+    }
+
+    fn is_admin_person(&self, identity: &Identity) -> bool {
+        self.admin_users.names(identity) || Self::in_any(&self.admin_groups, identity)
+    }
+
+    /// How many entries each list has, for the start-up log.
+    pub fn summary(&self) -> String {
+        if self.is_open() && self.admin_users.is_empty() && self.admin_groups.is_empty() {
+            return "anyone the identity provider accepts; no administrators".to_owned();
+        }
+        format!(
+            "{}; administrators: {} users, {} groups",
+            if self.is_open() {
+                "anyone the identity provider accepts".to_owned()
+            } else {
+                format!(
+                    "{} users and {} groups allowed",
+                    self.allowed_users.exact.len(),
+                    self.allowed_groups.len()
+                )
+            },
+            self.admin_users.exact.len(),
+            self.admin_groups.len()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn person(id: &str, email: Option<&str>, verified: Option<bool>, groups: &[&str]) -> Identity {
+        Identity {
+            user_id: id.to_owned(),
+            email: email.map(str::to_owned),
+            name: None,
+            email_verified: verified,
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            credential: Credential::Cookie,
+        }
+    }
+
+    fn list(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn no_lists_let_everyone_in_and_make_nobody_admin() {
+        let policy = SignInPolicy::default();
+        let ana = person("ana", None, None, &[]);
+        assert!(policy.allows(&ana));
+        assert!(!policy.is_admin(&ana));
+    }
+
+    #[test]
+    fn users_match_by_subject_or_verified_email() {
+        let policy = SignInPolicy::new(&list(&["sub-1", "Ana@Example.com"]), &[], &[], &[]);
+        assert!(policy.allows(&person("sub-1", None, None, &[])));
+        assert!(
+            !policy.allows(&person("SUB-1", None, None, &[])),
+            "subjects are exact"
+        );
+        assert!(policy.allows(&person("x", Some("ana@example.COM"), Some(true), &[])));
+        assert!(policy.allows(&person("x", Some("ana@example.com"), None, &[])));
+        assert!(
+            !policy.allows(&person("x", Some("ana@example.com"), Some(false), &[])),
+            "an unverified address names nobody"
+        );
+        assert!(!policy.allows(&person("bob", Some("bob@example.com"), Some(true), &[])));
+    }
+
+    #[test]
+    fn groups_allow_and_make_admins() {
+        let policy = SignInPolicy::new(
+            &[],
+            &list(&["staff"]),
+            &list(&["root-user"]),
+            &list(&["ops"]),
+        );
+        assert!(policy.allows(&person("a", None, None, &["staff"])));
+        assert!(!policy.allows(&person("b", None, None, &["guests"])));
+        let op = person("c", None, None, &["ops"]);
+        assert!(policy.allows(&op), "admins may always sign in");
+        assert!(policy.is_admin(&op));
+        assert!(policy.is_admin(&person("root-user", None, None, &[])));
+        assert!(!policy.is_admin(&person("a", None, None, &["staff"])));
+        let token = Identity {
+            credential: Credential::AccessToken { basic: false },
+            ..op
+        };
+        assert!(policy.allows(&token));
+        assert!(
+            !policy.is_admin(&token),
+            "a personal access token is never an admin's"
+        );
+    }
+}
