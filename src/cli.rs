@@ -207,6 +207,12 @@ pub struct AuthArgs {
     )]
     pub admin_groups: Vec<String>,
 
+    /// Longest life of a personal access token, in days (a token keeps the groups its owner
+    /// had when making it until it expires or is revoked).
+    #[arg(help_heading = "Identity and sign-in", long, env = "CHAMBERLAIN_ACCESS_TOKEN_MAX_DAYS", default_value_t = 90,
+          value_parser = clap::value_parser!(u16).range(1..=365))]
+    pub access_token_max_days: u16,
+
     /// Where `/-/logout` sends the browser after clearing the session (e.g. the Cognito
     /// logout endpoint with client_id and logout_uri).
     #[arg(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use chamberlain_actors::repos::{
     AddRepo, CloneRepo, Cloner, DeleteRepo, GetRepo, ListRepos, RefreshRepo, RepoError, RepoLibrary,
 };
@@ -230,7 +230,7 @@ struct AddRequest {
     description: Option<String>,
 }
 
-async fn add(lib: web::Data<Library>, body: web::Bytes) -> HttpResponse {
+async fn add(req: HttpRequest, lib: web::Data<Library>, body: web::Bytes) -> HttpResponse {
     let request: AddRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
@@ -239,6 +239,20 @@ async fn add(lib: web::Data<Library>, body: web::Bytes) -> HttpResponse {
             )))
         }
     };
+    // An administrator of the identity provider is not an operator of the host: from the
+    // public console only remote repositories (git runs as root, and a local path could be
+    // any directory of the host, users' homes included).
+    let from_console = req
+        .extensions()
+        .get::<crate::admin::console::PublicConsole>()
+        .is_some();
+    if from_console && !request.url.starts_with("https://") {
+        return repo_error(RepoError::BadRequest(
+            "from the admin console a repository is added from an https:// URL; local paths \
+             are for the operator's admin listener"
+                .into(),
+        ));
+    }
     let sent = lib
         .0
         .send(AddRepo {

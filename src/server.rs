@@ -73,6 +73,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let access_tokens = Arc::new(
         crate::identity::access_tokens::AccessTokens::load(
             &data_dir.join("state/access-tokens.json"),
+            &crate::identity::realm(&args.auth),
+            u64::from(args.auth.access_token_max_days),
         )
         .context("cannot load the personal access tokens")?,
     );

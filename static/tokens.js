@@ -172,8 +172,10 @@
   function showNew(t) {
     var origin = window.location.origin;
     $("new-token-value").textContent = t.token;
-    $("usage-attach").textContent = "opencode attach " + origin + " --password " + t.token;
-    $("usage-curl").textContent = "curl -H \"Authorization: Bearer " + t.token + "\" " + origin + "/-/api/me";
+    // In the environment, not on the command line: other users of a machine can read
+    // every process's arguments.
+    $("usage-attach").textContent = "OPENCODE_SERVER_PASSWORD=" + t.token + " opencode attach " + origin;
+    $("usage-curl").textContent = "curl -H @- " + origin + "/-/api/me <<< \"Authorization: Bearer " + t.token + "\"";
     $("copy-status").textContent = "";
     $("new-token").hidden = false;
     $("new-token").focus();

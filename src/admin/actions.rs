@@ -23,11 +23,12 @@ pub fn caller(req: &HttpRequest) -> String {
 
 /// One line per administrative action.
 pub fn audit(req: &HttpRequest, action: &str, target: &str, outcome: &str) {
+    // Debug quoting: a target comes from a request path and may hold anything.
     tracing::info!(
         target: "audit",
-        by = %caller(req),
+        by = ?caller(req),
         action,
-        target_name = target,
+        target_name = ?target,
         outcome,
         "admin action"
     );

@@ -39,6 +39,11 @@ pub fn configure_public(cfg: &mut web::ServiceConfig) {
         );
 }
 
+/// Marks a request that came through the public console (an identity provider's
+/// administrator, not the host's operator).
+#[derive(Clone, Copy, Debug)]
+pub struct PublicConsole;
+
 /// Paths of the admin listener anyone who reaches it may load: the page and its assets.
 pub fn is_public_asset(path: &str) -> bool {
     matches!(
@@ -121,5 +126,6 @@ async fn require_admin(
         None => identity.user_id.clone(),
     };
     req.extensions_mut().insert(Caller(who));
+    req.extensions_mut().insert(PublicConsole);
     Ok(next.call(req).await?.map_into_left_body())
 }

@@ -3,9 +3,13 @@
 //! `opencode attach` sends; the user name is ignored). Only SHA-256 digests are kept, in
 //! `state/access-tokens.json` (mode 0600); the token itself is shown once.
 //!
-//! A token carries the identity its owner had when making it (subject, email, groups), so
-//! the sign-in policy still applies to it at every request; it never makes its bearer an
-//! administrator (see `policy.rs`). Revoking one takes effect at the next request.
+//! A token carries the identity its owner had when making it (subject, email, groups): the
+//! sign-in policy is applied to that at every request, so removing a person from
+//! `--allowed-users` voids their tokens, but a group they leave at the identity provider
+//! stays in their tokens until those expire (`--access-token-max-days`) or are revoked. A
+//! token never makes its bearer an administrator (see `policy.rs`), and is accepted only
+//! under the `--auth` setting it was made under. Revoking one takes effect at the next
+//! request (a stream or terminal already open with it stays open).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -59,6 +63,10 @@ struct Stored {
     email_verified: Option<bool>,
     #[serde(default)]
     groups: Vec<String>,
+    /// Which identity made it (see [`realm`]): a token is accepted only in the realm it was
+    /// made in, so one made under `--auth dev` is void once the gateway verifies identities.
+    #[serde(default)]
+    realm: String,
     /// Seconds since the epoch.
     created_at: u64,
     expires_at: u64,
@@ -98,6 +106,8 @@ struct Book {
 
 pub struct AccessTokens {
     path: PathBuf,
+    realm: String,
+    max_days: u64,
     book: Mutex<Book>,
     /// Held while the file is written, so two writes never interleave.
     writing: Mutex<()>,
@@ -114,7 +124,7 @@ impl std::fmt::Debug for AccessTokens {
 impl AccessTokens {
     /// The store at `path`; a missing file is an empty store, an unreadable one an error
     /// (starting without the tokens would lock everyone's CLI out silently).
-    pub fn load(path: &Path) -> Result<Self, TokenError> {
+    pub fn load(path: &Path, realm: &str, max_days: u64) -> Result<Self, TokenError> {
         let file: File = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TokenError::Read {
                 path: path.to_owned(),
@@ -130,13 +140,27 @@ impl AccessTokens {
         };
         let now = now_secs();
         let mut book = Book::default();
+        let mut other_realm = 0;
         for token in file.tokens.into_iter().filter(|t| t.expires_at > now) {
+            if token.realm != realm {
+                other_realm += 1;
+                continue;
+            }
             book.by_digest
                 .insert(token.digest.clone(), token.id.clone());
             book.by_id.insert(token.id.clone(), token);
         }
+        if other_realm > 0 {
+            tracing::warn!(
+                tokens = other_realm,
+                realm,
+                "personal access tokens made under another --auth setting are void (removed at the next change)"
+            );
+        }
         Ok(AccessTokens {
             path: path.to_owned(),
+            realm: realm.to_owned(),
+            max_days,
             book: Mutex::new(book),
             writing: Mutex::new(()),
         })
@@ -146,6 +170,8 @@ impl AccessTokens {
     pub fn empty() -> Self {
         AccessTokens {
             path: PathBuf::new(),
+            realm: String::new(),
+            max_days: MAX_DAYS,
             book: Mutex::new(Book::default()),
             writing: Mutex::new(()),
         }
@@ -182,9 +208,10 @@ impl AccessTokens {
                 "a token's name is 1 to {MAX_NAME} characters, without control characters"
             )));
         }
-        if !(1..=MAX_DAYS).contains(&days) {
+        if !(1..=self.max_days).contains(&days) {
             return Err(TokenError::Invalid(format!(
-                "a token lives 1 to {MAX_DAYS} days"
+                "a token lives 1 to {} days",
+                self.max_days
             )));
         }
         let secret = format!("{PREFIX}{}", random_hex(32)?);
@@ -198,6 +225,7 @@ impl AccessTokens {
             display_name: owner.name.clone(),
             email_verified: owner.email_verified,
             groups: owner.groups.clone(),
+            realm: self.realm.clone(),
             created_at: now,
             expires_at: now + days * 86_400,
         };
@@ -353,7 +381,7 @@ mod tests {
     fn a_token_identifies_its_owner_until_revoked_and_survives_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("access-tokens.json");
-        let store = AccessTokens::load(&path).unwrap();
+        let store = AccessTokens::load(&path, "dev", MAX_DAYS).unwrap();
         let made = store.create(&ana(), "laptop", 30).unwrap();
         assert!(made.token.starts_with(PREFIX) && made.token.len() == PREFIX.len() + 64);
         let id = store.identify(&made.token, false).unwrap();
@@ -372,7 +400,7 @@ mod tests {
             0o600
         );
 
-        let again = AccessTokens::load(&path).unwrap();
+        let again = AccessTokens::load(&path, "dev", MAX_DAYS).unwrap();
         assert!(again.identify(&made.token, true).is_some());
         assert_eq!(again.list(Some("ana")).len(), 1);
         assert!(again.list(Some("bob")).is_empty());
@@ -382,13 +410,16 @@ mod tests {
         ));
         again.revoke(&made.info.id, Some("ana")).unwrap();
         assert!(again.identify(&made.token, false).is_none());
-        assert!(AccessTokens::load(&path).unwrap().list(None).is_empty());
+        assert!(AccessTokens::load(&path, "dev", MAX_DAYS)
+            .unwrap()
+            .list(None)
+            .is_empty());
     }
 
     #[test]
     fn names_lives_and_counts_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let store = AccessTokens::load(&dir.path().join("t.json")).unwrap();
+        let store = AccessTokens::load(&dir.path().join("t.json"), "dev", MAX_DAYS).unwrap();
         for (name, days) in [
             ("", 30),
             ("a\nb", 30),
@@ -414,10 +445,25 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_void_under_another_auth_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        let dev = AccessTokens::load(&path, "dev", MAX_DAYS).unwrap();
+        let made = dev.create(&ana(), "x", 1).unwrap();
+        let jwt = AccessTokens::load(&path, "jwt https://issuer", 30).unwrap();
+        assert!(jwt.identify(&made.token, false).is_none());
+        assert!(jwt.list(None).is_empty());
+        assert!(matches!(
+            jwt.create(&ana(), "long", 31),
+            Err(TokenError::Invalid(_))
+        ));
+    }
+
+    #[test]
     fn an_expired_token_is_refused_and_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.json");
-        let store = AccessTokens::load(&path).unwrap();
+        let store = AccessTokens::load(&path, "dev", MAX_DAYS).unwrap();
         let made = store.create(&ana(), "old", 1).unwrap();
         store
             .lock()

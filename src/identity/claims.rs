@@ -47,11 +47,13 @@ impl Claims {
         }
     }
 
+    /// A non-empty string claim without control characters (they would forge log lines
+    /// and break pages; no real address or name has them).
     fn string(&self, name: &str) -> Option<&str> {
         self.map
             .get(name)
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
+            .filter(|s| !s.is_empty() && !s.chars().any(char::is_control))
     }
 
     pub fn expiry(&self) -> Option<u64> {

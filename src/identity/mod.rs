@@ -235,8 +235,17 @@ impl Authenticator {
             &args.allowed_groups,
             &args.admin_users,
             &args.admin_groups,
+            args.mode == AuthMode::Dev,
         );
         tracing::info!(policy = policy.summary(), "who may sign in");
+        if args.mode == AuthMode::Dev
+            && !(args.admin_users.is_empty() && args.admin_groups.is_empty())
+        {
+            tracing::warn!(
+                "--auth dev with administrators: anyone who can reach the gateway can claim an \
+                 administrator's name"
+            );
+        }
         let mut auth = Self::with_mode(
             mode,
             args.auth_cache_entries as usize,
@@ -436,6 +445,23 @@ impl Authenticator {
     }
 }
 
+/// What personal access tokens are bound to: the way identities are established. Tokens
+/// made under one are void under another (say, made in `--auth dev`, where anyone is anyone,
+/// and then used once the gateway verifies an identity provider's tokens).
+pub fn realm(args: &AuthArgs) -> String {
+    match args.mode {
+        AuthMode::Dev => "dev".to_owned(),
+        AuthMode::Alb => format!("alb {}", args.alb_arn.as_deref().unwrap_or_default()),
+        AuthMode::Jwt => format!(
+            "jwt {}",
+            args.jwt_issuer
+                .as_deref()
+                .or(args.jwks_url.as_deref())
+                .unwrap_or("(pem key)")
+        ),
+    }
+}
+
 /// A personal access token the request presents in `Authorization`: `Bearer <token>` or
 /// Basic with the token as the password (any user name), and whether it came as Basic.
 /// `None` when the header holds something else (a JWT, in `--auth jwt`).
@@ -460,15 +486,12 @@ fn access_token(req: &HttpRequest) -> Option<Result<(String, bool), AuthError>> 
             )))
         }
     };
+    // Basic without a token is someone else's (a proxy in front, say): the mode decides.
     let password = String::from_utf8(decoded)
         .ok()
         .and_then(|text| text.split_once(':').map(|(_, p)| p.to_owned()))
-        .filter(|p| p.starts_with(access_tokens::PREFIX));
-    Some(password.map(|p| (p, true)).ok_or_else(|| {
-        AuthError::Rejected(
-            "Basic credentials must carry a personal access token as the password".into(),
-        )
-    }))
+        .filter(|p| p.starts_with(access_tokens::PREFIX))?;
+    Some(Ok((password, true)))
 }
 
 fn jwt_verifier(

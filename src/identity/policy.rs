@@ -3,8 +3,9 @@
 //! credential, before anything is looked up or started), so a change of the flags or of a
 //! person's groups takes effect at the next request or token.
 //!
-//! A user entry matches the subject exactly, or the email address without regard to case —
-//! unless the identity provider says the address is not verified. Groups come from the
+//! A user entry with `@` matches the email address without regard to case, and only an
+//! address the identity provider says is verified (`email_verified: true`; in dev mode,
+//! where nothing is verified, any); any other entry matches the subject exactly. Groups come from the
 //! token (`cognito:groups` or `groups`). With no allow-list at all, every identity the
 //! authenticator accepts may sign in (as before these flags).
 
@@ -20,33 +21,44 @@ pub struct SignInPolicy {
     admin_groups: HashSet<String>,
 }
 
-/// Users named by subject or by email address (kept in lower case).
+/// Users named by subject, or by email address (an entry with `@`, kept in lower case).
 #[derive(Debug, Default, Clone)]
 struct Entries {
-    exact: HashSet<String>,
-    lower: HashSet<String>,
+    subjects: HashSet<String>,
+    emails: HashSet<String>,
+    /// Whether an address the identity provider does not call verified counts (dev mode,
+    /// where nothing is verified anyway).
+    unverified_email: bool,
 }
 
 impl Entries {
-    fn new(values: &[String]) -> Self {
+    fn new(values: &[String], unverified_email: bool) -> Self {
         let values = values.iter().map(|v| v.trim()).filter(|v| !v.is_empty());
+        let (emails, subjects): (Vec<&str>, Vec<&str>) = values.partition(|v| v.contains('@'));
         Entries {
-            exact: values.clone().map(str::to_owned).collect(),
-            lower: values.map(str::to_lowercase).collect(),
+            subjects: subjects.into_iter().map(str::to_owned).collect(),
+            emails: emails.into_iter().map(str::to_lowercase).collect(),
+            unverified_email,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.exact.is_empty()
+        self.subjects.is_empty() && self.emails.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.subjects.len() + self.emails.len()
     }
 
     fn names(&self, identity: &Identity) -> bool {
-        self.exact.contains(&identity.user_id)
-            || (identity.email_verified != Some(false)
+        let verified = identity.email_verified == Some(true)
+            || (self.unverified_email && identity.email_verified.is_none());
+        self.subjects.contains(&identity.user_id)
+            || (verified
                 && identity
                     .email
                     .as_deref()
-                    .is_some_and(|e| self.lower.contains(&e.to_lowercase())))
+                    .is_some_and(|e| self.emails.contains(&e.to_lowercase())))
     }
 }
 
@@ -59,16 +71,18 @@ fn groups(list: &[String]) -> HashSet<String> {
 }
 
 impl SignInPolicy {
+    /// `unverified_email`: whether addresses not called verified count (dev mode only).
     pub fn new(
         allowed_users: &[String],
         allowed_groups: &[String],
         admin_users: &[String],
         admin_groups: &[String],
+        unverified_email: bool,
     ) -> Self {
         SignInPolicy {
-            allowed_users: Entries::new(allowed_users),
+            allowed_users: Entries::new(allowed_users, unverified_email),
             allowed_groups: groups(allowed_groups),
-            admin_users: Entries::new(admin_users),
+            admin_users: Entries::new(admin_users, unverified_email),
             admin_groups: groups(admin_groups),
         }
     }
@@ -113,11 +127,11 @@ impl SignInPolicy {
             } else {
                 format!(
                     "{} users and {} groups allowed",
-                    self.allowed_users.exact.len(),
+                    self.allowed_users.len(),
                     self.allowed_groups.len()
                 )
             },
-            self.admin_users.exact.len(),
+            self.admin_users.len(),
             self.admin_groups.len()
         )
     }
@@ -152,19 +166,26 @@ mod tests {
 
     #[test]
     fn users_match_by_subject_or_verified_email() {
-        let policy = SignInPolicy::new(&list(&["sub-1", "Ana@Example.com"]), &[], &[], &[]);
+        let policy = SignInPolicy::new(&list(&["sub-1", "Ana@Example.com"]), &[], &[], &[], false);
         assert!(policy.allows(&person("sub-1", None, None, &[])));
         assert!(
             !policy.allows(&person("SUB-1", None, None, &[])),
             "subjects are exact"
         );
         assert!(policy.allows(&person("x", Some("ana@example.COM"), Some(true), &[])));
-        assert!(policy.allows(&person("x", Some("ana@example.com"), None, &[])));
+        for verified in [None, Some(false)] {
+            assert!(
+                !policy.allows(&person("x", Some("ana@example.com"), verified, &[])),
+                "an address not called verified names nobody ({verified:?})"
+            );
+        }
         assert!(
-            !policy.allows(&person("x", Some("ana@example.com"), Some(false), &[])),
-            "an unverified address names nobody"
+            !policy.allows(&person("ana@example.com", None, None, &[])),
+            "an entry with @ is an address, never a subject"
         );
         assert!(!policy.allows(&person("bob", Some("bob@example.com"), Some(true), &[])));
+        let dev = SignInPolicy::new(&list(&["ana@localhost"]), &[], &[], &[], true);
+        assert!(dev.allows(&person("ana", Some("ana@localhost"), None, &[])));
     }
 
     #[test]
@@ -174,6 +195,7 @@ mod tests {
             &list(&["staff"]),
             &list(&["root-user"]),
             &list(&["ops"]),
+            false,
         );
         assert!(policy.allows(&person("a", None, None, &["staff"])));
         assert!(!policy.allows(&person("b", None, None, &["guests"])));

@@ -112,7 +112,9 @@ pub fn copy_request_headers(src: &HeaderMap, dst: &mut HeaderMap, filter: &Reque
 pub fn copy_response_headers(src: &HeaderMap, dst: &mut HeaderMap) {
     let listed = connection_listed(src);
     for (name, value) in src.iter() {
-        if !is_hop_by_hop(name, &listed) {
+        // OpenCode's Basic challenge is about the gateway's own credentials; passed on, it
+        // would have browsers ask for (and then resend) a password for the gateway.
+        if !is_hop_by_hop(name, &listed) && name != header::WWW_AUTHENTICATE {
             dst.append(name.clone(), value.clone());
         }
     }

@@ -183,6 +183,16 @@ async fn the_sign_in_policy_refuses_before_anything_exists_and_names_admins() {
         .post("root-admin", "/-/api/admin/instances/nobody/stop")
         .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    // From the public console, repositories come from https:// only (git runs as root).
+    let local = post_json(
+        &gw,
+        "root-admin",
+        "/-/api/admin/repos",
+        json!({"name": "etc", "url": "/etc"}),
+    )
+    .await;
+    assert_eq!(local.status, StatusCode::BAD_REQUEST, "{}", local.text());
+    assert!(local.text().contains("https://"), "{}", local.text());
     let log = gw.log();
     for action in ["action=\"stop\"", "action=\"restart\""] {
         assert!(
@@ -210,6 +220,8 @@ async fn groups_in_the_token_decide_who_signs_in_and_who_is_admin() {
         "staff",
         "--admin-groups",
         "ops",
+        "--allowed-users",
+        "Vera@X.test",
     ]);
     let token = |sub: &str, groups: Value| {
         let claims = json!({"sub": sub, "exp": now() + 300, "cognito:groups": groups});
@@ -251,6 +263,44 @@ async fn groups_in_the_token_decide_who_signs_in_and_who_is_admin() {
     )
     .await;
     assert_eq!(staff_stats.status, StatusCode::FORBIDDEN);
+    // An address names a person only when the identity provider says it is verified, and
+    // an entry with `@` is never taken for a subject.
+    let by_email = |sub: &str, email: Option<&str>, verified: Value| {
+        let mut claims = json!({"sub": sub, "exp": now() + 300, "email_verified": verified});
+        if let Some(email) = email {
+            claims["email"] = json!(email);
+        }
+        format!(
+            "Bearer {}",
+            es256(&key, &json!({"alg": "ES256", "kid": "k"}), &claims, false)
+        )
+    };
+    for (sub, email, verified, expected) in [
+        ("v1", Some("vera@x.test"), json!(true), StatusCode::OK),
+        ("v2", Some("vera@x.test"), json!("true"), StatusCode::OK),
+        (
+            "v3",
+            Some("vera@x.test"),
+            json!(false),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "v4",
+            Some("vera@x.test"),
+            Value::Null,
+            StatusCode::FORBIDDEN,
+        ),
+        ("vera@x.test", None, Value::Null, StatusCode::FORBIDDEN),
+    ] {
+        let resp = with_auth(
+            &gw,
+            Method::GET,
+            "/-/api/me",
+            &by_email(sub, email, verified.clone()),
+        )
+        .await;
+        assert_eq!(resp.status, expected, "{sub} {verified}: {}", resp.text());
+    }
     // A `groups` claim written as one string works too.
     let plain = json!({"sub": "s2", "exp": now() + 300, "groups": "guests, staff"});
     let plain = format!(

@@ -6,6 +6,7 @@ mod access;
 mod attacks;
 mod browser;
 mod busy;
+mod cli;
 mod identity;
 mod input;
 mod isolation;

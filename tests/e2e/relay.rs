@@ -15,7 +15,7 @@ use crate::support::{Gateway, Terminal};
 const ORG_KEY: &str = "sk-org-5d1e2b7c9a";
 
 /// A gateway whose organisation has a key for the mock provider.
-fn gateway_with_org_key(model: &MockModel, args: &[&str]) -> Gateway {
+pub(crate) fn gateway_with_org_key(model: &MockModel, args: &[&str]) -> Gateway {
     gateway_with(args, "mock", &model.org_config())
 }
 
