@@ -139,6 +139,7 @@ async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpRespons
         "emailVerified": identity.email_verified,
         "name": identity.name,
         "homeDirectory": ws.home(),
+        "workspaceDirectory": ws.workspace_dir(),
         "isInitialized": gateway.homes.users().is_initialized(&key),
         "instance": with_usage(handle_json(handle.as_ref()), &gateway, &identity.user_id),
     })))

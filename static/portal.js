@@ -6,6 +6,7 @@
   var NAME = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$/;
   var repos = [];
   var progress = null;
+  var workspace = null;
 
   function $(id) { return document.getElementById(id); }
 
@@ -66,10 +67,14 @@
       if (!r.ok) { return; }
       $("user-name").textContent = r.data.name || r.data.userId;
       $("user-email").textContent = r.data.email || "";
+      workspace = r.data.workspaceDirectory || null;
       $("admin-link").hidden = r.data.admin !== true;
       // Only an explicit false: a gateway that does not say has nothing to warn about.
       $("no-keys").hidden = r.data.modelsConfigured !== false;
       renderInstance(r.data.instance);
+      // Opening the gateway's address starts OpenCode: show it coming up.
+      var state = r.data.instance && r.data.instance.state;
+      if (state === "queued" || state === "starting") { follow(); }
     });
   }
 
@@ -201,39 +206,69 @@
           failure
         ], {
           className: "open", text: "Open", label: "Open " + p.name + " in OpenCode",
-          run: function (button) { openInOpenCode(p.path, button, failure); }
+          run: function (button) { openInOpenCode(p.path, p.name, button, failure, false); }
         }));
       });
     });
   }
 
   // OpenCode's UI opens a folder as a project only through one of its sessions: its
-  // "/:dir/session/:id" address, dir being the folder's UTF-8 path in unpadded base64url.
-  // So opening a project makes a session there first, through OpenCode's own API.
+  // "/:dir/session/:id" address, dir being the folder's UTF-8 path in unpadded base64url
+  // ("/:dir/session" alone shows an empty new session without the project). So opening a
+  // project finds or makes a session there first, through OpenCode's own API.
   function base64url(text) {
     var bytes = new TextEncoder().encode(text), binary = "";
     for (var i = 0; i < bytes.length; i += 1) { binary += String.fromCharCode(bytes[i]); }
     return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
   }
 
-  function openInOpenCode(path, button, failure) {
+  // The newest top-level session in `path`, or a new one named `title`. OpenCode answers
+  // once it is ready, so a stopped one is started first: the instance card shows that.
+  function sessionIn(path, title, reuse) {
+    var dir = "directory=" + encodeURIComponent(path);
+    var found = reuse ? api("GET", "/session?" + dir) : Promise.resolve(null);
+    return found.then(function (r) {
+      if (r && r.ok && Array.isArray(r.data)) {
+        var mine = r.data.filter(function (s) { return s.directory === path && !s.parentID; });
+        mine.sort(function (a, b) {
+          return ((b.time && b.time.updated) || 0) - ((a.time && a.time.updated) || 0);
+        });
+        if (mine.length) { return { ok: true, data: mine[0] }; }
+      }
+      return api("POST", "/session?" + dir, { title: title });
+    });
+  }
+
+  function openInOpenCode(path, title, button, failure, reuse) {
+    var label = button.textContent;
     button.disabled = true;
+    button.setAttribute("aria-busy", "true");
+    button.textContent = "Opening…";
     failure.textContent = "";
-    api("POST", "/session?directory=" + encodeURIComponent(path), {})
+    follow();
+    function again(message) {
+      failure.textContent = message;
+      button.disabled = false;
+      button.removeAttribute("aria-busy");
+      button.textContent = label;
+    }
+    sessionIn(path, title, reuse)
       .then(function (r) {
         if (r.ok && r.data && r.data.id) {
           window.location.href = "/" + base64url(path) + "/session/" + encodeURIComponent(r.data.id);
           return;
         }
-        failure.textContent = (r.data && (r.data.error || r.data.message)) ||
-          ("OpenCode could not open it (" + r.status + ").");
-        button.disabled = false;
+        again((r.data && (r.data.error || r.data.message)) ||
+          ("OpenCode could not open it (" + r.status + ")."));
       })
-      .catch(function (e) {
-        failure.textContent = "OpenCode could not open it: " + e.message;
-        button.disabled = false;
-      });
+      .catch(function (e) { again("OpenCode could not open it: " + e.message); });
   }
+
+  $("open-opencode").addEventListener("click", function (event) {
+    if (!workspace) { return; } // the plain link still lands somewhere useful
+    event.preventDefault();
+    openInOpenCode(workspace, "Workspace", $("open-opencode"), $("open-error"), true);
+  });
 
   // ---- clone dialog ----------------------------------------------------------------------
   var cloneSource = null;
@@ -267,7 +302,7 @@
 
   $("clone-target").addEventListener("input", validate);
   $("clone-open").addEventListener("click", function () {
-    openInOpenCode(clonedPath, $("clone-open"), $("clone-error"));
+    openInOpenCode(clonedPath, clonedPath.split("/").pop(), $("clone-open"), $("clone-error"), false);
   });
   $("clone-cancel").addEventListener("click", function () { $("clone-dialog").close(); });
   $("clone-form").addEventListener("submit", function (ev) {

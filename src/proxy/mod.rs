@@ -61,6 +61,9 @@ async fn proxy(
     if identity.credential.is_ambient() && !crate::origin::is_safe(req.method()) {
         crate::origin::check(req, &gateway.cfg.site)?;
     }
+    if let Some(landing) = landing(req, gateway, &identity).await {
+        return Ok(landing);
+    }
     // Every request and websocket holds descriptors of the gateway's until it ends.
     let connection = gateway.connections.open(&identity.user_id)?;
     if headers::is_upgrade(req) {
@@ -99,6 +102,29 @@ async fn proxy(
     }
     .send(req, payload)
     .await
+}
+
+/// A person opening the gateway's address lands on the portal, which says what is there
+/// and opens the workspace in OpenCode as a project (OpenCode's own start page would show
+/// an empty project list). Their OpenCode starts meanwhile, as it did when `/` was OpenCode.
+async fn landing(
+    req: &HttpRequest,
+    gateway: &Gateway,
+    identity: &Identity,
+) -> Option<HttpResponse> {
+    if req.path() != "/" || !req.query_string().is_empty() || !errors::is_navigation(req) {
+        return None;
+    }
+    if !gateway.is_shutting_down() {
+        // A failed or refused start shows on the portal; the redirect is the answer here.
+        let _ = gateway.wake(identity, false).await;
+    }
+    Some(
+        HttpResponse::SeeOther()
+            .insert_header((header::LOCATION, "/-/"))
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish(),
+    )
 }
 
 fn is_app_manifest(req: &HttpRequest) -> bool {

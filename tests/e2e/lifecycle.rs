@@ -411,7 +411,9 @@ async fn killed_gateway_takes_its_instances_along() {
 #[actix_web::test]
 async fn navigation_gets_the_starting_page_and_progress_follows() {
     let gw = Gateway::fake(&["--opencode-arg=--fake-start-delay-ms=1500"]);
-    let page = gw.get_with("alice", "/", &[("accept", "text/html")]).await;
+    let page = gw
+        .get_with("alice", "/work", &[("accept", "text/html")])
+        .await;
     assert_eq!(page.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(page
         .header("content-type")
@@ -432,8 +434,20 @@ async fn navigation_gets_the_starting_page_and_progress_follows() {
         "{text}"
     );
 
-    let after = gw.get_with("alice", "/", &[("accept", "text/html")]).await;
+    let after = gw
+        .get_with("alice", "/work", &[("accept", "text/html")])
+        .await;
     assert_eq!(after.status, StatusCode::OK, "ready: proxied");
+    // The gateway's own address, opened by a person, lands on the portal.
+    let landing = gw.get_with("alice", "/", &[("accept", "text/html")]).await;
+    assert_eq!(landing.status, StatusCode::SEE_OTHER);
+    assert_eq!(landing.header("location").as_deref(), Some("/-/"));
+    let api = gw.get("alice", "/").await;
+    assert_eq!(
+        api.status,
+        StatusCode::OK,
+        "a script asking for / is proxied"
+    );
 }
 
 /// The limit counts processes: an evicted OpenCode that takes its time to stop (it ignores
