@@ -253,6 +253,7 @@ async fn add(req: HttpRequest, lib: web::Data<Library>, body: web::Bytes) -> Htt
                 .into(),
         ));
     }
+    let name = request.name.clone();
     let sent = lib
         .0
         .send(AddRepo {
@@ -261,6 +262,7 @@ async fn add(req: HttpRequest, lib: web::Data<Library>, body: web::Bytes) -> Htt
             description: request.description,
         })
         .await;
+    crate::admin::actions::audit(&req, "add repo", &name, &outcome(&sent, "added"));
     match sent {
         Ok(Ok(repo)) => HttpResponse::Created().json(repo),
         Ok(Err(e)) => repo_error(e),
@@ -268,18 +270,39 @@ async fn add(req: HttpRequest, lib: web::Data<Library>, body: web::Bytes) -> Htt
     }
 }
 
-async fn refresh(lib: web::Data<Library>, name: web::Path<String>) -> HttpResponse {
+/// The outcome of an operator's repository change, for the audit line.
+fn outcome<T>(sent: &Result<Result<T, RepoError>, actix::MailboxError>, done: &str) -> String {
+    match sent {
+        Ok(Ok(_)) => done.to_owned(),
+        Ok(Err(e)) => format!("refused: {e}"),
+        Err(e) => format!("failed: {e}"),
+    }
+}
+
+async fn refresh(
+    req: HttpRequest,
+    lib: web::Data<Library>,
+    name: web::Path<String>,
+) -> HttpResponse {
     let name = name.into_inner();
-    match lib.0.send(RefreshRepo { name: name.clone() }).await {
+    let sent = lib.0.send(RefreshRepo { name: name.clone() }).await;
+    crate::admin::actions::audit(&req, "refresh repo", &name, &outcome(&sent, "refreshed"));
+    match sent {
         Ok(Ok(upstream)) => HttpResponse::Ok().json(json!({"name": name, "upstream": upstream})),
         Ok(Err(e)) => repo_error(e),
         Err(e) => unavailable(e),
     }
 }
 
-async fn delete(lib: web::Data<Library>, name: web::Path<String>) -> HttpResponse {
+async fn delete(
+    req: HttpRequest,
+    lib: web::Data<Library>,
+    name: web::Path<String>,
+) -> HttpResponse {
     let name = name.into_inner();
-    match lib.0.send(DeleteRepo { name: name.clone() }).await {
+    let sent = lib.0.send(DeleteRepo { name: name.clone() }).await;
+    crate::admin::actions::audit(&req, "delete repo", &name, &outcome(&sent, "deleted"));
+    match sent {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({"name": name, "deleted": true})),
         Ok(Err(e)) => repo_error(e),
         Err(e) => unavailable(e),

@@ -10,13 +10,13 @@ use crate::support::Gateway;
 use crate::webdriver::{Browser, Driver};
 
 /// Signs `user` in with the dev login form's cookie and lands on `next`.
-async fn sign_in(browser: &Browser<'_>, gw: &Gateway, user: &str, next: &str) {
+pub(crate) async fn sign_in(browser: &Browser<'_>, gw: &Gateway, user: &str, next: &str) {
     browser
         .goto(&gw.url(&format!("/-/login?user={user}&next={next}")))
         .await;
 }
 
-fn add_folder_repo(gw: &Gateway, name: &str, description: &str) {
+pub(crate) fn add_folder_repo(gw: &Gateway, name: &str, description: &str) {
     let dir = gw.data.path().join("shared/repos").join(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("README.md"), format!("# {name}\n")).unwrap();
@@ -24,7 +24,7 @@ fn add_folder_repo(gw: &Gateway, name: &str, description: &str) {
 }
 
 /// Where screenshots are kept for a person to look at after a run.
-fn artifacts() -> std::path::PathBuf {
+pub(crate) fn artifacts() -> std::path::PathBuf {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-artifacts");
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -281,19 +281,6 @@ const RECORD_WEBSOCKETS: &str = "
     ['CONNECTING', 'OPEN', 'CLOSING', 'CLOSED'].forEach(function (k) { Recording[k] = Original[k]; });
     window.WebSocket = Recording;
     return null;";
-
-/// Clicks the last button whose text is exactly `text`.
-async fn click_button(browser: &Browser<'_>, text: &str) {
-    let clicked = browser
-        .execute(
-            "var text = arguments[0];
-             var b = Array.from(document.querySelectorAll('button')).filter(function (e) { return e.textContent.trim() === text; });
-             if (!b.length) { return false; } b[b.length - 1].click(); return true;",
-            json!([text]),
-        )
-        .await;
-    assert_eq!(clicked, true, "no button {text:?}");
-}
 
 /// OpenCode's own UI through the gateway: it renders, a session is created from it, and a
 /// terminal opened from it runs a typed command and shows its output.

@@ -7,6 +7,7 @@ mod attacks;
 mod browser;
 mod busy;
 mod cli;
+mod console;
 mod identity;
 mod input;
 mod isolation;
