@@ -238,6 +238,17 @@ pub enum IsolationArg {
     None,
 }
 
+/// `--system-accounts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SystemAccounts {
+    /// On when users have uids and the gateway runs in a container.
+    Auto,
+    #[value(alias = "true")]
+    On,
+    #[value(alias = "false")]
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -334,10 +345,12 @@ pub struct ServeArgs {
     pub uid_range: (u32, u32),
 
     /// Add users' uids to /etc/passwd and /etc/group (named after the user where the name
-    /// fits, else u<uid>), so their shells show a name. For a container whose /etc belongs
-    /// to the gateway; entries outside --uid-range are never touched.
-    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_SYSTEM_ACCOUNTS")]
-    pub system_accounts: bool,
+    /// fits, else u<uid>), so their shells show a name and `whoami` works; entries outside
+    /// --uid-range are never touched. `auto`: when users have uids and the gateway runs in a
+    /// container (whose /etc is its own); a host's /etc is left alone unless `on`.
+    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_SYSTEM_ACCOUNTS", value_enum,
+          default_value_t = SystemAccounts::Auto, num_args = 0..=1, default_missing_value = "on")]
+    pub system_accounts: SystemAccounts,
 
     /// Most processes (threads) a user may run at once (with uid isolation).
     #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_LIMIT_NPROC", default_value_t = 4096,
@@ -844,6 +857,43 @@ mod tests {
         let args = serve(&["--trusted-proxies", "192.0.2.0/24"]).unwrap();
         assert!(args.trusted_proxies().trusts("192.0.2.9".parse().unwrap()));
         assert!(serve(&["--trusted-proxies", "10.0.0.0/99"]).is_err());
+    }
+
+    #[test]
+    fn system_accounts_take_a_mode_or_the_old_switch() {
+        assert_eq!(serve(&[]).unwrap().system_accounts, SystemAccounts::Auto);
+        let on = serve(&["--system-accounts"]).unwrap();
+        assert_eq!(on.system_accounts, SystemAccounts::On, "the switch alone");
+        for (value, mode) in [
+            ("true", SystemAccounts::On),
+            ("false", SystemAccounts::Off),
+            ("off", SystemAccounts::Off),
+        ] {
+            let args = serve(&[&format!("--system-accounts={value}")]).unwrap();
+            assert_eq!(args.system_accounts, mode, "{value}");
+        }
+        assert!(serve(&["--system-accounts=maybe"]).is_err());
+    }
+
+    #[test]
+    fn serve_help_is_grouped_by_topic() {
+        use clap::CommandFactory;
+        let help = Cli::command()
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_help()
+            .to_string();
+        for heading in [
+            "Listeners:",
+            "Identity and sign-in:",
+            "Isolation:",
+            "Limits:",
+            "Lifecycle:",
+            "Repositories:",
+            "Model keys and usage:",
+        ] {
+            assert!(help.contains(heading), "{heading} missing from:\n{help}");
+        }
     }
 
     #[test]

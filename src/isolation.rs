@@ -11,7 +11,7 @@ use chamberlain_actors::isolation::{
     reaper, AccountFiles, Isolation, IsolationConfig, IsolationMode, Limits,
 };
 
-use crate::cli::{IsolationArg, ServeArgs};
+use crate::cli::{IsolationArg, ServeArgs, SystemAccounts};
 
 /// Paths under the data directory the gateway and the children agree on.
 pub struct SharedPaths {
@@ -111,9 +111,24 @@ pub fn setup(
             Err(e) => return Err(e),
         }
     }
-    if args.system_accounts && !mode.uses_uid() {
-        tracing::warn!("--system-accounts is ignored: users have no uids of their own to name");
-    }
+    let system_accounts = match args.system_accounts {
+        SystemAccounts::On if !mode.uses_uid() => {
+            tracing::warn!("--system-accounts is ignored: users have no uids of their own to name");
+            false
+        }
+        SystemAccounts::On => true,
+        SystemAccounts::Off => false,
+        SystemAccounts::Auto => {
+            let on = mode.uses_uid() && in_container();
+            if mode.uses_uid() && !on {
+                tracing::info!(
+                    "users' uids are not named in /etc/passwd (not in a container; \
+                     --system-accounts on to name them here)"
+                );
+            }
+            on
+        }
+    };
     // The organisation's keys and config reach OpenCode in its environment; users read
     // only the repository library.
     // The gateway's executable: work in a home runs in it, as the user (`as_user`).
@@ -126,7 +141,7 @@ pub fn setup(
         mode,
         uid_range: args.uid_range,
         uid_map: data_dir.join("state").join("uids.json"),
-        accounts: args.system_accounts.then(|| AccountFiles {
+        accounts: system_accounts.then(|| AccountFiles {
             passwd: "/etc/passwd".into(),
             group: "/etc/group".into(),
             homes: data_dir.join("users"),
@@ -300,4 +315,17 @@ fn reachable_by_others(path: &Path, what: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether this process runs in a container (whose `/etc` is its own): the marker files
+/// docker and podman leave, or the `container` variable they give process 1.
+fn in_container() -> bool {
+    let marker = ["/.dockerenv", "/run/.containerenv"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    marker
+        || std::fs::read("/proc/1/environ").is_ok_and(|env| {
+            env.split(|b| *b == 0)
+                .any(|kv| kv.starts_with(b"container="))
+        })
 }

@@ -290,7 +290,8 @@
   function openClone(source) {
     cloneSource = source;
     $("clone-source").textContent = source;
-    $("clone-target").value = source;
+    // A bare repository's ".git" is not part of the project's name.
+    $("clone-target").value = /^.+\.git$/.test(source) ? source.slice(0, -4) : source;
     $("clone-progress").hidden = true;
     $("clone-done").hidden = true;
     $("clone-open").disabled = false;

@@ -382,3 +382,24 @@ async fn the_gateways_environment_stays_out(setup: Setup) {
     assert!(out.contains("ANTHROPIC_API_KEY=sk-ant-passed-on"), "{out}");
     assert!(out.contains("GIT_AUTHOR_EMAIL=alice@localhost"), "{out}");
 }
+
+/// With `--system-accounts on` (the default in a container), a user's uid has a name: the
+/// terminal's `whoami` and `id` say who they are. (This writes the test host's /etc/passwd
+/// and /etc/group, within this gateway's uid range only, as the gateway does in its image.)
+#[actix_web::test]
+async fn a_users_uid_has_a_name_in_the_terminal() {
+    let gw = gateway(Setup::Root, &[], &["--system-accounts", "on"]);
+    start(&gw, "alice").await;
+    let mut term = Terminal::open(&gw, "alice").await;
+    let (out, status) = term.run("whoami && id -un && id -gn").await;
+    assert_eq!(status, 0, "{out}");
+    let names: Vec<&str> = out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(
+        names.ends_with(&["alice", "alice", "alice"]),
+        "whoami, id -un, id -gn: {out}"
+    );
+}

@@ -494,3 +494,41 @@ async fn a_clone_is_visible_to_the_users_opencode() {
         .await;
     assert!(content.text().contains("hello"), "{}", content.text());
 }
+
+/// A bare repository named the git way (`kit.git`) is cloned as `kit` unless the person
+/// names the folder.
+#[actix_web::test]
+async fn a_clone_of_name_git_is_called_name() {
+    let gw = Gateway::fake(&[]);
+    let scratch = tempfile::tempdir().unwrap();
+    let up = upstream(scratch.path(), 1);
+    let added = admin_json(
+        &gw,
+        Method::POST,
+        "/repos",
+        json!({"name": "kit.git", "url": up}),
+    )
+    .await;
+    assert_eq!(added.status, StatusCode::CREATED, "{}", added.text());
+    let resp = clone(&gw, "alice", "kit.git", None).await;
+    assert_eq!(resp.status, StatusCode::CREATED, "{}", resp.text());
+    assert!(resp.json()["targetPath"]
+        .as_str()
+        .unwrap()
+        .ends_with("/workspace/kit"));
+    assert!(workspace(&gw, "alice").join("kit/file.txt").is_file());
+    let named = clone(
+        &gw,
+        "alice",
+        "kit.git",
+        Some(json!({"targetName": "kit.git"})),
+    )
+    .await;
+    assert_eq!(
+        named.status,
+        StatusCode::CREATED,
+        "a name given is kept: {}",
+        named.text()
+    );
+    assert!(workspace(&gw, "alice").join("kit.git/file.txt").is_file());
+}

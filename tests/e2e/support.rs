@@ -429,7 +429,7 @@ fn spawn_gateway(
     let mut cmd = Command::new(GATEWAY);
     // Gateways of concurrent tests share this host, and a gateway ends every process of the
     // uids it gives out: each gets uids of its own.
-    let mut uid_range = Vec::new();
+    let mut added = Vec::new();
     if !args.contains(&"--uid-range") {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -439,7 +439,12 @@ fn spawn_gateway(
             .and_then(|b| b.parse().ok())
             .unwrap_or(300_000);
         let first = base + n * 100;
-        uid_range = vec!["--uid-range".to_owned(), format!("{first}-{}", first + 99)];
+        added = vec!["--uid-range".to_owned(), format!("{first}-{}", first + 99)];
+    }
+    // The test host's /etc is shared by every gateway of the run (and `auto` names uids in a
+    // container's): only the tests of that feature turn it on.
+    if !args.iter().any(|a| a.starts_with("--system-accounts")) {
+        added.push("--system-accounts=off".to_owned());
     }
     if let Some(uid) = run_as {
         use std::os::unix::process::CommandExt;
@@ -452,7 +457,7 @@ fn spawn_gateway(
         .arg("--opencode-bin")
         .arg(opencode)
         .args(["--log", "info,chamberlain=debug,chamberlain_actors=debug"])
-        .args(&uid_range)
+        .args(&added)
         .args(args)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -478,7 +483,7 @@ fn spawn_gateway(
             }
         }
     });
-    (child, log, rx, uid_range)
+    (child, log, rx, added)
 }
 
 /// Runs `chamberlain serve` with `args` (plus loopback listeners on free ports, a fresh data

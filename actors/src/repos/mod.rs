@@ -196,7 +196,7 @@ impl Handler<CloneRepo> for RepoLibrary {
         let (root, homes, clones) = (self.root.clone(), self.homes.clone(), self.clones.clone());
         Box::pin(async move {
             catalogue_name(&source)?;
-            let target = msg.target.unwrap_or_else(|| source.clone());
+            let target = msg.target.unwrap_or_else(|| names::default_target(&source));
             names::validate(&target).map_err(RepoError::BadRequest)?;
             // Refresh and delete of this repository wait for every clone of it.
             let _snapshot = lock.read_owned().await;

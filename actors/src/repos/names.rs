@@ -28,9 +28,31 @@ pub fn validate(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The folder a clone of shared repository `source` gets unless the person names one: its
+/// name without a `.git` ending (the bare repository's convention, not the project's name).
+pub fn default_target(source: &str) -> String {
+    match source.strip_suffix(".git") {
+        Some(stem) if validate(stem).is_ok() => stem.to_owned(),
+        _ => source.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clone_of_name_git_is_name() {
+        assert_eq!(default_target("service.git"), "service");
+        assert_eq!(default_target("service"), "service");
+        assert_eq!(default_target("v1.2"), "v1.2");
+        assert_eq!(
+            default_target(".git"),
+            ".git",
+            "nothing left: keep the name"
+        );
+        assert_eq!(default_target("a.git.git"), "a.git");
+    }
 
     #[test]
     fn names() {
