@@ -36,6 +36,16 @@ pub enum AuthMode {
     Jwt,
 }
 
+impl AuthMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Dev => "dev",
+            AuthMode::Alb => "alb",
+            AuthMode::Jwt => "jwt",
+        }
+    }
+}
+
 /// How users are identified, and the settings of each way.
 #[derive(Debug, Clone, Args)]
 pub struct AuthArgs {

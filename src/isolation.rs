@@ -104,7 +104,7 @@ pub fn setup(
                 };
                 tracing::warn!(
                     reason = %format!("{e:#}"),
-                    fallback = ?mode,
+                    fallback = mode.as_str(),
                     "isolation: no uid per user; users' OpenCode runs as the gateway's own uid"
                 );
             }
@@ -172,11 +172,14 @@ pub fn setup(
              with no sandbox: users can read and change each other's files. Development only"
         ),
         _ => tracing::info!(
-            mode = ?info.mode,
+            mode = info.mode.as_str(),
             landlock_abi = info.landlock_abi,
             scoped_signals = info.landlock_scoped_signals,
-            uid_range = ?info.uid_range,
-            limits = ?info.limits,
+            uid_first = info.uid_range.map(|r| r.0),
+            uid_last = info.uid_range.map(|r| r.1),
+            limit_nproc = info.limits.nproc,
+            limit_fsize = info.limits.fsize,
+            limit_nofile = info.limits.nofile,
             "isolation in force"
         ),
     }

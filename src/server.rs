@@ -359,7 +359,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         admin_socket = %args.admin_socket.as_deref().map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
         data_dir = %data_dir.display(),
         opencode = %program.display(),
-        auth = ?args.auth.mode,
+        auth = args.auth.mode.as_str(),
         max_instances = args.max_instances,
         "chamberlain listening"
     );
@@ -480,7 +480,8 @@ where
             .get::<Identity>()
             .map(|i| i.user_id.clone())
             .unwrap_or_default();
-        let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // To the microsecond: more digits are noise.
+        let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
         if status >= 400 {
             tracing::info!(%method, %path, status, user, elapsed_ms, "request");
         } else {

@@ -23,13 +23,14 @@ pub fn caller(req: &HttpRequest) -> String {
 
 /// One line per administrative action.
 pub fn audit(req: &HttpRequest, action: &str, target: &str, outcome: &str) {
-    // Debug quoting: a target comes from a request path and may hold anything.
+    // A target comes from a request path and may hold anything: control characters are
+    // escaped so no one can forge a line.
     tracing::info!(
         target: "audit",
-        by = ?caller(req),
+        by = %caller(req).escape_debug(),
         action,
-        target_name = ?target,
-        outcome,
+        target_name = %target.escape_debug(),
+        outcome = %outcome.escape_debug(),
         "admin action"
     );
 }

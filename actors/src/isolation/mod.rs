@@ -41,6 +41,18 @@ pub enum IsolationMode {
 }
 
 impl IsolationMode {
+    /// The mode's name, as `/stats` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IsolationMode::None => "none",
+            IsolationMode::Uid => "uid",
+            IsolationMode::Landlock => "landlock",
+            IsolationMode::Both => "both",
+        }
+    }
+}
+
+impl IsolationMode {
     pub fn uses_uid(self) -> bool {
         matches!(self, IsolationMode::Uid | IsolationMode::Both)
     }
