@@ -284,23 +284,21 @@ impl AccessTokens {
         f: impl FnOnce(&mut Book) -> Result<T, TokenError>,
     ) -> Result<T, TokenError> {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
-        let (out, text, before) = {
+        // Lookups wait for the change only, not for the file: it is written unlocked (the
+        // `writing` lock keeps other changes out meanwhile).
+        let (out, tokens, before) = {
             let mut book = self.lock();
             let before = (book.by_id.clone(), book.by_digest.clone());
             let out = f(&mut book)?;
-            let file = File {
-                version: 1,
-                tokens: book.by_id.values().cloned().collect(),
-            };
-            let text = serde_json::to_vec_pretty(&file).map_err(|e| TokenError::Write {
-                path: self.path.clone(),
-                source: io::Error::other(e),
-            })?;
-            (out, text, before)
+            let tokens: Vec<Stored> = book.by_id.values().cloned().collect();
+            (out, tokens, before)
         };
-        if let Err(source) =
-            chamberlain_actors::state_file::write_atomically(&self.path, &text, 0o600)
-        {
+        let written = serde_json::to_vec_pretty(&File { version: 1, tokens })
+            .map_err(io::Error::other)
+            .and_then(|text| {
+                chamberlain_actors::state_file::write_atomically(&self.path, &text, 0o600)
+            });
+        if let Err(source) = written {
             let mut book = self.lock();
             (book.by_id, book.by_digest) = before;
             return Err(TokenError::Write {
@@ -457,6 +455,18 @@ mod tests {
             jwt.create(&ana(), "long", 31),
             Err(TokenError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_written_does_not_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing/t.json");
+        let store = AccessTokens::load(&path, "dev", MAX_DAYS).unwrap();
+        assert!(matches!(
+            store.create(&ana(), "x", 1),
+            Err(TokenError::Write { .. })
+        ));
+        assert!(store.list(None).is_empty());
     }
 
     #[test]

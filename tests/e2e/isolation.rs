@@ -383,23 +383,63 @@ async fn the_gateways_environment_stays_out(setup: Setup) {
     assert!(out.contains("GIT_AUTHOR_EMAIL=alice@localhost"), "{out}");
 }
 
+/// Puts /etc/passwd and /etc/group back as they were when dropped (the test below is the
+/// only one that lets a gateway write them; every other gateway runs with them off).
+struct EtcRestore(Vec<(&'static str, Vec<u8>)>);
+
+impl EtcRestore {
+    fn take() -> EtcRestore {
+        EtcRestore(
+            ["/etc/passwd", "/etc/group"]
+                .into_iter()
+                .map(|p| (p, std::fs::read(p).expect("read /etc")))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for EtcRestore {
+    fn drop(&mut self) {
+        for (path, bytes) in &self.0 {
+            let _ = std::fs::write(path, bytes);
+        }
+    }
+}
+
 /// With `--system-accounts on` (the default in a container), a user's uid has a name: the
-/// terminal's `whoami` and `id` say who they are. (This writes the test host's /etc/passwd
-/// and /etc/group, within this gateway's uid range only, as the gateway does in its image.)
+/// terminal's `whoami` and `id` say who they are. This writes the test host's /etc/passwd
+/// and /etc/group (within this gateway's uid range only, as the gateway does in its image)
+/// and puts them back afterwards.
 #[actix_web::test]
 async fn a_users_uid_has_a_name_in_the_terminal() {
+    let _restore = EtcRestore::take();
+    let alice_elsewhere = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("alice:"));
     let gw = gateway(Setup::Root, &[], &["--system-accounts", "on"]);
     start(&gw, "alice").await;
     let mut term = Terminal::open(&gw, "alice").await;
-    let (out, status) = term.run("whoami && id -un && id -gn").await;
+    let (out, status) = term
+        .run("echo \"$(whoami) $(id -un) $(id -gn) $(id -u)\"")
+        .await;
     assert_eq!(status, 0, "{out}");
-    let names: Vec<&str> = out
+    let line = out
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    assert!(
-        names.ends_with(&["alice", "alice", "alice"]),
-        "whoami, id -un, id -gn: {out}"
-    );
+        .rfind(|l| l.split(' ').count() == 4)
+        .unwrap_or_default();
+    let words: Vec<&str> = line.split(' ').collect();
+    assert_eq!(words.len(), 4, "{out}");
+    // The name the gateway wrote for this uid; "alice" unless this host has an alice already.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let named = passwd
+        .lines()
+        .find(|l| l.split(':').nth(2) == Some(words[3]))
+        .and_then(|l| l.split(':').next())
+        .unwrap_or_else(|| panic!("uid {} not in /etc/passwd", words[3]));
+    assert_eq!(&words[..3], [named, named, named], "{out}");
+    if !alice_elsewhere {
+        assert_eq!(named, "alice");
+    }
 }
