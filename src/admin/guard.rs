@@ -172,12 +172,11 @@ fn from_users(
     let Some(peer) = peer else {
         return Some("no peer address".to_owned());
     };
-    match crate::peer::socket_owner(peer) {
+    let here = on_this_host(peer, local);
+    match crate::peer::socket_owner(peer, here) {
         Some(uid) if (first..=last).contains(&uid) => Some(format!("its socket is uid {uid}'s")),
         Some(_) => None,
-        None if on_this_host(peer, local) => {
-            Some("its socket's owner cannot be told (closed already?)".to_owned())
-        }
+        None if here => Some("its socket's owner cannot be told (closed already?)".to_owned()),
         None => None,
     }
 }

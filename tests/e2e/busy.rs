@@ -41,9 +41,12 @@ async fn prompt(gw: &Gateway, user: &str, query: &str) {
 
 #[actix_web::test]
 async fn an_agent_at_work_keeps_its_instance_until_the_work_is_done() {
-    // Each agent step streams for about 12 s; the idle timeout is 3 s.
-    let model = MockModel::start(24, Duration::from_millis(500));
-    let gw = Gateway::real(&["--idle-timeout", "3s"]);
+    // Each agent step streams for about 20 s; the idle timeout is 10 s. (With 3 s, a loaded
+    // machine stopped the instance before OpenCode had even begun the prompt it had taken:
+    // it marks a session busy only once its loop starts, and the prompt was the last
+    // activity.)
+    let model = MockModel::start(40, Duration::from_millis(500));
+    let gw = Gateway::real(&["--idle-timeout", "10s"]);
     std::fs::write(
         gw.data.path().join("shared/config/opencode.json"),
         model.opencode_config(),

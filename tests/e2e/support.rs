@@ -304,7 +304,9 @@ impl Gateway {
     }
 
     pub async fn stats(&self) -> Value {
-        self.admin_request(Method::GET, "/stats").await.json()
+        let resp = self.admin_request(Method::GET, "/stats").await;
+        assert_eq!(resp.status, StatusCode::OK, "/stats: {}", resp.text());
+        resp.json()
     }
 
     pub async fn metrics(&self) -> String {
