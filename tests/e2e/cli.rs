@@ -85,7 +85,7 @@ async fn attach_and_run(
 async fn the_opencode_cli_attaches_with_a_token_and_not_once_it_is_revoked() {
     // A model that takes seconds, as real ones do: the CLI does not wait for its event
     // stream before prompting, and exits when the answer is complete.
-    let model = MockModel::start(30, Duration::from_millis(100));
+    let model = MockModel::start(50, Duration::from_millis(100));
     let gw = gateway_with_org_key(&model, &[]);
     let made = gw
         .request(
