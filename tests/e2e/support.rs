@@ -443,11 +443,6 @@ fn spawn_gateway(
         let first = base + n * 100;
         added = vec!["--uid-range".to_owned(), format!("{first}-{}", first + 99)];
     }
-    // The test host's /etc is shared by every gateway of the run (and `auto` names uids in a
-    // container's): only the tests of that feature turn it on.
-    if !args.iter().any(|a| a.starts_with("--system-accounts")) {
-        added.push("--system-accounts=off".to_owned());
-    }
     if let Some(uid) = run_as {
         use std::os::unix::process::CommandExt;
         // std drops root's supplementary groups when it sets the uid.
@@ -536,6 +531,12 @@ fn serve_on_free_ports(cmd: &mut Command, args: &[&str]) {
         if !args.contains(&flag) {
             cmd.args([flag, value]);
         }
+    }
+    // The test host's /etc is shared by every gateway of the run (and `auto` names uids in a
+    // container's), a gateway refused at start included: only the tests of that feature
+    // turn it on.
+    if !args.iter().any(|a| a.starts_with("--system-accounts")) {
+        cmd.arg("--system-accounts=off");
     }
 }
 
