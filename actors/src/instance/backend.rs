@@ -59,7 +59,9 @@ pub struct Launch {
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub enum ProcessEvent {
-    /// OpenCode printed its start line.
+    /// A step of the start the person waiting should see (a pod scheduled, an image pulled).
+    Progress { generation: u64, message: String },
+    /// OpenCode answers at `addr` (it printed its start line, or its pod became ready).
     Listening { generation: u64, addr: SocketAddr },
     /// OpenCode exited and was reaped.
     Exited {
@@ -91,4 +93,9 @@ pub trait Custody {
     fn last_output(&self) -> String;
     /// Whether a SIGKILL nobody here sent was the kernel's OOM killer.
     fn out_of_memory(&self) -> bool;
+    /// Whether the process runs on without this gateway (a pod), so that a gateway shutting
+    /// down lets it go instead of stopping it, for the next gateway to adopt.
+    fn outlives_gateway(&self) -> bool {
+        false
+    }
 }

@@ -6,8 +6,9 @@
 //! - `Stop { reason }` → resolves once the instance is at rest (stopped or failed). A stop by
 //!   a person or an operator also resets `failed`.
 //! - `Retire { idle_for }` → `bool`: the registry forgets instances stopped for a long time.
-//! - `ProcessEvent` from the backend: `Listening` (start line seen), `Exited` (process
-//!   reaped); timers for the start timeout, the stop grace period, health checks (which also
+//! - `ProcessEvent` from the backend: `Progress` (a step of the start, shown while
+//!   starting), `Listening` (start line seen, or the pod ready), `Exited` (process reaped, or
+//!   the pod ended); timers for the start timeout, the stop grace period, health checks (which also
 //!   ask whether an agent is at work), the idle timeout and the disk measurement.
 //! - sent: `Admit` (→ `Admission`) before a start and `Released` when at rest, to the `Room`.
 //!
@@ -22,6 +23,7 @@
 //! ready ─(health_failures failed checks)─▶ stopping ─▶ queued (restart)
 //! ready ─(idle and no agent at work, evicted, Stop)─▶ stopping ─(exit, or SIGKILL after the grace)─▶ stopped
 //! failed ─Wake{explicit}─▶ queued        failed ─Stop by a person or operator─▶ stopped
+//! starting, ready ─(Stop at shutdown, and the process outlives the gateway: a pod)─▶ stopped
 //! ```
 //! The actor never blocks and never touches a process, a file or the network itself: the
 //! `Backend` does that, off the actor where it is slow, and what it reports carries the
@@ -459,6 +461,21 @@ impl UserInstance {
         self.rest(InstanceState::Failed, Some(message));
     }
 
+    /// A step of the start, for the starting page.
+    fn on_progress(&mut self, generation: u64, message: String) {
+        let Phase::Starting {
+            process: Some(process),
+            ..
+        } = &self.phase
+        else {
+            return;
+        };
+        if process.generation == generation {
+            self.message = Some(message);
+            self.publish();
+        }
+    }
+
     fn on_listening(
         &mut self,
         generation: u64,
@@ -849,6 +866,20 @@ impl UserInstance {
                     Some(stop_message(reason).to_owned()),
                 );
             }
+            Phase::Starting {
+                process: Some(process),
+                timeout,
+                ..
+            } if reason == StopReason::Shutdown && process.custody.outlives_gateway() => {
+                let timeout = *timeout;
+                ctx.cancel_future(timeout);
+                self.let_go();
+            }
+            Phase::Ready { process, .. }
+                if reason == StopReason::Shutdown && process.custody.outlives_gateway() =>
+            {
+                self.let_go();
+            }
             Phase::Starting { timeout, .. } => {
                 let timeout = *timeout;
                 ctx.cancel_future(timeout);
@@ -870,6 +901,19 @@ impl UserInstance {
                 }
             }
         }
+    }
+
+    /// The gateway shuts down and the process runs on without it (a pod): the next gateway
+    /// adopts it, so it is neither stopped nor counted here any more.
+    fn let_go(&mut self) {
+        if let Some(process) = self.process() {
+            process.stopping.cancel();
+            tracing::info!(user = %self.user.user_id, "left running for the next gateway");
+        }
+        self.rest(
+            InstanceState::Stopped,
+            Some("left running while the gateway restarts".to_owned()),
+        );
     }
 
     /// SIGTERM to everything of the process now, SIGKILL after the grace period.
@@ -1052,6 +1096,10 @@ impl Handler<ProcessEvent> for UserInstance {
 
     fn handle(&mut self, msg: ProcessEvent, ctx: &mut Self::Context) {
         match msg {
+            ProcessEvent::Progress {
+                generation,
+                message,
+            } => self.on_progress(generation, message),
             ProcessEvent::Listening { generation, addr } => {
                 self.on_listening(generation, addr, ctx)
             }

@@ -39,6 +39,8 @@ struct World {
     ignores_sigterm: Cell<bool>,
     /// A SIGKILL was the kernel's OOM killer.
     out_of_memory: Cell<bool>,
+    /// The process runs on without the gateway (a pod).
+    outlives_gateway: Cell<bool>,
     healthy: Cell<bool>,
     /// What the busy question answers (`None`: zero).
     busy: RefCell<Option<Result<u32, String>>>,
@@ -195,6 +197,10 @@ impl Custody for FakeProcess {
 
     fn out_of_memory(&self) -> bool {
         self.world.out_of_memory.get()
+    }
+
+    fn outlives_gateway(&self) -> bool {
+        self.world.outlives_gateway.get()
     }
 }
 
@@ -732,6 +738,55 @@ async fn health_checks_ask_whether_an_agent_works_and_failures_restart() {
     h.world.healthy.set(true);
     h.world.listen(2);
     h.reach(InstanceState::Ready).await;
+}
+
+#[actix::test]
+async fn progress_of_the_current_start_is_shown_and_an_earlier_ones_ignored() {
+    let h = harness(cfg());
+    assert!(matches!(h.wake(false).await, WakeReply::Pending));
+    h.saw("launch 1", 1).await;
+    h.world.events().do_send(ProcessEvent::Progress {
+        generation: 0,
+        message: "from an earlier start".into(),
+    });
+    h.world.events().do_send(ProcessEvent::Progress {
+        generation: 1,
+        message: "pulling the image".into(),
+    });
+    let mut rx = h.status.clone();
+    tokio::time::timeout(
+        DEADLINE,
+        rx.wait_for(|s| s.message.as_deref() == Some("pulling the image")),
+    )
+    .await
+    .expect("the progress is published")
+    .expect("instance alive");
+    h.world.listen(1);
+    let ready = h.reach(InstanceState::Ready).await;
+    assert_eq!(ready.message, None, "ready clears the progress");
+    // Progress after ready changes nothing.
+    h.world.events().do_send(ProcessEvent::Progress {
+        generation: 1,
+        message: "late".into(),
+    });
+    h.stop(StopReason::Person).await;
+    assert_eq!(h.message(), "stopped by the user");
+}
+
+#[actix::test]
+async fn at_shutdown_a_process_that_outlives_the_gateway_is_let_go_not_stopped() {
+    let h = harness(cfg());
+    h.world.outlives_gateway.set(true);
+    h.ready(1).await;
+    h.stop(StopReason::Shutdown).await;
+    assert_eq!(h.status.borrow().state, InstanceState::Stopped);
+    assert_eq!(h.world.count("terminate 1"), 0);
+    assert_eq!(h.world.count("kill 1"), 0);
+    assert_eq!(h.room(), ["admit", "released"]);
+    // Any other stop of such a process stops it.
+    h.ready(2).await;
+    h.stop(StopReason::Idle).await;
+    assert_eq!(h.world.count("terminate 2"), 1);
 }
 
 #[actix::test]
