@@ -265,6 +265,107 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where users' OpenCode servers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// Child processes of the gateway, on this machine.
+    Local,
+    /// Pods in a Kubernetes namespace, one per user, each with a volume for the home.
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KubernetesArgs {
+    /// Where users' OpenCode servers run: child processes here, or pods (`kubernetes`: the
+    /// gateway uses its service account in a cluster, else KUBECONFIG's current context).
+    #[arg(help_heading = "Kubernetes backend", long, env = "CHAMBERLAIN_BACKEND", value_enum, default_value_t = BackendKind::Local)]
+    pub backend: BackendKind,
+
+    /// The namespace of users' pods. Default: the gateway's own (in a cluster), else the
+    /// kubeconfig context's.
+    #[arg(
+        help_heading = "Kubernetes backend",
+        long,
+        env = "CHAMBERLAIN_K8S_NAMESPACE"
+    )]
+    pub k8s_namespace: Option<String>,
+
+    /// The image of users' pods: the gateway's own image (it holds OpenCode at the same path
+    /// as the gateway's --opencode-bin, and the gateway's binary for the readiness probe).
+    #[arg(
+        help_heading = "Kubernetes backend",
+        long,
+        env = "CHAMBERLAIN_K8S_IMAGE"
+    )]
+    pub k8s_image: Option<String>,
+
+    /// The service account of users' pods (its token is never mounted).
+    #[arg(
+        help_heading = "Kubernetes backend",
+        long,
+        env = "CHAMBERLAIN_K8S_SERVICE_ACCOUNT",
+        default_value = "chamberlain-opencode"
+    )]
+    pub k8s_service_account: String,
+
+    /// The storage class of users' home volumes. Default: the cluster's default class.
+    #[arg(
+        help_heading = "Kubernetes backend",
+        long,
+        env = "CHAMBERLAIN_K8S_STORAGE_CLASS"
+    )]
+    pub k8s_storage_class: Option<String>,
+
+    /// The size of each user's home volume.
+    #[arg(help_heading = "Kubernetes backend", long, env = "CHAMBERLAIN_K8S_HOME_SIZE", default_value = "10Gi", value_parser = chamberlain_kubernetes::quantity)]
+    pub k8s_home_size: String,
+
+    /// CPU of each user's pod, as REQUEST[:LIMIT].
+    #[arg(help_heading = "Kubernetes backend", long, env = "CHAMBERLAIN_K8S_CPU", default_value = "250m:2", value_parser = chamberlain_kubernetes::Amount::parse)]
+    pub k8s_cpu: chamberlain_kubernetes::Amount,
+
+    /// Memory of each user's pod, as REQUEST[:LIMIT] (an idle OpenCode takes about 0.75 GB,
+    /// an agent at work up to 1 GB).
+    #[arg(help_heading = "Kubernetes backend", long, env = "CHAMBERLAIN_K8S_MEMORY", default_value = "768Mi:2Gi", value_parser = chamberlain_kubernetes::Amount::parse)]
+    pub k8s_memory: chamberlain_kubernetes::Amount,
+
+    /// The uid (and gid) users' pods run as; never 0.
+    #[arg(help_heading = "Kubernetes backend", long, env = "CHAMBERLAIN_K8S_UID", default_value_t = 1000,
+          value_parser = clap::value_parser!(i64).range(1..=2_147_483_647))]
+    pub k8s_uid: i64,
+
+    /// The URL users' pods reach the model relay at (a Service in front of the gateways'
+    /// --llm-listen). Default: the relay's own address, which only pods on the gateway's
+    /// network namespace reach.
+    #[arg(
+        help_heading = "Kubernetes backend",
+        long,
+        env = "CHAMBERLAIN_K8S_RELAY_URL"
+    )]
+    pub k8s_relay_url: Option<String>,
+}
+
+impl ServeArgs {
+    /// What one flag's parser cannot see: settings that only make sense together.
+    pub fn check(&self) -> Result<(), String> {
+        if self.kubernetes.backend == BackendKind::Local && !self.llm_listen.ip().is_loopback() {
+            return Err(format!(
+                "--llm-listen {} is not a loopback address: with local instances the relay is \
+                 for this machine only",
+                self.llm_listen
+            ));
+        }
+        if self.kubernetes.backend == BackendKind::Kubernetes && self.kubernetes.k8s_image.is_none()
+        {
+            return Err(
+                "--backend kubernetes needs --k8s-image: the image of users' pods (the gateway's own)"
+                    .to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Public address (web UI, API, event streams).
@@ -344,6 +445,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub auth: AuthArgs,
+
+    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
 
     /// How users' OpenCode processes are walled off from each other.
     #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_ISOLATION", value_enum, default_value_t = IsolationArg::Auto)]
@@ -426,10 +530,11 @@ pub struct ServeArgs {
     #[arg(help_heading = "Lifecycle", long, env = "CHAMBERLAIN_BUSY_TIMEOUT", default_value = "4h", value_parser = duration)]
     pub busy_timeout: Duration,
 
-    /// Loopback address of the model-API relay, through which instances reach the
-    /// organisation's providers (the keys in shared/auth/auth.json stay in the gateway). Port
-    /// 0 picks a free one.
-    #[arg(help_heading = "Model keys and usage", long, env = "CHAMBERLAIN_LLM_LISTEN", default_value = "127.0.0.1:0", value_parser = loopback_addr)]
+    /// Address of the model-API relay, through which instances reach the organisation's
+    /// providers (the keys in shared/auth/auth.json stay in the gateway). Port 0 picks a free
+    /// one. A loopback address, but with --backend kubernetes, where users' pods reach it
+    /// through a Service (--k8s-relay-url).
+    #[arg(help_heading = "Model keys and usage", long, env = "CHAMBERLAIN_LLM_LISTEN", default_value = "127.0.0.1:0", value_parser = crate::listeners::parse_addr)]
     pub llm_listen: SocketAddr,
 
     /// The real address of a relayed provider, as `<provider>=<base URL>` (repeatable); over
@@ -546,16 +651,6 @@ impl AdminListen {
             AdminListen::At(addr) => Some(addr),
         }
     }
-}
-
-fn loopback_addr(text: &str) -> Result<SocketAddr, String> {
-    let addr = crate::listeners::parse_addr(text)?;
-    if !addr.ip().is_loopback() {
-        return Err(format!(
-            "{addr} is not a loopback address: the relay is for this machine's instances only"
-        ));
-    }
-    Ok(addr)
 }
 
 fn llm_upstream(text: &str) -> Result<(String, String), String> {
@@ -713,9 +808,26 @@ mod tests {
         assert_eq!(args.llm_prices, [("gpt-4o".to_owned(), (2.5, 10.0))]);
         assert_eq!(args.llm_daily_tokens, 100_000);
         assert!(args.llm_listen.ip().is_loopback());
+        let open_relay = serve(&["--llm-listen", "0.0.0.0:7000"]).unwrap();
+        assert!(open_relay
+            .check()
+            .unwrap_err()
+            .contains("not a loopback address"));
+        let in_cluster = serve(&[
+            "--llm-listen",
+            "0.0.0.0:7000",
+            "--backend",
+            "kubernetes",
+            "--k8s-image",
+            "chamberlain:1",
+        ])
+        .unwrap();
+        assert_eq!(in_cluster.check(), Ok(()));
+        let no_image = serve(&["--backend", "kubernetes"]).unwrap();
+        assert!(no_image.check().unwrap_err().contains("--k8s-image"));
+        assert!(serve(&["--k8s-cpu", "1GB"]).is_err());
         for bad in [
-            &["--llm-listen", "0.0.0.0:7000"][..],
-            &["--llm-upstream", "groq"],
+            &["--llm-upstream", "groq"][..],
             &["--llm-upstream", "groq=ftp://x"],
             &["--llm-upstream", "a b=https://x"],
             &["--llm-price", "gpt-4o=2.5"],

@@ -12,6 +12,7 @@ pub mod forwarded;
 pub mod gateway;
 pub mod identity;
 pub mod isolation;
+pub mod kubernetes;
 pub mod limits;
 pub mod listeners;
 pub mod logging;

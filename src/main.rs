@@ -12,6 +12,10 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(as_user::HELPER_ARG)) {
         return ExitCode::from(as_user::serve_helper() as u8);
     }
+    // What the gateway's binary does inside a user's pod (see `chamberlain_kubernetes::in_pod`).
+    if let Some(code) = in_pod() {
+        return code;
+    }
     let cli = cli::Cli::parse();
     let cli::Command::Serve(args) = cli.command;
     if let Err(e) = logging::init(args.log_format, &args.log) {
@@ -27,4 +31,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `__prepare-home <dir>` (a pod's init container) and `__probe-opencode` (its readiness
+/// probe); `None` for every other command line.
+fn in_pod() -> Option<ExitCode> {
+    use chamberlain_kubernetes::in_pod;
+    let mut args = std::env::args_os().skip(1);
+    let command = args.next()?;
+    let result = match command.to_str()? {
+        "__prepare-home" => {
+            let home = std::path::PathBuf::from(args.next()?);
+            in_pod::prepare_home(&home).map_err(|e| e.to_string())
+        }
+        "__probe-opencode" => {
+            in_pod::probe_opencode(std::time::Duration::from_secs(2)).map_err(|e| e.to_string())
+        }
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chamberlain: {e}");
+            ExitCode::FAILURE
+        }
+    })
 }

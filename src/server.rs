@@ -10,6 +10,7 @@ use actix_web::dev::{ServerHandle, Service};
 use actix_web::{web, App, HttpMessage, HttpServer};
 use anyhow::{bail, Context};
 use chamberlain_actors::as_user::Runner;
+use chamberlain_actors::instance::Backend;
 use chamberlain_actors::llm::{Grants, RelaySettings};
 use chamberlain_actors::{
     Homes, InstanceConfig, InstanceMetrics, InstanceShared, LaunchConfig, Launcher, Local,
@@ -18,7 +19,7 @@ use chamberlain_actors::{
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{self, Admin};
-use crate::cli::{AuthMode, ServeArgs};
+use crate::cli::{AuthMode, BackendKind, ServeArgs};
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::identity::{Authenticator, Identity};
 use crate::metrics::{HttpMetrics, Metrics};
@@ -31,6 +32,7 @@ use crate::{api, proxy};
 const HTTP_DRAIN: u64 = 5;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    args.check().map_err(anyhow::Error::msg)?;
     if args.auth.mode == AuthMode::Dev
         && !args.listen.ip().is_loopback()
         && !args.auth.allow_insecure_dev
@@ -124,28 +126,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         UsageBook::open(data_dir.join("state/llm-usage.json"))
             .context("cannot read the model usage book; move it aside to start afresh")?,
     );
-    let backend = LocalBackend::new(
-        Local {
-            launcher: Launcher::new(LaunchConfig {
-                program: program.clone(),
-                extra_args: args.opencode_args.clone(),
-                env_allow,
-            }),
-            homes: Arc::clone(&homes),
-            account: account_name(),
-            isolation: Arc::clone(&isolation),
-            org: OrgFiles {
-                auth: shared_paths.auth_file.clone(),
-                config: shared_paths.config_file.clone(),
+    let org = OrgFiles {
+        auth: shared_paths.auth_file.clone(),
+        config: shared_paths.config_file.clone(),
+    };
+    let relay = RelaySettings {
+        base_url: format!("http://{relay_addr}"),
+        upstreams: args.llm_upstreams.iter().cloned().collect(),
+        grants: Arc::clone(&grants),
+    };
+    let backend: std::rc::Rc<dyn Backend> = match args.kubernetes.backend {
+        BackendKind::Local => std::rc::Rc::new(LocalBackend::new(
+            Local {
+                launcher: Launcher::new(LaunchConfig {
+                    program: program.clone(),
+                    extra_args: args.opencode_args.clone(),
+                    env_allow,
+                }),
+                homes: Arc::clone(&homes),
+                account: account_name(),
+                isolation: Arc::clone(&isolation),
+                org,
+                relay,
             },
-            relay: RelaySettings {
-                base_url: format!("http://{relay_addr}"),
-                upstreams: args.llm_upstreams.iter().cloned().collect(),
-                grants: Arc::clone(&grants),
-            },
-        },
-        health_timeout,
-    );
+            health_timeout,
+        )),
+        BackendKind::Kubernetes => std::rc::Rc::new(
+            crate::kubernetes::backend(&args, &program, org, relay, health_timeout).await?,
+        ),
+    };
     let shared = InstanceShared {
         cfg: InstanceConfig {
             start_timeout: args.start_timeout,
@@ -159,7 +168,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             busy_timeout: args.busy_timeout,
             ..InstanceConfig::default()
         },
-        backend: std::rc::Rc::new(backend),
+        backend,
         start_slots: Arc::new(tokio::sync::Semaphore::new(
             args.max_concurrent_starts as usize,
         )),

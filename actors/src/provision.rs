@@ -9,7 +9,7 @@
 //! is put right at the next start.
 //!
 //! The organisation's keys and config no longer live in homes: they reach OpenCode in its
-//! environment (see `instance::child_env`).
+//! environment (see `Profile::git_env`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +27,21 @@ use crate::workspace::{UserKey, UsersRoot, Workspace, WorkspaceError};
 pub struct Profile {
     pub name: String,
     pub email: String,
+}
+
+impl Profile {
+    /// Variables for one user's OpenCode: their git identity.
+    pub fn git_env(&self) -> Vec<(String, String)> {
+        [
+            ("GIT_AUTHOR_NAME", &self.name),
+            ("GIT_AUTHOR_EMAIL", &self.email),
+            ("GIT_COMMITTER_NAME", &self.name),
+            ("GIT_COMMITTER_EMAIL", &self.email),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.clone()))
+        .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

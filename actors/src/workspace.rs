@@ -210,6 +210,11 @@ const LAYOUT: &[&str] = &[
 ];
 
 impl Workspace {
+    /// A home at `home` (a pod's, where the volume is mounted).
+    pub fn at(home: impl Into<PathBuf>) -> Self {
+        Self { home: home.into() }
+    }
+
     pub fn home(&self) -> &Path {
         &self.home
     }

@@ -1,7 +1,6 @@
 //! The local [`Backend`]: OpenCode as a child process of the gateway on this machine, behind
 //! the user's walls (see `isolation/`), reached on loopback.
 
-use std::cell::OnceCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,8 +10,7 @@ use futures_util::FutureExt as _;
 use super::backend::{Backend, Custody, Prepared};
 use super::start;
 use super::UserSpec;
-use crate::busy;
-use crate::health;
+use crate::health::Questions;
 use crate::isolation::Isolation;
 use crate::launcher::Launcher;
 use crate::llm::RelaySettings;
@@ -38,25 +36,15 @@ pub struct Local {
 
 pub struct LocalBackend {
     local: Arc<Local>,
-    health_timeout: Duration,
-    /// The client of health checks and busy questions, made on first use (on the actor
-    /// thread, where every instance lives).
-    client: OnceCell<awc::Client>,
+    questions: Questions,
 }
 
 impl LocalBackend {
     pub fn new(local: Local, health_timeout: Duration) -> Self {
         Self {
             local: Arc::new(local),
-            health_timeout,
-            client: OnceCell::new(),
+            questions: Questions::new(health_timeout),
         }
-    }
-
-    fn client(&self) -> awc::Client {
-        self.client
-            .get_or_init(|| health::client(self.health_timeout))
-            .clone()
     }
 }
 
@@ -88,23 +76,11 @@ impl Backend for LocalBackend {
     }
 
     fn probe(&self, upstream: &Upstream) -> LocalBoxFuture<'static, Result<(), String>> {
-        let (client, upstream) = (self.client(), upstream.clone());
-        async move {
-            health::probe(&client, &upstream)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .boxed_local()
+        self.questions.probe(upstream)
     }
 
     fn busy_sessions(&self, upstream: &Upstream) -> LocalBoxFuture<'static, Result<u32, String>> {
-        let (client, upstream) = (self.client(), upstream.clone());
-        async move {
-            busy::busy_sessions(&client, &upstream)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .boxed_local()
+        self.questions.busy_sessions(upstream)
     }
 
     fn disk_usage(

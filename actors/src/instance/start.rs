@@ -17,7 +17,6 @@ use crate::llm::{Grant, GrantGuard};
 use crate::org::OrgStart;
 use crate::procfs;
 use crate::proctree::Descendants;
-use crate::provision::Profile;
 use crate::workspace::Workspace;
 
 /// What [`prepare`] made ready for a spawn.
@@ -95,7 +94,7 @@ pub(super) fn spawn(
         None => local.account.clone(),
     };
     let marker = launcher::generate_password().map_err(|e| e.to_string())?;
-    let mut extra_env = child_env(&user.profile());
+    let mut extra_env = user.profile().git_env();
     extra_env.extend(org.env);
     extra_env.push((launcher::MARKER_VAR.to_owned(), marker.clone()));
     let launched = local.launcher.launch(&ChildSpec {
@@ -166,17 +165,4 @@ pub(super) fn spawn(
         host_oom_kills_at_spawn: procfs::host_oom_kills(),
         _grant: grant,
     })
-}
-
-/// Variables for one user's child: their git identity.
-pub(super) fn child_env(profile: &Profile) -> Vec<(String, String)> {
-    [
-        ("GIT_AUTHOR_NAME", &profile.name),
-        ("GIT_AUTHOR_EMAIL", &profile.email),
-        ("GIT_COMMITTER_NAME", &profile.name),
-        ("GIT_COMMITTER_EMAIL", &profile.email),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.clone()))
-    .collect()
 }

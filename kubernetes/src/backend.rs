@@ -1,0 +1,307 @@
+//! `KubernetesBackend`: where an instance's OpenCode is a pod. A start first looks at what
+//! the cluster already holds under the user's name: a live pod (an earlier gateway's, or
+//! another replica's) is adopted with the credentials in its secret; a dead or dying one is
+//! deleted and waited for. Then the home's claim is made if missing, the start's secret
+//! written, and the launch creates the pod (`pod.rs`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::LocalBoxFuture;
+use futures_util::FutureExt as _;
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret};
+use kube::api::{Api, DeleteParams, PostParams};
+
+use chamberlain_actors::health::Questions;
+use chamberlain_actors::instance::{Backend, Custody, Launch, LaunchFn, Prepared, UserSpec};
+use chamberlain_actors::launcher::generate_password;
+use chamberlain_actors::llm::{Grant, GrantGuard, RelaySettings, RelayedProvider};
+use chamberlain_actors::{OrgFiles, Upstream};
+
+use crate::names::UserNames;
+use crate::objects::{self, Start};
+use crate::pod::{self, Credentials, Driver, Origin, PodCustody};
+use crate::settings::Settings;
+
+/// How often a start looks whether a dying pod of the user is gone.
+const GONE_POLL: Duration = Duration::from_millis(250);
+
+struct Inner {
+    client: kube::Client,
+    settings: Settings,
+    org: OrgFiles,
+    relay: RelaySettings,
+}
+
+pub struct KubernetesBackend {
+    inner: Arc<Inner>,
+    questions: Questions,
+}
+
+impl KubernetesBackend {
+    pub fn new(
+        client: kube::Client,
+        settings: Settings,
+        org: OrgFiles,
+        relay: RelaySettings,
+        health_timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                settings,
+                org,
+                relay,
+            }),
+            questions: Questions::new(health_timeout),
+        }
+    }
+}
+
+impl Inner {
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.settings.namespace)
+    }
+
+    /// One API request, bounded: the outer error is the timeout.
+    async fn timed<T>(
+        &self,
+        what: &str,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<Result<T, kube::Error>, String> {
+        tokio::time::timeout(self.settings.request_timeout, request)
+            .await
+            .map_err(|_| {
+                format!(
+                    "{what}: no answer from the Kubernetes API within {}s",
+                    self.settings.request_timeout.as_secs()
+                )
+            })
+    }
+
+    /// One API request, bounded, any failure described.
+    async fn call<T>(
+        &self,
+        what: &str,
+        request: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, String> {
+        self.timed(what, request)
+            .await?
+            .map_err(|e| format!("{what}: {e}"))
+    }
+
+    /// The organisation's providers relayed for a start with `token` (and the environment
+    /// that points OpenCode at them), read off the actor thread.
+    async fn org_start(
+        self: &Arc<Self>,
+        token: String,
+    ) -> Result<(Vec<(String, String)>, BTreeMap<String, RelayedProvider>), String> {
+        let inner = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || inner.org.for_start(&inner.relay, &token)).await {
+            Ok(Ok(start)) => Ok((start.env, start.providers)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("reading the organisation's files: {e}")),
+        }
+    }
+
+    fn driver(
+        &self,
+        names: &UserNames,
+        user: &UserSpec,
+        origin: Origin,
+        providers: BTreeMap<String, RelayedProvider>,
+    ) -> Driver {
+        let grants = Arc::clone(&self.relay.grants);
+        let user_id = user.user_id.clone();
+        let providers = Arc::new(providers);
+        Driver {
+            pods: self.api(),
+            events: self.api::<Event>(),
+            secrets: self.api(),
+            name: names.pod(),
+            user: user.user_id.clone(),
+            port: self.settings.port,
+            origin,
+            grant: Box::new(move |token| {
+                (!providers.is_empty()).then(|| {
+                    GrantGuard::new(
+                        &grants,
+                        token,
+                        Grant {
+                            user_id: user_id.clone(),
+                            providers: Arc::clone(&providers),
+                        },
+                    )
+                })
+            }),
+        }
+    }
+
+    fn launch(
+        self: &Arc<Self>,
+        driver: Driver,
+        credentials: Credentials,
+    ) -> LaunchFn {
+        let grace = u32::try_from(self.settings.stop_grace.as_secs()).unwrap_or(u32::MAX);
+        Box::new(move |launch: Launch| {
+            Ok(Box::new(PodCustody::launch(
+                driver,
+                credentials,
+                grace,
+                launch.generation,
+                launch.events,
+            )) as Box<dyn Custody>)
+        })
+    }
+
+    /// Deletes a pod that cannot be adopted and waits until it is gone (the name is the
+    /// user's: the next pod needs it). The instance's start timeout bounds the wait.
+    async fn clear(&self, found: &Pod, user: &str) -> Result<(), String> {
+        let pods: Api<Pod> = self.api();
+        let name = found.metadata.name.clone().unwrap_or_default();
+        let uid = found.metadata.uid.clone();
+        if found.metadata.deletion_timestamp.is_none() {
+            tracing::info!(
+                user,
+                pod = name,
+                "deleting a pod of the user that has ended"
+            );
+            let params = DeleteParams {
+                grace_period_seconds: Some(0),
+                ..DeleteParams::default()
+            };
+            match self
+                .timed("deleting the old pod", pods.delete(&name, &params))
+                .await?
+            {
+                Ok(_) => {}
+                Err(e) if pod::is_gone(&e) => {}
+                Err(e) => return Err(format!("deleting the old pod: {e}")),
+            }
+        }
+        loop {
+            let current = self
+                .call("reading the old pod", pods.get_opt(&name))
+                .await?;
+            if current.is_none_or(|p| p.metadata.uid != uid) {
+                return Ok(());
+            }
+            tokio::time::sleep(GONE_POLL).await;
+        }
+    }
+
+    async fn prepare(self: Arc<Self>, user: Arc<UserSpec>) -> Result<Prepared, String> {
+        let names = UserNames::of(&user.key);
+        let pods: Api<Pod> = self.api();
+        let secrets: Api<Secret> = self.api();
+        if let Some(found) = self
+            .call("looking for the user's pod", pods.get_opt(&names.pod()))
+            .await?
+        {
+            if pod::adoptable(&found) {
+                match pod::credentials(&secrets, &found).await {
+                    Ok(credentials) => {
+                        tracing::info!(user = %user.user_id, pod = names.pod(), "adopting the user's running pod");
+                        let (_, providers) =
+                            self.org_start(credentials.relay_token.clone()).await?;
+                        let uid = found.metadata.uid.clone().unwrap_or_default();
+                        let driver = self.driver(&names, &user, Origin::Adopt { uid }, providers);
+                        return Ok(Prepared {
+                            disk_bytes: None,
+                            launch: self.launch(driver, credentials),
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(user = %user.user_id, pod = names.pod(), error = %e, "cannot adopt the user's pod; replacing it")
+                    }
+                }
+            }
+            self.clear(&found, &user.user_id).await?;
+        }
+        let claims: Api<PersistentVolumeClaim> = self.api();
+        match self
+            .timed(
+                "creating the home's volume claim",
+                claims.create(
+                    &PostParams::default(),
+                    &objects::home(&self.settings, &names),
+                ),
+            )
+            .await?
+        {
+            Ok(_) => {
+                tracing::info!(user = %user.user_id, claim = names.home(), "created the home's volume claim")
+            }
+            Err(e) if pod::already_exists(&e) => {}
+            Err(e) => return Err(format!("creating the home's volume claim: {e}")),
+        }
+        let password = generate_password().map_err(|e| e.to_string())?;
+        let relay_token = generate_password().map_err(|e| e.to_string())?;
+        let start_id = generate_password().map_err(|e| e.to_string())?[..8].to_owned();
+        let (org_env, providers) = self.org_start(relay_token.clone()).await?;
+        let git = user.profile().git_env();
+        let start = Start {
+            names: &names,
+            user_id: &user.user_id,
+            start: &start_id,
+            password: &password,
+            relay_token: &relay_token,
+            org_env: &org_env,
+            env: &git,
+        };
+        let secret = objects::secret(&start);
+        let pod = objects::pod(&self.settings, &start);
+        self.call(
+            "writing the start's secret",
+            secrets.create(&PostParams::default(), &secret),
+        )
+        .await?;
+        let origin = Origin::Create {
+            pod: Box::new(pod),
+            secret: names.secret(&start_id),
+        };
+        let driver = self.driver(&names, &user, origin, providers);
+        Ok(Prepared {
+            disk_bytes: None,
+            launch: self.launch(
+                driver,
+                Credentials {
+                    password,
+                    relay_token,
+                },
+            ),
+        })
+    }
+}
+
+impl Backend for KubernetesBackend {
+    fn prepare(
+        &self,
+        user: Arc<UserSpec>,
+        _measure_disk: bool,
+    ) -> LocalBoxFuture<'static, Result<Prepared, String>> {
+        Arc::clone(&self.inner).prepare(user).boxed_local()
+    }
+
+    fn probe(&self, upstream: &Upstream) -> LocalBoxFuture<'static, Result<(), String>> {
+        self.questions.probe(upstream)
+    }
+
+    fn busy_sessions(&self, upstream: &Upstream) -> LocalBoxFuture<'static, Result<u32, String>> {
+        self.questions.busy_sessions(upstream)
+    }
+
+    /// The home is a volume the gateway does not mount: its size is the claim's.
+    fn disk_usage(
+        &self,
+        _user: Arc<UserSpec>,
+    ) -> LocalBoxFuture<'static, Result<Option<u64>, String>> {
+        std::future::ready(Ok(None)).boxed_local()
+    }
+}

@@ -1,0 +1,84 @@
+//! The names and labels of a user's objects. A user's key may hold capitals and `_` and be
+//! 64 characters long, which object names and label values may not: every object is named
+//! after a digest of the key instead, and the key itself rides in an annotation.
+
+use sha2::{Digest as _, Sha256};
+
+use chamberlain_actors::UserKey;
+
+pub const APP: &str = "chamberlain";
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The digest of the user's key: selects a user's pod, home and secrets.
+pub const LABEL_USER: &str = "chamberlain.dev/user";
+/// Which start of the user's OpenCode a pod and its secret belong to.
+pub const LABEL_START: &str = "chamberlain.dev/start";
+/// The user's key, as the gateway knows it.
+pub const ANNOTATION_USER_KEY: &str = "chamberlain.dev/user-key";
+/// The secret holding a pod's password, so that any replica can adopt the pod.
+pub const ANNOTATION_SECRET: &str = "chamberlain.dev/secret";
+/// The component label of users' pods (the NetworkPolicies select them by it).
+pub const COMPONENT_OPENCODE: &str = "opencode";
+pub const COMPONENT_HOME: &str = "home";
+
+/// One user's names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserNames {
+    /// 32 hex digits of SHA-256 of the key.
+    pub digest: String,
+    pub key: String,
+}
+
+impl UserNames {
+    pub fn of(key: &UserKey) -> Self {
+        let digest = Sha256::digest(key.as_str().as_bytes());
+        let digest = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            digest,
+            key: key.as_str().to_owned(),
+        }
+    }
+
+    pub fn pod(&self) -> String {
+        format!("opencode-{}", self.digest)
+    }
+
+    pub fn home(&self) -> String {
+        format!("home-{}", self.digest)
+    }
+
+    /// The secret of one start.
+    pub fn secret(&self, start: &str) -> String {
+        format!("opencode-{}-{start}", self.digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels_whatever_the_key() {
+        for subject in ["alice", "Alice_B", &"x".repeat(64), "a@b.c", ""] {
+            let names = UserNames::of(&UserKey::derive(subject));
+            for name in [names.pod(), names.home(), names.secret("0123abcd")] {
+                assert!(name.len() <= 63, "{name}");
+                assert!(
+                    name.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
+                    "{name}"
+                );
+            }
+        }
+        let (a, b) = (
+            UserNames::of(&UserKey::derive("Alice")),
+            UserNames::of(&UserKey::derive("alice")),
+        );
+        assert_ne!(
+            a.pod(),
+            b.pod(),
+            "keys that differ in case are different users"
+        );
+    }
+}
