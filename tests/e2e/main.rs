@@ -11,6 +11,7 @@ mod console;
 mod identity;
 mod input;
 mod isolation;
+mod kubernetes;
 mod lifecycle;
 mod mock_model;
 mod proxy;
