@@ -15,6 +15,9 @@ use crate::cli::ServeArgs;
 const POD_PORT: u16 = 4096;
 /// Bound on each API request of a start.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How much newer a pod's use must be before a replica tells the others again (a quarter
+/// of the idle timeout when that is shorter).
+const SHARE_STEP: Duration = Duration::from_secs(15);
 
 pub async fn backend(
     args: &ServeArgs,
@@ -59,6 +62,7 @@ pub async fn backend(
         port: POD_PORT,
         stop_grace: args.stop_grace,
         request_timeout: REQUEST_TIMEOUT,
+        share_step: SHARE_STEP.min(args.idle_timeout / 4),
     };
     Ok(KubernetesBackend::new(
         cluster.client,

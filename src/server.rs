@@ -11,7 +11,7 @@ use actix_web::{web, App, HttpMessage, HttpServer};
 use anyhow::{bail, Context};
 use chamberlain_actors::as_user::Runner;
 use chamberlain_actors::instance::Backend;
-use chamberlain_actors::llm::{Grants, RelaySettings};
+use chamberlain_actors::llm::{GrantLookup, Grants, RelaySettings};
 use chamberlain_actors::{
     Homes, InstanceConfig, InstanceMetrics, InstanceShared, LaunchConfig, Launcher, Local,
     LocalBackend, OrgFiles, Registry, RegistryConfig, Shutdown, UsersRoot,
@@ -135,6 +135,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         upstreams: args.llm_upstreams.iter().cloned().collect(),
         grants: Arc::clone(&grants),
     };
+    // With pods, a replica relays for pods other replicas started too.
+    let mut grant_lookup: Option<Arc<dyn GrantLookup>> = None;
     let backend: std::rc::Rc<dyn Backend> = match args.kubernetes.backend {
         BackendKind::Local => std::rc::Rc::new(LocalBackend::new(
             Local {
@@ -151,9 +153,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             },
             health_timeout,
         )),
-        BackendKind::Kubernetes => std::rc::Rc::new(
-            crate::kubernetes::backend(&args, &program, org, relay, health_timeout).await?,
-        ),
+        BackendKind::Kubernetes => {
+            let backend =
+                crate::kubernetes::backend(&args, &program, org, relay, health_timeout).await?;
+            grant_lookup = Some(Arc::new(backend.grants()));
+            std::rc::Rc::new(backend)
+        }
     };
     let shared = InstanceShared {
         cfg: InstanceConfig {
@@ -326,6 +331,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let relay = {
         let state = web::Data::new(Relay {
             grants,
+            lookup: grant_lookup,
             usage: Arc::clone(&usage),
             daily_tokens: args.llm_daily_tokens,
             metrics: metrics.llm.clone(),

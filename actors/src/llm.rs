@@ -93,6 +93,15 @@ pub struct Grant {
 /// Live tokens; written by instances (a grant per start), read by the relay.
 pub type Grants = Arc<DashMap<String, Grant>>;
 
+/// Where a relay looks for a grant it does not hold: a start another gateway made (replicas
+/// in front of one cluster). `Ok(None)` for a token nobody granted.
+pub trait GrantLookup: Send + Sync {
+    fn find(
+        &self,
+        token: &str,
+    ) -> futures_util::future::LocalBoxFuture<'static, Result<Option<Grant>, String>>;
+}
+
 /// A token valid for as long as this lives (kept with the process it was made for).
 #[derive(Debug)]
 pub struct GrantGuard {

@@ -139,6 +139,7 @@ pub fn run(requests: usize) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let state = web::Data::new(Relay {
         grants,
+        lookup: None,
         usage: Arc::new(UsageBook::open(dir.path().join("usage.json"))?),
         daily_tokens: u64::MAX,
         metrics: LlmMetrics::default(),

@@ -4,15 +4,16 @@
 //! deleted and waited for. Then the home's claim is made if missing, the start's secret
 //! written, and the launch creates the pod (`pod.rs`).
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt as _;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret};
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 
 use chamberlain_actors::health::Questions;
 use chamberlain_actors::instance::{Backend, Custody, Launch, LaunchFn, Prepared, UserSpec};
@@ -20,7 +21,7 @@ use chamberlain_actors::launcher::generate_password;
 use chamberlain_actors::llm::{Grant, GrantGuard, RelaySettings, RelayedProvider};
 use chamberlain_actors::{OrgFiles, Upstream};
 
-use crate::names::UserNames;
+use crate::names::{self, UserNames};
 use crate::objects::{self, Start};
 use crate::pod::{self, Credentials, Driver, Origin, PodCustody};
 use crate::settings::Settings;
@@ -38,6 +39,8 @@ struct Inner {
 pub struct KubernetesBackend {
     inner: Arc<Inner>,
     questions: Questions,
+    /// The last use of each user's pod this gateway told the others of.
+    shared: RefCell<HashMap<String, SystemTime>>,
 }
 
 impl KubernetesBackend {
@@ -56,7 +59,19 @@ impl KubernetesBackend {
                 relay,
             }),
             questions: Questions::new(health_timeout),
+            shared: RefCell::default(),
         }
+    }
+}
+
+impl KubernetesBackend {
+    /// The relay's lookup of grants that other replicas made.
+    pub fn grants(&self) -> crate::grants::SharedGrants {
+        crate::grants::SharedGrants(Arc::new(crate::grants::ClusterGrants::new(
+            self.inner.api(),
+            self.inner.org.clone(),
+            self.inner.relay.clone(),
+        )))
     }
 }
 
@@ -143,11 +158,7 @@ impl Inner {
         }
     }
 
-    fn launch(
-        self: &Arc<Self>,
-        driver: Driver,
-        credentials: Credentials,
-    ) -> LaunchFn {
+    fn launch(self: &Arc<Self>, driver: Driver, credentials: Credentials) -> LaunchFn {
         let grace = u32::try_from(self.settings.stop_grace.as_secs()).unwrap_or(u32::MAX);
         Box::new(move |launch: Launch| {
             Ok(Box::new(PodCustody::launch(
@@ -295,6 +306,68 @@ impl Backend for KubernetesBackend {
 
     fn busy_sessions(&self, upstream: &Upstream) -> LocalBoxFuture<'static, Result<u32, String>> {
         self.questions.busy_sessions(upstream)
+    }
+
+    /// Writes the pod's last use where every replica reads it (an annotation), when it is
+    /// news: only a replica that served the user since it last said so writes.
+    fn share_activity(&self, user: &UserSpec, idle_for: Duration) {
+        let Some(used_at) = SystemTime::now().checked_sub(idle_for) else {
+            return;
+        };
+        let names = UserNames::of(&user.key);
+        {
+            let mut shared = self.shared.borrow_mut();
+            let told = shared.get(&names.digest).copied().unwrap_or(UNIX_EPOCH);
+            if used_at.duration_since(told).unwrap_or_default() < self.inner.settings.share_step {
+                return;
+            }
+            shared.insert(names.digest.clone(), used_at);
+        }
+        let millis = used_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis()
+            .to_string();
+        let patch = serde_json::json!({
+            "metadata": {"annotations": {names::ANNOTATION_LAST_USED: millis}}
+        });
+        let inner = Arc::clone(&self.inner);
+        let user = user.user_id.clone();
+        actix::spawn(async move {
+            let pods: Api<Pod> = inner.api();
+            let result = inner
+                .call(
+                    "sharing the pod's last use",
+                    pods.patch(&names.pod(), &PatchParams::default(), &Patch::Merge(&patch)),
+                )
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(user, error = %e, "cannot tell other gateways of the pod's use");
+            }
+        });
+    }
+
+    /// How long ago any replica last saw the pod used (`None`: none said).
+    fn idle_elsewhere(
+        &self,
+        user: Arc<UserSpec>,
+    ) -> LocalBoxFuture<'static, Result<Option<Duration>, String>> {
+        let inner = Arc::clone(&self.inner);
+        async move {
+            let pods: Api<Pod> = inner.api();
+            let name = UserNames::of(&user.key).pod();
+            let pod = inner
+                .call("reading the pod's last use", pods.get_opt(&name))
+                .await?;
+            let used_at = pod
+                .as_ref()
+                .and_then(|p| p.metadata.annotations.as_ref())
+                .and_then(|a| a.get(names::ANNOTATION_LAST_USED))
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+            Ok(used_at.map(|at| SystemTime::now().duration_since(at).unwrap_or_default()))
+        }
+        .boxed_local()
     }
 
     /// The home is a volume the gateway does not mount: its size is the claim's.

@@ -11,6 +11,8 @@
 //!   or an earlier gateway left running), health and busy questions.
 //! - `pod.rs` — one start's pod: created or adopted, watched (events become the starting
 //!   page's steps, readiness becomes `Listening`, its end `Exited`), deleted.
+//! - `grants.rs` — the relay's grants of pods another replica started, found by a digest
+//!   of the token on the start's secret.
 //! - `in_pod.rs` — the two things the gateway's binary does inside a user's pod: lay out the
 //!   home (an init container) and answer the readiness probe.
 //!
@@ -18,6 +20,7 @@
 //! secret), not in a gateway's memory: any replica can adopt any user's pod.
 
 mod backend;
+mod grants;
 pub mod in_pod;
 mod names;
 mod objects;
@@ -25,6 +28,7 @@ mod pod;
 mod settings;
 
 pub use backend::KubernetesBackend;
+pub use grants::SharedGrants;
 pub use settings::{quantity, Amount, QuantityError, Settings};
 
 /// The API server the backend talks to.

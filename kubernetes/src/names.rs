@@ -14,10 +14,17 @@ pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const LABEL_USER: &str = "chamberlain.dev/user";
 /// Which start of the user's OpenCode a pod and its secret belong to.
 pub const LABEL_START: &str = "chamberlain.dev/start";
+/// A digest of a start's relay token on its secret: any replica finds the grant by it.
+pub const LABEL_RELAY: &str = "chamberlain.dev/relay";
+/// The user's id (the token's subject), for the relay's grants and the audit.
+pub const ANNOTATION_USER_ID: &str = "chamberlain.dev/user-id";
 /// The user's key, as the gateway knows it.
 pub const ANNOTATION_USER_KEY: &str = "chamberlain.dev/user-key";
 /// The secret holding a pod's password, so that any replica can adopt the pod.
 pub const ANNOTATION_SECRET: &str = "chamberlain.dev/secret";
+/// When a replica last saw the pod used (milliseconds since the epoch), so that a replica
+/// the user no longer reaches does not cull a pod another one serves.
+pub const ANNOTATION_LAST_USED: &str = "chamberlain.dev/last-used";
 /// The component label of users' pods (the NetworkPolicies select them by it).
 pub const COMPONENT_OPENCODE: &str = "opencode";
 pub const COMPONENT_HOME: &str = "home";
@@ -46,6 +53,13 @@ impl UserNames {
 
     pub fn home(&self) -> String {
         format!("home-{}", self.digest)
+    }
+
+    /// The label value that finds the secret of a relay token (a digest: the token itself
+    /// stays in the secret's data).
+    pub fn relay(token: &str) -> String {
+        let digest = Sha256::digest(token.as_bytes());
+        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// The secret of one start.

@@ -92,13 +92,20 @@ pub fn secret(start: &Start<'_>) -> Secret {
     }
     let mut labels = labels(start.names, names::COMPONENT_OPENCODE);
     labels.insert(names::LABEL_START.to_owned(), start.start.to_owned());
+    labels.insert(
+        names::LABEL_RELAY.to_owned(),
+        UserNames::relay(start.relay_token),
+    );
     typed(json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
             "name": start.names.secret(start.start),
             "labels": labels,
-            "annotations": {names::ANNOTATION_USER_KEY: start.names.key},
+            "annotations": {
+                names::ANNOTATION_USER_KEY: start.names.key,
+                names::ANNOTATION_USER_ID: start.user_id,
+            },
         },
         "type": "Opaque",
         "stringData": data,
@@ -162,7 +169,7 @@ pub fn pod(settings: &Settings, start: &Start<'_>) -> Pod {
             "annotations": {
                 names::ANNOTATION_USER_KEY: names.key,
                 names::ANNOTATION_SECRET: secret,
-                "chamberlain.dev/user-id": start.user_id,
+                names::ANNOTATION_USER_ID: start.user_id,
             },
         },
         "spec": {
@@ -246,6 +253,7 @@ mod tests {
             port: 4096,
             stop_grace: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            share_step: Duration::from_secs(15),
         }
     }
 

@@ -20,7 +20,7 @@ use actix_web::http::header;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use chamberlain_actors::llm::{Grants, KeyHeader};
+use chamberlain_actors::llm::{GrantLookup, Grants, KeyHeader};
 use dashmap::DashMap;
 use futures_util::Stream;
 
@@ -50,6 +50,8 @@ const UNKNOWN: &str = "-";
 /// What every relay worker shares.
 pub struct Relay {
     pub grants: Grants,
+    /// Where grants this gateway does not hold are found (other replicas' starts).
+    pub lookup: Option<Arc<dyn GrantLookup>>,
     pub usage: Arc<UsageBook>,
     /// `--llm-daily-tokens`; 0: none.
     pub daily_tokens: u64,
@@ -185,7 +187,22 @@ async fn relay(
             "this relay takes only the gateway's per-instance token",
         );
     };
-    let Some(grant) = relay.grants.get(token).map(|g| g.clone()) else {
+    let mut grant = relay.grants.get(token).map(|g| g.clone());
+    if let (None, Some(lookup)) = (&grant, &relay.lookup) {
+        match lookup.find(token).await {
+            Ok(found) => grant = found,
+            Err(e) => {
+                relay.metrics.request(UNKNOWN, "unavailable");
+                tracing::warn!(provider = %provider_id, error = %e, "cannot look up a relay token");
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "api_error",
+                    "the gateway cannot check this token now; try again",
+                );
+            }
+        }
+    }
+    let Some(grant) = grant else {
         relay.metrics.request(UNKNOWN, "unauthorized");
         tracing::warn!(provider = %provider_id, "model call with an unknown or expired relay token");
         return refuse(
@@ -394,6 +411,7 @@ mod tests {
         let usage = Arc::new(UsageBook::open(dir.path().join("u.json")).unwrap());
         let relay = Arc::new(Relay {
             grants: Grants::default(),
+            lookup: None,
             usage,
             daily_tokens: 0,
             metrics: LlmMetrics::default(),

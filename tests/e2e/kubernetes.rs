@@ -391,3 +391,87 @@ async fn two_replicas_route_one_user_to_one_pod() {
     assert_eq!(now.len(), 1);
     assert_ne!(now[0]["uid"], pods[0]["uid"], "a new pod");
 }
+
+#[actix_web::test]
+async fn a_replica_relays_model_calls_for_a_pod_another_one_started() {
+    use crate::relay::{ask, give_org_key, ORG_KEY};
+    let model = crate::mock_model::MockModel::start(3, Duration::from_millis(10));
+    let cluster = Cluster::start();
+    // The relay Service sends the pod's calls to B, which did not start the pod.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let b = cluster.gateway(&["--llm-listen", &format!("127.0.0.1:{port}")]);
+    let a = cluster.gateway(&["--k8s-relay-url", &format!("http://127.0.0.1:{port}")]);
+    give_org_key(&a, "mock", &model.org_config());
+    give_org_key(&b, "mock", &model.org_config());
+
+    let answer = ask(&a, "erin").await;
+    assert!(
+        answer["info"]["error"].is_null(),
+        "the turn failed: {answer}\nA:\n{}\nB:\n{}",
+        a.log(),
+        b.log()
+    );
+    let keys = model.counts.keys();
+    let org_key = format!("Bearer {ORG_KEY}");
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| *k == org_key),
+        "{keys:?}"
+    );
+    let relayed_by_b = crate::support::metric(
+        &b.metrics().await,
+        "chamberlain_llm_requests_total{provider=\"mock\",outcome=\"ok\"}",
+    );
+    assert!(relayed_by_b >= 1.0, "B relayed the calls");
+
+    // A made-up token is refused at B, the token in the pod's config is not in any pod's
+    // spec, and the key is nowhere in the cluster.
+    let forged = awc::Client::new()
+        .post(format!("http://127.0.0.1:{port}/mock/chat/completions"))
+        .bearer_auth("0".repeat(48))
+        .send_body("{}")
+        .await
+        .expect("relay answers");
+    assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    for plural in ["pods", "secrets", "persistentvolumeclaims"] {
+        let objects = serde_json::to_string(&cluster.list(plural).await).unwrap();
+        assert!(
+            !objects.contains(ORG_KEY),
+            "the org key is in the cluster's {plural}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn a_replica_does_not_cull_a_pod_another_one_serves() {
+    let cluster = Cluster::start();
+    let idle = ["--idle-timeout", "6s", "--health-interval", "1s"];
+    let a = cluster.gateway(&idle);
+    let b = cluster.gateway(&idle);
+    healthy(&a, "frank").await;
+    let pod = cluster.running().await;
+    assert_eq!(pod.len(), 1);
+    // frank now reaches B only (a load balancer's choice); A sees nobody for 3 idle timeouts.
+    healthy(&b, "frank").await;
+    let until = Instant::now() + Duration::from_secs(18);
+    while Instant::now() < until {
+        healthy(&b, "frank").await;
+        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        a.log().contains("in use through another gateway"),
+        "A asked before culling:\n{}",
+        a.log()
+    );
+    let now = cluster.running().await;
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0]["uid"], pod[0]["uid"], "the pod A started still runs");
+    assert_eq!(a.state("frank").await, "ready");
+    // Once nobody uses it anywhere, it is culled.
+    a.wait_state("frank", "stopped").await;
+    cluster
+        .wait_running("no pod runs", |pods| pods.is_empty())
+        .await;
+}

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::mock_model::MockModel;
 use crate::support::{Gateway, Terminal};
 
-const ORG_KEY: &str = "sk-org-5d1e2b7c9a";
+pub(crate) const ORG_KEY: &str = "sk-org-5d1e2b7c9a";
 
 /// A gateway whose organisation has a key for the mock provider.
 pub(crate) fn gateway_with_org_key(model: &MockModel, args: &[&str]) -> Gateway {
@@ -22,6 +22,12 @@ pub(crate) fn gateway_with_org_key(model: &MockModel, args: &[&str]) -> Gateway 
 /// A gateway whose organisation has a key for `provider`, and `config`.
 fn gateway_with(args: &[&str], provider: &str, config: &str) -> Gateway {
     let gw = Gateway::real(args);
+    give_org_key(&gw, provider, config);
+    gw
+}
+
+/// Gives `gw`'s organisation a key for `provider`, and `config` (read at every start).
+pub(crate) fn give_org_key(gw: &Gateway, provider: &str, config: &str) {
     let shared = gw.data.path().join("shared");
     std::fs::write(shared.join("config/opencode.json"), config).unwrap();
     std::fs::write(
@@ -29,12 +35,11 @@ fn gateway_with(args: &[&str], provider: &str, config: &str) -> Gateway {
         format!(r#"{{"{provider}": {{"type": "api", "key": "{ORG_KEY}"}}}}"#),
     )
     .unwrap();
-    gw
 }
 
 /// Sends `user` a prompt in a new session and returns OpenCode's answer (the assistant
 /// message, once the turn has ended).
-async fn ask(gw: &Gateway, user: &str) -> Value {
+pub(crate) async fn ask(gw: &Gateway, user: &str) -> Value {
     let session = gw
         .request(
             Method::POST,

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::future::LocalBoxFuture;
@@ -34,6 +35,20 @@ pub trait Backend {
         &self,
         user: Arc<UserSpec>,
     ) -> LocalBoxFuture<'static, Result<Option<u64>, String>>;
+
+    /// Where several gateways serve one user's instance (replicas in front of a pod), tells
+    /// the others that this one saw it used `idle_for` ago. Called at every health check of
+    /// a ready instance; nothing to do where one gateway is all there is.
+    fn share_activity(&self, _user: &UserSpec, _idle_for: Duration) {}
+
+    /// How long ago the instance was used through any gateway, where others may serve it
+    /// too (`None`: this gateway is all there is). Asked before an idle stop.
+    fn idle_elsewhere(
+        &self,
+        _user: Arc<UserSpec>,
+    ) -> LocalBoxFuture<'static, Result<Option<Duration>, String>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 /// A start made ready by [`Backend::prepare`].

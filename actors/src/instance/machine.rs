@@ -592,6 +592,9 @@ impl UserInstance {
         // Keep the list of terminals and tools current, so that even a crash (after which
         // they are orphans no longer below OpenCode) leaves nothing behind.
         process.custody.look();
+        self.shared
+            .backend
+            .share_activity(&self.user, self.activity.idle_for());
         if *probing {
             return;
         }
@@ -707,15 +710,50 @@ impl UserInstance {
             tracing::debug!(user = %self.user.user_id, busy, "sessions at work");
             self.publish();
         }
-        let idle = self.activity.idle_for();
-        if then_cull && idle >= self.cfg().idle_timeout {
-            self.shared.metrics.cull(CullReason::Idle);
-            self.message = Some(format!(
-                "stopped after {}s without activity",
-                idle.as_secs()
-            ));
-            self.begin_stopping(AfterStop::Rest, ctx);
+        if then_cull && self.activity.idle_for() >= self.cfg().idle_timeout {
+            // Idle here; other gateways serving the same instance may know better.
+            let question = self.shared.backend.idle_elsewhere(Arc::clone(&self.user));
+            ctx.spawn(
+                question
+                    .into_actor(self)
+                    .map(move |answer, act, ctx| act.on_idle_elsewhere(generation, answer, ctx)),
+            );
         }
+    }
+
+    /// The last step before an idle stop: nobody came here, no agent works, and no other
+    /// gateway saw the instance used within the idle timeout.
+    fn on_idle_elsewhere(
+        &mut self,
+        generation: u64,
+        answer: Result<Option<Duration>, String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Phase::Ready { upstream, .. } = &self.phase else {
+            return;
+        };
+        let idle = self.activity.idle_for();
+        if upstream.generation != generation || idle < self.cfg().idle_timeout {
+            return;
+        }
+        match answer {
+            Ok(Some(elsewhere)) if elsewhere < self.cfg().idle_timeout => {
+                tracing::debug!(user = %self.user.user_id, used_s_ago = elsewhere.as_secs(), "idle here, in use through another gateway");
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // Not knowing is not "idle": the next tick asks again.
+                tracing::warn!(user = %self.user.user_id, error = %e, "cannot tell whether another gateway serves the instance; not stopping now");
+                return;
+            }
+        }
+        self.shared.metrics.cull(CullReason::Idle);
+        self.message = Some(format!(
+            "stopped after {}s without activity",
+            idle.as_secs()
+        ));
+        self.begin_stopping(AfterStop::Rest, ctx);
     }
 
     fn on_exited(

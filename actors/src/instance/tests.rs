@@ -41,6 +41,8 @@ struct World {
     out_of_memory: Cell<bool>,
     /// The process runs on without the gateway (a pod).
     outlives_gateway: Cell<bool>,
+    /// What other gateways say of the instance's last use (`None`: there are none).
+    idle_elsewhere: RefCell<Option<Result<Option<Duration>, String>>>,
     healthy: Cell<bool>,
     /// What the busy question answers (`None`: zero).
     busy: RefCell<Option<Result<u32, String>>>,
@@ -145,6 +147,18 @@ impl Backend for FakeBackend {
         _user: Arc<UserSpec>,
     ) -> LocalBoxFuture<'static, Result<Option<u64>, String>> {
         std::future::ready(Ok(self.0.disk_bytes.get())).boxed_local()
+    }
+
+    fn share_activity(&self, _user: &UserSpec, _idle_for: Duration) {
+        self.0.did("shared");
+    }
+
+    fn idle_elsewhere(
+        &self,
+        _user: Arc<UserSpec>,
+    ) -> LocalBoxFuture<'static, Result<Option<Duration>, String>> {
+        self.0.did("asked elsewhere");
+        std::future::ready(self.0.idle_elsewhere.borrow().clone().unwrap_or(Ok(None))).boxed_local()
     }
 }
 
@@ -636,6 +650,10 @@ async fn idle_with_no_agent_at_work_stops() {
     h.ready(1).await;
     let stopped = h.reach(InstanceState::Stopped).await;
     assert!(h.world.count("busy") >= 1, "asked before stopping");
+    assert!(
+        h.world.count("asked elsewhere") >= 1,
+        "asked other gateways too"
+    );
     assert_eq!(h.world.count("terminate 1"), 1);
     assert!(stopped
         .message
@@ -684,6 +702,33 @@ async fn an_agent_at_work_keeps_an_idle_instance_running() {
     *h.world.busy.borrow_mut() = Some(Ok(0));
     h.reach(InstanceState::Stopped).await;
     assert_eq!(h.status.borrow().busy_sessions, 0);
+}
+
+#[actix::test]
+async fn an_instance_used_through_another_gateway_is_not_idle() {
+    let h = harness(InstanceConfig {
+        idle_timeout: Duration::from_millis(200),
+        health_interval: Duration::from_millis(20),
+        ..cfg()
+    });
+    *h.world.idle_elsewhere.borrow_mut() = Some(Ok(Some(Duration::from_millis(10))));
+    h.ready(1).await;
+    h.saw("asked elsewhere", 3).await;
+    assert_eq!(h.status.borrow().state, InstanceState::Ready);
+    assert_eq!(h.world.count("terminate 1"), 0);
+    assert!(
+        h.world.count("shared") >= 1,
+        "tells the others at health checks"
+    );
+    // Not knowing is not idle either.
+    *h.world.idle_elsewhere.borrow_mut() = Some(Err("the API server does not answer".into()));
+    let asked = h.world.count("asked elsewhere");
+    h.saw("asked elsewhere", asked + 3).await;
+    assert_eq!(h.world.count("terminate 1"), 0);
+    // Once the others saw it unused for the idle timeout too, it stops.
+    *h.world.idle_elsewhere.borrow_mut() = Some(Ok(Some(Duration::from_secs(60))));
+    h.reach(InstanceState::Stopped).await;
+    assert_eq!(h.world.count("terminate 1"), 1);
 }
 
 #[actix::test]
