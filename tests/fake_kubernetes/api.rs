@@ -741,6 +741,7 @@ fn start_watch(
     let timeout = match query
         .get("timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
+        .filter(|t| *t > 0)
     {
         Some(t) => Duration::from_secs(t),
         // The API server's default is its request timeout with jitter.

@@ -30,6 +30,8 @@
 //!   `fsGroup` gives volumes that group, g+rw and setgid dirs, like the kubelet; without it a
 //!   claim's directory stays owned by the fake's user, mode 0755. `runAsNonRoot` is checked.
 //!   Other security settings (capabilities, seccomp, readOnlyRootFilesystem...) are ignored.
+//! - `workingDir` is created only when it lies in a volume; elsewhere it must exist on the
+//!   host (else the container fails with `StartError`, where a runtime would create it).
 //! - Every `restartPolicy` acts as `Never` (the default stays `Always` in the spec, as the API
 //!   server sets it). Probes: httpGet (plain HTTP), tcpSocket, exec; no gRPC.
 //! - Claims bind at once (no storage classes or provisioner); a missing claim keeps the pod
@@ -38,6 +40,8 @@
 //! - Strategic merge patch is a plain merge patch (lists are replaced, not merged by key);
 //!   server-side apply (`application/apply-patch+yaml`) is 415. No admission, RBAC, quotas,
 //!   service accounts, owner references or garbage collection, `dryRun`, or protobuf.
+//! - Pod logs: `container`, `tailLines`, `limitBytes`; no `follow`, `previous` or
+//!   timestamps. Log files stay in `<state-dir>/logs/` after the pod is gone.
 //! - Events are not aggregated into counts (a retry loop records a Warning only when its
 //!   message changes). Watch bookmarks come every 10 s; the default watch timeout is 5 min
 //!   plus up to 1 min of jitter; each resource keeps its last 2000 changes for resuming.
