@@ -1,15 +1,20 @@
-//! `--backend kubernetes`: the settings of users' pods from the CLI, and the client of the
-//! API server (the service account in a cluster, else KUBECONFIG's current context).
+//! `--backend kubernetes`: the client of the API server (the service account in a cluster,
+//! else KUBECONFIG's current context), the settings of users' pods from the CLI, and the
+//! personal access tokens every replica shares (one Secret each, watched).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use chamberlain_actors::llm::RelaySettings;
 use chamberlain_actors::OrgFiles;
-use chamberlain_kubernetes::{KubernetesBackend, Settings};
+use chamberlain_kubernetes::documents::{Change, SecretSet};
+use chamberlain_kubernetes::{Cluster, KubernetesBackend, Settings};
+use futures_util::StreamExt as _;
 
-use crate::cli::ServeArgs;
+use crate::cli::{BackendKind, ServeArgs};
+use crate::identity::access_tokens::{AccessTokens, SharedChange, SharedTokens};
 
 /// The port OpenCode listens on in a pod (each pod has its own address).
 const POD_PORT: u16 = 4096;
@@ -19,7 +24,93 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 /// of the idle timeout when that is shorter).
 const SHARE_STEP: Duration = Duration::from_secs(15);
 
+/// A gateway's link to its cluster, made once at start-up.
+pub struct Connected {
+    cluster: Cluster,
+    namespace: String,
+}
+
+/// Connects when users' OpenCode runs as pods; `None` with the local backend.
+pub async fn connect(args: &ServeArgs) -> anyhow::Result<Option<Connected>> {
+    if args.kubernetes.backend != BackendKind::Kubernetes {
+        return Ok(None);
+    }
+    let cluster = chamberlain_kubernetes::connect().await?;
+    let namespace = args
+        .kubernetes
+        .k8s_namespace
+        .clone()
+        .unwrap_or_else(|| cluster.default_namespace.clone());
+    Ok(Some(Connected { cluster, namespace }))
+}
+
+/// The personal access tokens in the cluster, kept current by a watch for as long as the
+/// gateway runs.
+pub async fn access_tokens(
+    connected: &Connected,
+    realm: &str,
+    max_days: u64,
+) -> anyhow::Result<Arc<AccessTokens>> {
+    let set = SecretSet::new(
+        &connected.cluster.client,
+        &connected.namespace,
+        "access-token",
+    );
+    let documents = set
+        .list()
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("cannot read the personal access tokens")?;
+    let tokens = Arc::new(AccessTokens::shared(
+        Arc::new(ClusterTokens(set.clone())),
+        documents,
+        realm,
+        max_days,
+    ));
+    let watched = Arc::clone(&tokens);
+    actix::spawn(async move {
+        let mut changes = set.changes();
+        while let Some(change) = changes.next().await {
+            watched.apply(match change {
+                Change::Reset(all) => SharedChange::Reset(all),
+                Change::Put(one) => SharedChange::Put(one),
+                Change::Removed(id) => SharedChange::Removed(id),
+            });
+        }
+    });
+    Ok(tokens)
+}
+
+/// Tokens as Secrets; called on the blocking pool (token pages write through it).
+struct ClusterTokens(SecretSet);
+
+impl ClusterTokens {
+    fn wait<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        tokio::runtime::Handle::try_current()
+            .map_err(|e| format!("no runtime to reach the cluster from: {e}"))?
+            .block_on(async {
+                tokio::time::timeout(REQUEST_TIMEOUT, work)
+                    .await
+                    .map_err(|_| "no answer from the Kubernetes API".to_owned())?
+            })
+    }
+}
+
+impl SharedTokens for ClusterTokens {
+    fn put(&self, id: &str, document: Vec<u8>) -> Result<(), String> {
+        self.wait(self.0.put(id, document))
+    }
+
+    fn delete(&self, id: &str) -> Result<(), String> {
+        self.wait(self.0.delete(id))
+    }
+}
+
 pub async fn backend(
+    connected: Connected,
     args: &ServeArgs,
     opencode: &Path,
     org: OrgFiles,
@@ -30,11 +121,7 @@ pub async fn backend(
     let Some(image) = k8s.k8s_image.clone() else {
         bail!("--backend kubernetes needs --k8s-image");
     };
-    let cluster = chamberlain_kubernetes::connect().await?;
-    let namespace = k8s
-        .k8s_namespace
-        .clone()
-        .unwrap_or_else(|| cluster.default_namespace.clone());
+    let Connected { cluster, namespace } = connected;
     let chamberlain = std::env::current_exe()
         .context("cannot find the gateway's own executable (users' pods run it as their probe)")?;
     if let Some(url) = &k8s.k8s_relay_url {

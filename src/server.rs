@@ -19,7 +19,7 @@ use chamberlain_actors::{
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{self, Admin};
-use crate::cli::{AuthMode, BackendKind, ServeArgs};
+use crate::cli::{AuthMode, ServeArgs};
 use crate::gateway::{Gateway, GatewayConfig};
 use crate::identity::{Authenticator, Identity};
 use crate::metrics::{HttpMetrics, Metrics};
@@ -72,14 +72,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&instance_metrics));
     let program = resolve_opencode(args.opencode_bin.as_deref())?;
     let data_dir = prepare_data_dir(&args.data_dir)?;
-    let access_tokens = Arc::new(
-        crate::identity::access_tokens::AccessTokens::load(
-            &data_dir.join("state/access-tokens.json"),
-            &crate::identity::realm(&args.auth),
-            u64::from(args.auth.access_token_max_days),
-        )
-        .context("cannot load the personal access tokens")?,
-    );
+    // With pods, the cluster is reached first: it keeps what replicas share.
+    let cluster = crate::kubernetes::connect(&args).await?;
+    let realm = crate::identity::realm(&args.auth);
+    let max_days = u64::from(args.auth.access_token_max_days);
+    let access_tokens = match &cluster {
+        Some(cluster) => crate::kubernetes::access_tokens(cluster, &realm, max_days).await?,
+        None => Arc::new(
+            crate::identity::access_tokens::AccessTokens::load(
+                &data_dir.join("state/access-tokens.json"),
+                &realm,
+                max_days,
+            )
+            .context("cannot load the personal access tokens")?,
+        ),
+    };
     let auth = Authenticator::from_args(&args.auth, metrics.auth.clone(), access_tokens)?;
     let users = UsersRoot::new(data_dir.join("users"));
     match users.sweep_partial() {
@@ -137,8 +144,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // With pods, a replica relays for pods other replicas started too.
     let mut grant_lookup: Option<Arc<dyn GrantLookup>> = None;
-    let backend: std::rc::Rc<dyn Backend> = match args.kubernetes.backend {
-        BackendKind::Local => std::rc::Rc::new(LocalBackend::new(
+    let backend: std::rc::Rc<dyn Backend> = match cluster {
+        None => std::rc::Rc::new(LocalBackend::new(
             Local {
                 launcher: Launcher::new(LaunchConfig {
                     program: program.clone(),
@@ -153,9 +160,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             },
             health_timeout,
         )),
-        BackendKind::Kubernetes => {
+        Some(cluster) => {
             let backend =
-                crate::kubernetes::backend(&args, &program, org, relay, health_timeout).await?;
+                crate::kubernetes::backend(cluster, &args, &program, org, relay, health_timeout)
+                    .await?;
             grant_lookup = Some(Arc::new(backend.grants()));
             std::rc::Rc::new(backend)
         }

@@ -52,6 +52,12 @@ pub fn error_response(e: &TokenError) -> HttpResponse {
             tracing::error!(error = %e, "personal access tokens");
             HttpResponse::InternalServerError().json(body)
         }
+        TokenError::Share(_) => {
+            tracing::error!(error = %e, "personal access tokens");
+            HttpResponse::ServiceUnavailable()
+                .insert_header(("retry-after", "2"))
+                .json(body)
+        }
     }
 }
 

@@ -13,6 +13,8 @@
 //!   page's steps, readiness becomes `Listening`, its end `Exited`), deleted.
 //! - `grants.rs` — the relay's grants of pods another replica started, found by a digest
 //!   of the token on the start's secret.
+//! - `documents.rs` — small documents every replica shares (personal access tokens), one
+//!   Secret each, watched.
 //! - `in_pod.rs` — the two things the gateway's binary does inside a user's pod: lay out the
 //!   home (an init container) and answer the readiness probe.
 //!
@@ -20,6 +22,7 @@
 //! secret), not in a gateway's memory: any replica can adopt any user's pod.
 
 mod backend;
+pub mod documents;
 mod grants;
 pub mod in_pod;
 mod names;

@@ -1,7 +1,8 @@
 //! Personal access tokens: a person makes one on `/-/tokens` for the OpenCode CLI or an IDE,
 //! and presents it as `Authorization: Bearer <token>` or as the password of HTTP Basic (what
 //! `opencode attach` sends; the user name is ignored). Only SHA-256 digests are kept, in
-//! `state/access-tokens.json` (mode 0600); the token itself is shown once.
+//! `state/access-tokens.json` (mode 0600), or, with several gateway replicas, as objects of
+//! the cluster every replica watches ([`SharedTokens`]); the token itself is shown once.
 //!
 //! A token carries the identity its owner had when making it (subject, email, groups): the
 //! sign-in policy is applied to that at every request, so removing a person from
@@ -47,6 +48,30 @@ pub enum TokenError {
     Read { path: PathBuf, reason: String },
     #[error("no randomness for a token")]
     Random,
+    #[error("cannot share the change with the other gateways: {0}")]
+    Share(String),
+}
+
+/// Where the replicas of a gateway keep their tokens in common (the cluster): each token a
+/// document of its own, written and deleted by whichever replica is asked, and watched by
+/// all (see [`AccessTokens::apply`]). Blocking calls.
+pub trait SharedTokens: Send + Sync {
+    fn put(&self, id: &str, document: Vec<u8>) -> Result<(), String>;
+    fn delete(&self, id: &str) -> Result<(), String>;
+}
+
+/// A change the watch of the shared tokens saw.
+pub enum SharedChange {
+    /// Every token there is.
+    Reset(Vec<Vec<u8>>),
+    Put(Vec<u8>),
+    Removed(String),
+}
+
+/// Where the tokens are kept besides this gateway's memory.
+enum Store {
+    File(PathBuf),
+    Shared(std::sync::Arc<dyn SharedTokens>),
 }
 
 /// A token as stored: its digest and whose it is.
@@ -105,7 +130,7 @@ struct Book {
 }
 
 pub struct AccessTokens {
-    path: PathBuf,
+    store: Store,
     realm: String,
     max_days: u64,
     book: Mutex<Book>,
@@ -115,8 +140,12 @@ pub struct AccessTokens {
 
 impl std::fmt::Debug for AccessTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let store = match &self.store {
+            Store::File(path) => path.display().to_string(),
+            Store::Shared(_) => "shared".to_owned(),
+        };
         f.debug_struct("AccessTokens")
-            .field("path", &self.path)
+            .field("store", &store)
             .finish()
     }
 }
@@ -138,38 +167,50 @@ impl AccessTokens {
                 })
             }
         };
-        let now = now_secs();
-        let mut book = Book::default();
-        let mut other_realm = 0;
-        for token in file.tokens.into_iter().filter(|t| t.expires_at > now) {
-            if token.realm != realm {
-                other_realm += 1;
-                continue;
-            }
-            book.by_digest
-                .insert(token.digest.clone(), token.id.clone());
-            book.by_id.insert(token.id.clone(), token);
-        }
-        if other_realm > 0 {
-            tracing::warn!(
-                tokens = other_realm,
-                realm,
-                "personal access tokens made under another --auth setting are void (removed at the next change)"
-            );
-        }
         Ok(AccessTokens {
-            path: path.to_owned(),
+            store: Store::File(path.to_owned()),
             realm: realm.to_owned(),
             max_days,
-            book: Mutex::new(book),
+            book: Mutex::new(Book::of(file.tokens, realm)),
             writing: Mutex::new(()),
         })
+    }
+
+    /// Tokens kept in common by several gateways (`documents`: every token there is now);
+    /// the watch of them feeds [`AccessTokens::apply`].
+    pub fn shared(
+        store: std::sync::Arc<dyn SharedTokens>,
+        documents: Vec<Vec<u8>>,
+        realm: &str,
+        max_days: u64,
+    ) -> Self {
+        AccessTokens {
+            store: Store::Shared(store),
+            realm: realm.to_owned(),
+            max_days,
+            book: Mutex::new(Book::of(parse_all(documents), realm)),
+            writing: Mutex::new(()),
+        }
+    }
+
+    /// A change another replica (or this one) made, as the watch of the shared tokens saw it.
+    pub fn apply(&self, change: SharedChange) {
+        let mut book = self.lock();
+        match change {
+            SharedChange::Reset(documents) => *book = Book::of(parse_all(documents), &self.realm),
+            SharedChange::Put(document) => {
+                if let Some(token) = parse(&document).filter(|t| t.realm == self.realm) {
+                    book.insert(token);
+                }
+            }
+            SharedChange::Removed(id) => book.remove(&id),
+        }
     }
 
     /// A store that holds nothing and cannot be written (unit tests of other parts).
     pub fn empty() -> Self {
         AccessTokens {
-            path: PathBuf::new(),
+            store: Store::File(PathBuf::new()),
             realm: String::new(),
             max_days: MAX_DAYS,
             book: Mutex::new(Book::default()),
@@ -235,12 +276,10 @@ impl AccessTokens {
             if book.by_id.len() >= MAX_TOTAL {
                 return Err(TokenError::Full);
             }
-            if book.of(&owner.user_id).count() >= MAX_PER_USER {
+            if book.of_user(&owner.user_id).count() >= MAX_PER_USER {
                 return Err(TokenError::TooMany);
             }
-            book.by_digest
-                .insert(stored.digest.clone(), stored.id.clone());
-            book.by_id.insert(stored.id.clone(), stored);
+            book.insert(stored);
             Ok(())
         })?;
         Ok(NewToken {
@@ -258,9 +297,7 @@ impl AccessTokens {
                 .filter(|t| owner.is_none_or(|o| o == t.user_id))
                 .ok_or_else(|| TokenError::NotFound(id.to_owned()))?;
             let info = info(found);
-            let digest = found.digest.clone();
-            book.by_digest.remove(&digest);
-            book.by_id.remove(id);
+            book.remove(id);
             Ok(info)
         })
     }
@@ -278,7 +315,8 @@ impl AccessTokens {
         tokens.into_iter().map(info).collect()
     }
 
-    /// Applies `f` to the book and writes the file; a failed write undoes the change.
+    /// Applies `f` to the book and keeps it (the file, or the shared documents); a change
+    /// that cannot be kept is undone.
     fn change<T>(
         &self,
         f: impl FnOnce(&mut Book) -> Result<T, TokenError>,
@@ -286,32 +324,99 @@ impl AccessTokens {
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         // Lookups wait for the change only, not for the file: it is written unlocked (the
         // `writing` lock keeps other changes out meanwhile).
-        let (out, tokens, before) = {
+        let (out, after, before) = {
             let mut book = self.lock();
             let before = (book.by_id.clone(), book.by_digest.clone());
             let out = f(&mut book)?;
-            let tokens: Vec<Stored> = book.by_id.values().cloned().collect();
-            (out, tokens, before)
+            (out, book.by_id.clone(), before)
         };
-        let written = serde_json::to_vec_pretty(&File { version: 1, tokens })
-            .map_err(io::Error::other)
-            .and_then(|text| {
-                chamberlain_actors::state_file::write_atomically(&self.path, &text, 0o600)
-            });
-        if let Err(source) = written {
+        let kept = match &self.store {
+            Store::File(path) => {
+                let tokens: Vec<Stored> = after.values().cloned().collect();
+                serde_json::to_vec_pretty(&File { version: 1, tokens })
+                    .map_err(io::Error::other)
+                    .and_then(|text| {
+                        chamberlain_actors::state_file::write_atomically(path, &text, 0o600)
+                    })
+                    .map_err(|source| TokenError::Write {
+                        path: path.clone(),
+                        source,
+                    })
+            }
+            Store::Shared(shared) => share(shared.as_ref(), &before.0, &after),
+        };
+        if let Err(e) = kept {
             let mut book = self.lock();
             (book.by_id, book.by_digest) = before;
-            return Err(TokenError::Write {
-                path: self.path.clone(),
-                source,
-            });
+            return Err(e);
         }
         Ok(out)
     }
 }
 
+/// Writes the tokens `after` has and `before` had not, and deletes the ones it lost.
+fn share(
+    shared: &dyn SharedTokens,
+    before: &BTreeMap<String, Stored>,
+    after: &BTreeMap<String, Stored>,
+) -> Result<(), TokenError> {
+    for id in before.keys().filter(|id| !after.contains_key(*id)) {
+        shared.delete(id).map_err(TokenError::Share)?;
+    }
+    for (id, token) in after.iter().filter(|(id, _)| !before.contains_key(*id)) {
+        let document = serde_json::to_vec(token).map_err(|e| TokenError::Share(e.to_string()))?;
+        shared.put(id, document).map_err(TokenError::Share)?;
+    }
+    Ok(())
+}
+
+fn parse(document: &[u8]) -> Option<Stored> {
+    serde_json::from_slice(document).ok()
+}
+
+fn parse_all(documents: Vec<Vec<u8>>) -> Vec<Stored> {
+    documents.iter().filter_map(|d| parse(d)).collect()
+}
+
 impl Book {
-    fn of<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a Stored> + 'a {
+    /// The live tokens of `realm` among `tokens`.
+    fn of(tokens: Vec<Stored>, realm: &str) -> Book {
+        let now = now_secs();
+        let mut book = Book::default();
+        let mut other_realm = 0;
+        for token in tokens.into_iter().filter(|t| t.expires_at > now) {
+            if token.realm != realm {
+                other_realm += 1;
+                continue;
+            }
+            book.insert(token);
+        }
+        if other_realm > 0 {
+            tracing::warn!(
+                tokens = other_realm,
+                realm,
+                "personal access tokens made under another --auth setting are void (removed at the next change)"
+            );
+        }
+        book
+    }
+
+    fn insert(&mut self, token: Stored) {
+        if let Some(old) = self.by_id.get(&token.id) {
+            self.by_digest.remove(&old.digest);
+        }
+        self.by_digest
+            .insert(token.digest.clone(), token.id.clone());
+        self.by_id.insert(token.id.clone(), token);
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(token) = self.by_id.remove(id) {
+            self.by_digest.remove(&token.digest);
+        }
+    }
+
+    fn of_user<'a>(&'a self, user: &'a str) -> impl Iterator<Item = &'a Stored> + 'a {
         self.by_id.values().filter(move |t| t.user_id == user)
     }
 
@@ -482,5 +587,69 @@ mod tests {
             .for_each(|t| t.expires_at = 1);
         assert!(store.identify(&made.token, false).is_none());
         assert!(store.list(None).is_empty());
+    }
+
+    /// Records what a replica shares, and fails when told to.
+    #[derive(Default)]
+    struct Cluster {
+        documents: Mutex<BTreeMap<String, Vec<u8>>>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl SharedTokens for Cluster {
+        fn put(&self, id: &str, document: Vec<u8>) -> Result<(), String> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err("the API server does not answer".into());
+            }
+            self.documents.lock().unwrap().insert(id.into(), document);
+            Ok(())
+        }
+
+        fn delete(&self, id: &str) -> Result<(), String> {
+            self.documents.lock().unwrap().remove(id);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn shared_tokens_are_written_for_the_others_and_taken_from_them() {
+        let cluster = std::sync::Arc::new(Cluster::default());
+        let here = AccessTokens::shared(cluster.clone(), Vec::new(), "dev", MAX_DAYS);
+        let made = here.create(&ana(), "laptop", 7).unwrap();
+        let documents: Vec<Vec<u8>> = cluster
+            .documents
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect();
+        assert_eq!(documents.len(), 1);
+        let text = String::from_utf8(documents[0].clone()).unwrap();
+        assert!(!text.contains(&made.token), "the digest only");
+        // Another replica starts from what the cluster holds, and follows its changes.
+        let there = AccessTokens::shared(cluster.clone(), documents.clone(), "dev", MAX_DAYS);
+        assert_eq!(there.identify(&made.token, true).unwrap().user_id, "ana");
+        let other_realm = AccessTokens::shared(cluster.clone(), documents.clone(), "jwt", MAX_DAYS);
+        assert!(other_realm.identify(&made.token, true).is_none());
+        there.apply(SharedChange::Removed(made.info.id.clone()));
+        assert!(there.identify(&made.token, true).is_none());
+        there.apply(SharedChange::Put(documents[0].clone()));
+        assert!(there.identify(&made.token, true).is_some());
+        there.apply(SharedChange::Reset(Vec::new()));
+        assert!(there.identify(&made.token, true).is_none());
+        // A change the cluster does not take is undone.
+        cluster
+            .down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(
+            here.create(&ana(), "phone", 7),
+            Err(TokenError::Share(_))
+        ));
+        assert_eq!(here.list(None).len(), 1);
+        cluster
+            .down
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        here.revoke(&made.info.id, Some("ana")).unwrap();
+        assert!(cluster.documents.lock().unwrap().is_empty());
     }
 }

@@ -475,3 +475,81 @@ async fn a_replica_does_not_cull_a_pod_another_one_serves() {
         .wait_running("no pod runs", |pods| pods.is_empty())
         .await;
 }
+
+#[actix_web::test]
+async fn a_token_made_at_one_replica_opens_the_other_until_revoked_there() {
+    use awc::http::Method;
+    let cluster = Cluster::start();
+    let a = cluster.gateway(&[]);
+    let b = cluster.gateway(&[]);
+    let made = a
+        .request(
+            Method::POST,
+            Some("gina"),
+            "/-/api/tokens",
+            &[("content-type", "application/json")],
+            Some(bytes::Bytes::from_static(
+                br#"{"name":"laptop","expiresInDays":7}"#,
+            )),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.text());
+    let made = made.json();
+    let (token, id) = (
+        made["token"].as_str().expect("token").to_owned(),
+        made["id"].as_str().expect("id").to_owned(),
+    );
+    let bearer = format!("Bearer {token}");
+    // The token is kept in the cluster as its digest, never itself.
+    let secrets = serde_json::to_string(&cluster.list("secrets").await).unwrap();
+    assert!(secrets.contains(&id) && !secrets.contains(&token));
+
+    let with_token = |gw: &Gateway| {
+        let bearer = bearer.clone();
+        let gw_base = gw.url("/-/api/me");
+        async move {
+            let mut response = crate::support::client()
+                .get(gw_base)
+                .insert_header(("authorization", bearer))
+                .force_close()
+                .send()
+                .await
+                .expect("request");
+            let _ = response.body().await;
+            response.status()
+        }
+    };
+    // B learns of it through its watch.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while with_token(&b).await != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "B never accepted A's token\n{}",
+            b.log()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Revoked at B, refused at A.
+    let revoked = b
+        .request(
+            Method::DELETE,
+            Some("gina"),
+            &format!("/-/api/tokens/{id}"),
+            &[],
+            None,
+        )
+        .await;
+    assert!(revoked.status.is_success(), "{}", revoked.text());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while with_token(&a).await != StatusCode::UNAUTHORIZED {
+        assert!(
+            Instant::now() < deadline,
+            "A still accepts a revoked token\n{}",
+            a.log()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!serde_json::to_string(&cluster.list("secrets").await)
+        .unwrap()
+        .contains(&id));
+}
