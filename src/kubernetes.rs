@@ -150,6 +150,7 @@ pub async fn backend(
         stop_grace: args.stop_grace,
         request_timeout: REQUEST_TIMEOUT,
         share_step: SHARE_STEP.min(args.idle_timeout / 4),
+        max_pods: args.max_instances as usize,
     };
     Ok(KubernetesBackend::new(
         cluster.client,

@@ -13,10 +13,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt as _;
 use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod, Secret};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
 use chamberlain_actors::health::Questions;
-use chamberlain_actors::instance::{Backend, Custody, Launch, LaunchFn, Prepared, UserSpec};
+use chamberlain_actors::instance::{
+    Backend, Custody, Launch, LaunchFn, PrepareError, Prepared, UserSpec,
+};
 use chamberlain_actors::launcher::generate_password;
 use chamberlain_actors::llm::{Grant, GrantGuard, RelaySettings, RelayedProvider};
 use chamberlain_actors::{OrgFiles, Upstream};
@@ -26,6 +28,8 @@ use crate::objects::{self, Start};
 use crate::pod::{self, Credentials, Driver, Origin, PodCustody};
 use crate::settings::Settings;
 
+/// When a person may try again at a full cluster.
+const NO_ROOM_RETRY: Duration = Duration::from_secs(10);
 /// How often a start looks whether a dying pod of the user is gone.
 const GONE_POLL: Duration = Duration::from_millis(250);
 
@@ -207,7 +211,37 @@ impl Inner {
         }
     }
 
-    async fn prepare(self: Arc<Self>, user: Arc<UserSpec>) -> Result<Prepared, String> {
+    /// Refuses a new pod while the cluster runs `--max-instances` of them (every replica's).
+    /// Two replicas starting at the same moment may each take the last place.
+    async fn room(&self) -> Result<(), PrepareError> {
+        let pods: Api<Pod> = self.api();
+        let selector = format!(
+            "{}={},{}={}",
+            names::LABEL_COMPONENT,
+            names::COMPONENT_OPENCODE,
+            names::LABEL_MANAGED_BY,
+            names::APP
+        );
+        let list = self
+            .call(
+                "counting the users' pods",
+                pods.list(&ListParams::default().labels(&selector)),
+            )
+            .await?;
+        let live = list.items.iter().filter(|p| pod::adoptable(p)).count();
+        if live >= self.settings.max_pods {
+            return Err(PrepareError::NoRoom {
+                message: format!(
+                    "the cluster runs its limit of {} OpenCode pods; try again shortly",
+                    self.settings.max_pods
+                ),
+                retry_after: NO_ROOM_RETRY,
+            });
+        }
+        Ok(())
+    }
+
+    async fn prepare(self: Arc<Self>, user: Arc<UserSpec>) -> Result<Prepared, PrepareError> {
         let names = UserNames::of(&user.key);
         let pods: Api<Pod> = self.api();
         let secrets: Api<Secret> = self.api();
@@ -235,6 +269,7 @@ impl Inner {
             }
             self.clear(&found, &user.user_id).await?;
         }
+        self.room().await?;
         let claims: Api<PersistentVolumeClaim> = self.api();
         match self
             .timed(
@@ -250,7 +285,7 @@ impl Inner {
                 tracing::info!(user = %user.user_id, claim = names.home(), "created the home's volume claim")
             }
             Err(e) if pod::already_exists(&e) => {}
-            Err(e) => return Err(format!("creating the home's volume claim: {e}")),
+            Err(e) => return Err(format!("creating the home's volume claim: {e}").into()),
         }
         let password = generate_password().map_err(|e| e.to_string())?;
         let relay_token = generate_password().map_err(|e| e.to_string())?;
@@ -296,7 +331,7 @@ impl Backend for KubernetesBackend {
         &self,
         user: Arc<UserSpec>,
         _measure_disk: bool,
-    ) -> LocalBoxFuture<'static, Result<Prepared, String>> {
+    ) -> LocalBoxFuture<'static, Result<Prepared, PrepareError>> {
         Arc::clone(&self.inner).prepare(user).boxed_local()
     }
 

@@ -254,6 +254,7 @@ mod tests {
             stop_grace: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             share_step: Duration::from_secs(15),
+            max_pods: 25,
         }
     }
 

@@ -79,6 +79,8 @@ pub struct Settings {
     pub stop_grace: Duration,
     /// Bound on each API request of a start, and on a health check.
     pub request_timeout: Duration,
+    /// Most users' pods in the cluster at once (`--max-instances`, every replica's).
+    pub max_pods: usize,
     /// Use of a pod is told to the other replicas when it is this much newer than what this
     /// replica told them last (at most once per health check): a bound on the API server's
     /// load, well under the idle timeout.

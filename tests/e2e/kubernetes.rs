@@ -553,3 +553,36 @@ async fn a_token_made_at_one_replica_opens_the_other_until_revoked_there() {
         .unwrap()
         .contains(&id));
 }
+
+#[actix_web::test]
+async fn the_instance_limit_counts_every_replicas_pods() {
+    let cluster = Cluster::start();
+    let a = cluster.gateway(&["--max-instances", "1"]);
+    let b = cluster.gateway(&["--max-instances", "1"]);
+    healthy(&a, "hana").await;
+    // B runs nothing itself, but the cluster holds its limit.
+    let refused = b.get("ivan", "/global/health").await;
+    assert_eq!(
+        refused.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        refused.text()
+    );
+    assert!(refused.header("retry-after").is_some());
+    let ivan = b.user("ivan").await.expect("ivan");
+    assert!(
+        ivan["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("limit of 1 OpenCode pods"),
+        "{ivan}"
+    );
+    assert_eq!(cluster.running().await.len(), 1);
+    // Room again once hana's pod is gone.
+    let stopped = a.post("hana", "/-/api/instance/stop").await;
+    assert!(stopped.status.is_success());
+    cluster
+        .wait_running("hana's pod gone", |pods| pods.is_empty())
+        .await;
+    healthy(&b, "ivan").await;
+}

@@ -22,7 +22,7 @@ pub trait Backend {
         &self,
         user: Arc<UserSpec>,
         measure_disk: bool,
-    ) -> LocalBoxFuture<'static, Result<Prepared, String>>;
+    ) -> LocalBoxFuture<'static, Result<Prepared, PrepareError>>;
 
     /// One health check of a ready instance.
     fn probe(&self, upstream: &Upstream) -> LocalBoxFuture<'static, Result<(), String>>;
@@ -48,6 +48,25 @@ pub trait Backend {
         _user: Arc<UserSpec>,
     ) -> LocalBoxFuture<'static, Result<Option<Duration>, String>> {
         Box::pin(std::future::ready(Ok(None)))
+    }
+}
+
+/// Why a start was not made ready.
+#[derive(Debug)]
+pub enum PrepareError {
+    /// The start failed (the message says why).
+    Failed(String),
+    /// Where instances run is full (a cluster holds `--max-instances` pods): the start is
+    /// refused like one the registry has no room for, and may be tried again shortly.
+    NoRoom {
+        message: String,
+        retry_after: Duration,
+    },
+}
+
+impl From<String> for PrepareError {
+    fn from(message: String) -> Self {
+        PrepareError::Failed(message)
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt as _;
 
-use super::backend::{Backend, Custody, Prepared};
+use super::backend::{Backend, Custody, PrepareError, Prepared};
 use super::start;
 use super::UserSpec;
 use crate::health::Questions;
@@ -53,7 +53,7 @@ impl Backend for LocalBackend {
         &self,
         user: Arc<UserSpec>,
         measure_disk: bool,
-    ) -> LocalBoxFuture<'static, Result<Prepared, String>> {
+    ) -> LocalBoxFuture<'static, Result<Prepared, PrepareError>> {
         let local = Arc::clone(&self.local);
         async move {
             let off = {
@@ -62,7 +62,7 @@ impl Backend for LocalBackend {
             };
             let ready = match off.await {
                 Ok(result) => result?,
-                Err(join) => return Err(format!("preparing the workspace: {join}")),
+                Err(join) => return Err(format!("preparing the workspace: {join}").into()),
             };
             Ok(Prepared {
                 disk_bytes: ready.disk_bytes,

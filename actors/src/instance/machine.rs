@@ -37,7 +37,7 @@ use actix::prelude::*;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use super::backend::{Custody, Launch, Prepared, ProcessEvent};
+use super::backend::{Custody, Launch, PrepareError, Prepared, ProcessEvent};
 use super::crashes::Crashes;
 use super::{
     Admission, Admit, InstanceShared, Released, Retire, Room, Stop, StopReason, UserSpec, Wake,
@@ -409,13 +409,25 @@ impl UserInstance {
         self.publish();
     }
 
-    fn on_prepared(&mut self, result: Result<Prepared, String>, ctx: &mut Context<Self>) {
+    fn on_prepared(&mut self, result: Result<Prepared, PrepareError>, ctx: &mut Context<Self>) {
         if !matches!(self.phase, Phase::Starting { process: None, .. }) {
             return;
         }
         let prepared = match result {
             Ok(prepared) => prepared,
-            Err(e) => return self.fail_start(StartOutcome::Error, e, ctx),
+            Err(PrepareError::Failed(e)) => return self.fail_start(StartOutcome::Error, e, ctx),
+            Err(PrepareError::NoRoom {
+                message,
+                retry_after,
+            }) => {
+                if let Phase::Starting { timeout, .. } = &self.phase {
+                    ctx.cancel_future(*timeout);
+                }
+                self.shared.metrics.start(StartOutcome::Refused);
+                tracing::warn!(user = %self.user.user_id, reason = %message, "start refused");
+                self.refusal = Some(Refusal::Capacity { retry_after });
+                return self.rest(InstanceState::Stopped, Some(message));
+            }
         };
         if let Some(bytes) = prepared.disk_bytes {
             self.disk = Some((bytes, Instant::now()));

@@ -34,7 +34,7 @@ mod start;
 #[cfg(test)]
 mod tests;
 
-pub use backend::{Backend, Custody, Launch, LaunchFn, Prepared, ProcessEvent};
+pub use backend::{Backend, Custody, Launch, LaunchFn, PrepareError, Prepared, ProcessEvent};
 pub use local::{Local, LocalBackend};
 pub use machine::UserInstance;
 

@@ -27,6 +27,8 @@ struct World {
     alive: RefCell<HashSet<u64>>,
     /// `prepare` fails with this.
     prepare_error: RefCell<Option<String>>,
+    /// `prepare` finds no room (a full cluster) with this message and retry.
+    no_room: RefCell<Option<(String, Duration)>>,
     /// `prepare` measures the home at this size.
     disk_bytes: Cell<Option<u64>>,
     /// `prepare` waits for `release` before it answers.
@@ -97,7 +99,7 @@ impl Backend for FakeBackend {
         &self,
         _user: Arc<UserSpec>,
         _measure_disk: bool,
-    ) -> LocalBoxFuture<'static, Result<Prepared, String>> {
+    ) -> LocalBoxFuture<'static, Result<Prepared, PrepareError>> {
         let world = Rc::clone(&self.0);
         world.did("prepare");
         async move {
@@ -105,7 +107,13 @@ impl Backend for FakeBackend {
                 world.release.notified().await;
             }
             if let Some(e) = world.prepare_error.borrow().clone() {
-                return Err(e);
+                return Err(PrepareError::Failed(e));
+            }
+            if let Some((message, retry_after)) = world.no_room.borrow().clone() {
+                return Err(PrepareError::NoRoom {
+                    message,
+                    retry_after,
+                });
             }
             let disk_bytes = world.disk_bytes.get();
             Ok(Prepared {
@@ -561,6 +569,30 @@ async fn a_failed_preparation_fails_the_start_and_gives_the_room_back() {
         h.metric("chamberlain_instance_starts_total{outcome=\"error\"}"),
         1.0
     );
+}
+
+#[actix::test]
+async fn a_full_cluster_refuses_the_start_like_a_full_gateway() {
+    let h = harness(cfg());
+    *h.world.no_room.borrow_mut() = Some((
+        "the cluster runs its limit of 3 OpenCode pods".into(),
+        Duration::from_secs(5),
+    ));
+    assert!(matches!(h.wake(false).await, WakeReply::Pending));
+    h.saw("prepare", 1).await;
+    let stopped = h.reach(InstanceState::Stopped).await;
+    assert_eq!(
+        stopped.refusal,
+        Some(Refusal::Capacity {
+            retry_after: Duration::from_secs(5)
+        })
+    );
+    assert_eq!(h.message(), "the cluster runs its limit of 3 OpenCode pods");
+    assert_eq!(h.world.count("launch 1"), 0);
+    assert_eq!(h.room(), ["admit", "released"]);
+    // Room again: the next wake starts.
+    *h.world.no_room.borrow_mut() = None;
+    h.ready(1).await;
 }
 
 #[actix::test]
