@@ -1,8 +1,8 @@
 //! `--backend kubernetes`: the client of the API server (the service account in a cluster,
 //! else KUBECONFIG's current context), the settings of users' pods from the CLI, and the
-//! personal access tokens every replica shares (one Secret each, watched).
+//! personal access tokens and model use every replica shares (Secrets, watched).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,9 @@ use chamberlain_kubernetes::{Cluster, KubernetesBackend, Settings};
 use futures_util::StreamExt as _;
 
 use crate::cli::{BackendKind, ServeArgs};
-use crate::identity::access_tokens::{AccessTokens, SharedChange, SharedTokens};
+use crate::identity::access_tokens::AccessTokens;
+use crate::relay::usage::UsageBook;
+use crate::shared::{SharedChange, SharedDocuments};
 
 /// The port OpenCode listens on in a pod (each pod has its own address).
 const POD_PORT: u16 = 4096;
@@ -62,29 +64,60 @@ pub async fn access_tokens(
         .map_err(anyhow::Error::msg)
         .context("cannot read the personal access tokens")?;
     let tokens = Arc::new(AccessTokens::shared(
-        Arc::new(ClusterTokens(set.clone())),
+        Arc::new(ClusterDocuments(set.clone())),
         documents,
         realm,
         max_days,
     ));
     let watched = Arc::clone(&tokens);
+    follow(set, move |change| watched.apply(change));
+    Ok(tokens)
+}
+
+/// The model use book, shared with the other replicas (this one's use is a document of its
+/// own, new at every start), kept current by a watch.
+pub async fn usage_book(connected: &Connected, path: PathBuf) -> anyhow::Result<Arc<UsageBook>> {
+    let set = SecretSet::new(&connected.cluster.client, &connected.namespace, "llm-usage");
+    let documents = set
+        .list()
+        .await
+        .map_err(anyhow::Error::msg)
+        .context("cannot read the replicas' model use")?;
+    let replica = chamberlain_actors::launcher::generate_password().map_err(anyhow::Error::msg)?
+        [..12]
+        .to_owned();
+    let book = Arc::new(
+        UsageBook::shared(
+            path,
+            Arc::new(ClusterDocuments(set.clone())),
+            replica,
+            documents,
+        )
+        .context("cannot read the model usage book; move it aside to start afresh")?,
+    );
+    let watched = Arc::clone(&book);
+    follow(set, move |change| watched.apply(change));
+    Ok(book)
+}
+
+/// Feeds the set's changes to `apply` for as long as the gateway runs.
+fn follow(set: SecretSet, apply: impl Fn(SharedChange) + 'static) {
     actix::spawn(async move {
         let mut changes = set.changes();
         while let Some(change) = changes.next().await {
-            watched.apply(match change {
+            apply(match change {
                 Change::Reset(all) => SharedChange::Reset(all),
                 Change::Put(one) => SharedChange::Put(one),
                 Change::Removed(id) => SharedChange::Removed(id),
             });
         }
     });
-    Ok(tokens)
 }
 
-/// Tokens as Secrets; called on the blocking pool (token pages write through it).
-struct ClusterTokens(SecretSet);
+/// Shared documents as Secrets; called on the blocking pool.
+struct ClusterDocuments(SecretSet);
 
-impl ClusterTokens {
+impl ClusterDocuments {
     fn wait<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, String>>,
@@ -99,7 +132,7 @@ impl ClusterTokens {
     }
 }
 
-impl SharedTokens for ClusterTokens {
+impl SharedDocuments for ClusterDocuments {
     fn put(&self, id: &str, document: Vec<u8>) -> Result<(), String> {
         self.wait(self.0.put(id, document))
     }

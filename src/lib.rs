@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod relay;
 pub mod repos;
 pub mod server;
+pub mod shared;
 pub mod site;
 pub mod time;
 pub mod tokens;

@@ -129,10 +129,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     let health_timeout = args.health_interval.min(Duration::from_secs(5));
     let grants = Grants::default();
-    let usage = Arc::new(
-        UsageBook::open(data_dir.join("state/llm-usage.json"))
-            .context("cannot read the model usage book; move it aside to start afresh")?,
-    );
+    let usage_path = data_dir.join("state/llm-usage.json");
+    let usage = match &cluster {
+        Some(cluster) => crate::kubernetes::usage_book(cluster, usage_path).await?,
+        None => Arc::new(
+            UsageBook::open(usage_path)
+                .context("cannot read the model usage book; move it aside to start afresh")?,
+        ),
+    };
     let org = OrgFiles {
         auth: shared_paths.auth_file.clone(),
         config: shared_paths.config_file.clone(),

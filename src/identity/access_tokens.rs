@@ -2,7 +2,7 @@
 //! and presents it as `Authorization: Bearer <token>` or as the password of HTTP Basic (what
 //! `opencode attach` sends; the user name is ignored). Only SHA-256 digests are kept, in
 //! `state/access-tokens.json` (mode 0600), or, with several gateway replicas, as objects of
-//! the cluster every replica watches ([`SharedTokens`]); the token itself is shown once.
+//! the cluster every replica watches (`crate::shared`); the token itself is shown once.
 //!
 //! A token carries the identity its owner had when making it (subject, email, groups): the
 //! sign-in policy is applied to that at every request, so removing a person from
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{Credential, Identity};
+use crate::shared::{SharedChange, SharedDocuments};
 
 /// What every token starts with, so the gateway (and secret scanners) can tell one from a
 /// JWT at a glance.
@@ -52,26 +53,10 @@ pub enum TokenError {
     Share(String),
 }
 
-/// Where the replicas of a gateway keep their tokens in common (the cluster): each token a
-/// document of its own, written and deleted by whichever replica is asked, and watched by
-/// all (see [`AccessTokens::apply`]). Blocking calls.
-pub trait SharedTokens: Send + Sync {
-    fn put(&self, id: &str, document: Vec<u8>) -> Result<(), String>;
-    fn delete(&self, id: &str) -> Result<(), String>;
-}
-
-/// A change the watch of the shared tokens saw.
-pub enum SharedChange {
-    /// Every token there is.
-    Reset(Vec<Vec<u8>>),
-    Put(Vec<u8>),
-    Removed(String),
-}
-
 /// Where the tokens are kept besides this gateway's memory.
 enum Store {
     File(PathBuf),
-    Shared(std::sync::Arc<dyn SharedTokens>),
+    Shared(std::sync::Arc<dyn SharedDocuments>),
 }
 
 /// A token as stored: its digest and whose it is.
@@ -179,7 +164,7 @@ impl AccessTokens {
     /// Tokens kept in common by several gateways (`documents`: every token there is now);
     /// the watch of them feeds [`AccessTokens::apply`].
     pub fn shared(
-        store: std::sync::Arc<dyn SharedTokens>,
+        store: std::sync::Arc<dyn SharedDocuments>,
         documents: Vec<Vec<u8>>,
         realm: &str,
         max_days: u64,
@@ -356,7 +341,7 @@ impl AccessTokens {
 
 /// Writes the tokens `after` has and `before` had not, and deletes the ones it lost.
 fn share(
-    shared: &dyn SharedTokens,
+    shared: &dyn SharedDocuments,
     before: &BTreeMap<String, Stored>,
     after: &BTreeMap<String, Stored>,
 ) -> Result<(), TokenError> {
@@ -596,7 +581,7 @@ mod tests {
         down: std::sync::atomic::AtomicBool,
     }
 
-    impl SharedTokens for Cluster {
+    impl SharedDocuments for Cluster {
         fn put(&self, id: &str, document: Vec<u8>) -> Result<(), String> {
             if self.down.load(std::sync::atomic::Ordering::SeqCst) {
                 return Err("the API server does not answer".into());

@@ -1,14 +1,21 @@
 //! Model use per user per UTC day: what the relay counted, kept in `state/llm-usage.json`
 //! (written atomically, read back at start, so a restart loses at most the last few seconds),
 //! and the daily token budget.
+//!
+//! With several gateway replicas each also shares its use of today as a document of its own
+//! (`crate::shared`), and counts the others' into every answer: the budget is a person's
+//! across the replicas, and a replica that restarts finds its earlier use in its old
+//! document.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::shared::{SharedChange, SharedDocuments};
 
 /// One user's use on one day.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -49,10 +56,30 @@ pub enum UsageError {
     },
     #[error("cannot write {path}: {source}")]
     Write { path: PathBuf, source: io::Error },
+    #[error("cannot share the model use with the other gateways: {0}")]
+    Share(String),
+}
+
+/// One replica's use of one day, as the replicas share it.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Share {
+    replica: String,
+    day: String,
+    users: BTreeMap<String, Use>,
+}
+
+/// This replica's place among the others.
+struct Sharing {
+    store: Arc<dyn SharedDocuments>,
+    /// This replica's document (new at every start).
+    replica: String,
+    /// The other replicas' documents, by replica.
+    others: Mutex<BTreeMap<String, Share>>,
 }
 
 pub struct UsageBook {
     path: PathBuf,
+    sharing: Option<Sharing>,
     inner: Mutex<Inner>,
     /// One write at a time (a periodic one may still run when the last one starts).
     writing: Mutex<()>,
@@ -105,12 +132,77 @@ impl UsageBook {
         };
         Ok(Self {
             path,
+            sharing: None,
             inner: Mutex::new(Inner {
                 stored,
                 dirty: false,
             }),
             writing: Mutex::new(()),
         })
+    }
+
+    /// The book at `path`, shared with the other replicas as document `replica`; `documents`
+    /// are the replicas' documents there are now, and the watch of them feeds
+    /// [`UsageBook::apply`].
+    pub fn shared(
+        path: PathBuf,
+        store: Arc<dyn SharedDocuments>,
+        replica: String,
+        documents: Vec<Vec<u8>>,
+    ) -> Result<Self, UsageError> {
+        let mut book = Self::open(path)?;
+        book.sharing = Some(Sharing {
+            store,
+            replica,
+            others: Mutex::new(BTreeMap::new()),
+        });
+        book.apply(SharedChange::Reset(documents));
+        Ok(book)
+    }
+
+    /// A change of the replicas' documents (this replica's own is ignored).
+    pub fn apply(&self, change: SharedChange) {
+        let Some(sharing) = &self.sharing else {
+            return;
+        };
+        let parse = |doc: &[u8]| {
+            serde_json::from_slice::<Share>(doc)
+                .ok()
+                .filter(|share| share.replica != sharing.replica)
+        };
+        let mut others = sharing.others.lock().unwrap_or_else(|e| e.into_inner());
+        match change {
+            SharedChange::Reset(documents) => {
+                *others = documents
+                    .iter()
+                    .filter_map(|doc| parse(doc))
+                    .map(|share| (share.replica.clone(), share))
+                    .collect();
+            }
+            SharedChange::Put(document) => {
+                if let Some(share) = parse(&document) {
+                    others.insert(share.replica.clone(), share);
+                }
+            }
+            SharedChange::Removed(id) => {
+                others.remove(&id);
+            }
+        }
+    }
+
+    /// The other replicas' use of `day`, by user.
+    fn others_on(&self, day: &str) -> BTreeMap<String, Use> {
+        let mut sum: BTreeMap<String, Use> = BTreeMap::new();
+        let Some(sharing) = &self.sharing else {
+            return sum;
+        };
+        let others = sharing.others.lock().unwrap_or_else(|e| e.into_inner());
+        for share in others.values().filter(|share| share.day == day) {
+            for (user, used) in &share.users {
+                add(sum.entry(user.clone()).or_default(), used);
+            }
+        }
+        sum
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -138,27 +230,38 @@ impl UsageBook {
         inner.dirty = true;
     }
 
-    /// `user`'s use today (UTC).
+    /// `user`'s use today (UTC), through every replica.
     pub fn today(&self, user: &str) -> Use {
         let day = utc_day(now_secs());
-        self.lock()
+        let mut used = self
+            .lock()
             .stored
             .days
             .get(&day)
             .and_then(|users| users.get(user))
             .copied()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if let Some(elsewhere) = self.others_on(&day).get(user) {
+            add(&mut used, elsewhere);
+        }
+        used
     }
 
-    /// Everyone's use today (UTC).
+    /// Everyone's use today (UTC), through every replica.
     pub fn everyone_today(&self) -> BTreeMap<String, Use> {
         let day = utc_day(now_secs());
-        self.lock()
+        let mut all = self.others_on(&day);
+        let own = self
+            .lock()
             .stored
             .days
             .get(&day)
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        for (user, used) in own {
+            add(all.entry(user).or_default(), &used);
+        }
+        all
     }
 
     /// `Err` when `user` may not make another call today under a budget of `budget` tokens
@@ -209,7 +312,54 @@ impl UsageBook {
                     source,
                 }
             },
-        )
+        )?;
+        self.share()
+    }
+
+    /// Writes this replica's use of today for the others, and deletes documents of days
+    /// that are over (any replica may: they are nobody's any more).
+    fn share(&self) -> Result<(), UsageError> {
+        let Some(sharing) = &self.sharing else {
+            return Ok(());
+        };
+        let day = utc_day(now_secs());
+        let share = Share {
+            replica: sharing.replica.clone(),
+            users: self
+                .lock()
+                .stored
+                .days
+                .get(&day)
+                .cloned()
+                .unwrap_or_default(),
+            day: day.clone(),
+        };
+        let document = serde_json::to_vec(&share).map_err(|e| UsageError::Share(e.to_string()))?;
+        if let Err(e) = sharing.store.put(&sharing.replica, document) {
+            self.lock().dirty = true;
+            return Err(UsageError::Share(e));
+        }
+        let over: Vec<String> = sharing
+            .others
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|share| share.day < day)
+            .map(|share| share.replica.clone())
+            .collect();
+        for id in over {
+            sharing.store.delete(&id).map_err(UsageError::Share)?;
+        }
+        Ok(())
+    }
+}
+
+fn add(total: &mut Use, more: &Use) {
+    total.requests = total.requests.saturating_add(more.requests);
+    total.input_tokens = total.input_tokens.saturating_add(more.input_tokens);
+    total.output_tokens = total.output_tokens.saturating_add(more.output_tokens);
+    if let Some(cost) = more.cost_usd {
+        *total.cost_usd.get_or_insert(0.0) += cost;
     }
 }
 
@@ -318,5 +468,77 @@ mod tests {
             UsageBook::open(path),
             Err(UsageError::Parse { .. })
         ));
+    }
+
+    /// Shared documents in memory, as the cluster would keep them.
+    #[derive(Default)]
+    struct Documents(Mutex<BTreeMap<String, Vec<u8>>>);
+
+    impl SharedDocuments for Documents {
+        fn put(&self, id: &str, document: Vec<u8>) -> Result<(), String> {
+            self.0.lock().unwrap().insert(id.into(), document);
+            Ok(())
+        }
+
+        fn delete(&self, id: &str) -> Result<(), String> {
+            self.0.lock().unwrap().remove(id);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn replicas_count_each_others_use_into_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Documents::default());
+        let a = UsageBook::shared(
+            dir.path().join("a.json"),
+            store.clone(),
+            "a1".into(),
+            vec![],
+        )
+        .unwrap();
+        let b = UsageBook::shared(
+            dir.path().join("b.json"),
+            store.clone(),
+            "b1".into(),
+            vec![],
+        )
+        .unwrap();
+        a.record("alice", 600, 0, None);
+        a.flush().unwrap();
+        let shared: Vec<Vec<u8>> = store.0.lock().unwrap().values().cloned().collect();
+        assert_eq!(shared.len(), 1);
+        b.apply(SharedChange::Put(shared[0].clone()));
+        b.record("alice", 500, 0, None);
+        assert_eq!(b.today("alice").tokens(), 1100);
+        assert_eq!(b.today("alice").requests, 2);
+        assert!(
+            b.check("alice", 1000).is_err(),
+            "the budget is the person's, not a replica's"
+        );
+        assert_eq!(b.everyone_today()["alice"].tokens(), 1100);
+        // Its own document, echoed by the watch, is not counted twice.
+        a.apply(SharedChange::Put(shared[0].clone()));
+        assert_eq!(a.today("alice").tokens(), 600);
+        // A replica started later finds the earlier ones' use.
+        b.flush().unwrap();
+        let all: Vec<Vec<u8>> = store.0.lock().unwrap().values().cloned().collect();
+        let c =
+            UsageBook::shared(dir.path().join("c.json"), store.clone(), "c1".into(), all).unwrap();
+        assert_eq!(c.today("alice").tokens(), 1100);
+        c.apply(SharedChange::Removed("a1".into()));
+        assert_eq!(c.today("alice").tokens(), 500);
+        // A day that is over is nobody's: the next flush deletes it.
+        let old = serde_json::to_vec(&Share {
+            replica: "z9".into(),
+            day: "2020-01-01".into(),
+            users: BTreeMap::from([("alice".to_owned(), Use::default())]),
+        })
+        .unwrap();
+        store.0.lock().unwrap().insert("z9".into(), old.clone());
+        c.apply(SharedChange::Put(old));
+        c.record("bob", 1, 1, None);
+        c.flush().unwrap();
+        assert!(!store.0.lock().unwrap().contains_key("z9"));
     }
 }

@@ -425,6 +425,16 @@ async fn a_replica_relays_model_calls_for_a_pod_another_one_started() {
         "chamberlain_llm_requests_total{provider=\"mock\",outcome=\"ok\"}",
     );
     assert!(relayed_by_b >= 1.0, "B relayed the calls");
+    // A counts what B relayed for erin (B shares its use; A watches it).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let instance = a.get("erin", "/-/api/instance").await.json();
+        if instance["llm"]["requests"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never saw B's count: {instance}");
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // A made-up token is refused at B, the token in the pod's config is not in any pod's
     // spec, and the key is nowhere in the cluster.
