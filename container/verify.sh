@@ -9,6 +9,8 @@
 #     terminal, no TCP admin port);
 #   - SIGTERM: the container exits 0 well within the grace period, having stopped every
 #     OpenCode; started again on the same volume it comes back with the users' homes;
+#   - a user's pod as the Kubernetes backend runs it: the home laid out by the init
+#     container's command, OpenCode as uid 1000 on a read-only root, the readiness probe;
 #   - a read-only volume is refused with a clear message; the default (dev identity on a
 #     public address) refuses to start.
 # Needs root, podman, runc and debootstrap (.ci/run installs them). Takes a few minutes, most of
@@ -34,7 +36,7 @@ fail() { echo "container check FAILED: $*" >&2; podman logs "$NAME" 2>&1 | tail 
 
 work=$(mktemp -d /var/tmp/chamberlain-verify.XXXXXX)
 cleanup() {
-    podman rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
+    podman rm -f -t 0 "$NAME" "$NAME-pod" >/dev/null 2>&1 || true
     # The image and its build's intermediate images (the base image stays, for the next run).
     podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
     podman image prune -f >/dev/null 2>&1 || true
@@ -154,6 +156,42 @@ curl -fsS --max-time 120 -H "X-Chamberlain-Dev-User: alice" "$url/global/health"
 podman stop -t "$GRACE" "$NAME" >/dev/null
 [ "$(podman inspect -f '{{.State.ExitCode}}' "$NAME")" = 0 ] || fail "second stop"
 podman rm "$NAME" >/dev/null
+
+step "a user's pod as the Kubernetes backend runs it"
+# What kubernetes/src/objects.rs asks of the image: the init container lays out the home and
+# OpenCode serves as uid 1000 on a read-only root (a volume for the home, a tmpfs for /tmp,
+# every capability dropped), answering the readiness probe. The pod's address is the
+# container's (the kubelet would expand $(POD_IP)).
+mkdir -p "$work/home"
+chown 1000:1000 "$work/home"
+pod=(--user 1000:1000 --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges
+    "${ULIMITS[@]}" -v "$work/home:/home/opencode" -e HOME=/home/opencode --entrypoint '')
+podman run --rm "${pod[@]}" "$IMAGE" chamberlain __prepare-home /home/opencode ||
+    fail "the init container's __prepare-home"
+[ -d "$work/home/workspace" ] && [ -d "$work/home/.local/share" ] || fail "no home layout"
+podman run -d --name "$NAME-pod" "${pod[@]}" -w /home/opencode/workspace \
+    -e USER=opencode -e XDG_CONFIG_HOME=/home/opencode/.config \
+    -e XDG_DATA_HOME=/home/opencode/.local/share -e XDG_STATE_HOME=/home/opencode/.local/state \
+    -e XDG_CACHE_HOME=/home/opencode/.cache -e TMPDIR=/home/opencode/.tmp \
+    -e OPENCODE_DISABLE_AUTOUPDATE=1 -e CHAMBERLAIN_OPENCODE_PORT=4096 \
+    -e OPENCODE_SERVER_PASSWORD=verify-password "$IMAGE" \
+    sh -c 'exec "$CHAMBERLAIN_OPENCODE_BIN" serve --hostname "$(hostname -i | cut -d" " -f1)" --port 4096 --pure' \
+    >/dev/null
+probe() { podman exec "$NAME-pod" sh -c 'POD_IP=$(hostname -i | cut -d" " -f1) chamberlain __probe-opencode'; }
+ready=
+for _ in $(seq 1 240); do
+    if probe >/dev/null 2>&1; then ready=1; break; fi
+    [ "$(podman inspect -f '{{.State.Running}}' "$NAME-pod")" = true ] ||
+        { podman logs "$NAME-pod" 2>&1 | tail -n 30 >&2; fail "OpenCode exited in the pod's shape"; }
+    sleep 0.5
+done
+[ -n "$ready" ] || { podman logs "$NAME-pod" 2>&1 | tail -n 30 >&2; fail "the readiness probe never passed"; }
+[ "$(podman exec "$NAME-pod" id -u)" = 1000 ] || fail "the pod's OpenCode is not uid 1000"
+podman exec -e OPENCODE_SERVER_PASSWORD=wrong "$NAME-pod" \
+    sh -c 'POD_IP=$(hostname -i | cut -d" " -f1) chamberlain __probe-opencode' >/dev/null 2>&1 &&
+    fail "the probe passed with a wrong password"
+podman rm -f -t 0 "$NAME-pod" >/dev/null
+echo "init container, OpenCode as uid 1000 on a read-only root, readiness probe: ok"
 
 step "refusals"
 if out=$(podman run --rm "${ULIMITS[@]}" -v "$work/data:/data:ro" -e CHAMBERLAIN_AUTH=dev \

@@ -310,6 +310,25 @@ async fn a_crashed_pod_is_replaced_and_an_idle_one_deleted() {
     let stats = gw.user("bob").await.expect("bob");
     assert_eq!(stats["restarts"], 1, "{stats}");
 
+    // The node evicts it (memory pressure): the same, with the node's reason (in the status,
+    // or in the pod's events the message ends with, whichever the instance saw first).
+    let name = second[0]["name"].as_str().expect("name").to_owned();
+    assert_eq!(
+        cluster
+            .post(&format!("/fake/pods/{NAMESPACE}/{name}/evict"))
+            .await,
+        StatusCode::OK
+    );
+    gw.wait_user("bob", "saw the eviction", |u| {
+        u["state"] == "stopped"
+            && u["message"].as_str().is_some_and(|m| {
+                m.to_lowercase().contains("evicted") && m.contains("low on resource")
+            })
+    })
+    .await;
+    healthy(&gw, "bob").await;
+    assert_eq!(gw.user("bob").await.expect("bob")["restarts"], 2);
+
     // Unused for the idle timeout: the pod is deleted, the home kept.
     gw.wait_state("bob", "stopped").await;
     cluster
@@ -432,7 +451,10 @@ async fn a_replica_relays_model_calls_for_a_pod_another_one_started() {
         if instance["llm"]["requests"].as_u64().unwrap_or(0) >= 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "A never saw B's count: {instance}");
+        assert!(
+            Instant::now() < deadline,
+            "A never saw B's count: {instance}"
+        );
         actix_web::rt::time::sleep(Duration::from_millis(200)).await;
     }
 
