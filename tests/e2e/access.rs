@@ -97,10 +97,8 @@ async fn the_sign_in_policy_refuses_before_anything_exists_and_names_admins() {
         })
         .unwrap_or_default();
     assert!(!homes.iter().any(|h| h.contains("bob")), "{homes:?}");
-    assert!(
-        gw.log().contains("sign-in refused"),
-        "the refusal is logged"
-    );
+    // The refusal is logged.
+    gw.wait_log_contains("sign-in refused").await;
 
     // Administrators may always sign in, and only they reach the console and its API.
     let admin = gw.get("root-admin", "/-/api/me").await;
@@ -453,10 +451,10 @@ async fn personal_access_tokens_reach_only_their_owners_opencode_until_revoked()
         .admin_request(Method::DELETE, &format!("/tokens/{boss_id}"))
         .await;
     assert_eq!(by_operator.status, StatusCode::OK, "{}", by_operator.text());
-    assert!(gw
-        .log()
-        .lines()
-        .any(|l| l.contains("admin action") && l.contains("revoke token") && l.contains(boss_id)));
+    gw.wait_log("the operator's revocation", |l| {
+        l.contains("admin action") && l.contains("revoke token") && l.contains(boss_id)
+    })
+    .await;
 }
 
 #[actix_web::test]

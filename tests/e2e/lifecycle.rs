@@ -161,7 +161,7 @@ async fn hung_health_checks_restart_the_instance() {
         .await;
     assert!(entry["restarts"].as_u64() >= Some(1));
     assert!(wait_gone(first as u32).await, "unhealthy process stopped");
-    assert!(gw.log().contains("health check failed"));
+    gw.wait_log_contains("health check failed").await;
 }
 
 /// A child that ignores SIGTERM is killed once the grace period is over, together with what
@@ -193,7 +193,8 @@ async fn sigterm_ignoring_child_is_killed_after_the_grace() {
         "the terminal-like process outlived its instance"
     );
     assert_eq!(gw.state("alice").await, "stopped");
-    assert!(gw.log().contains("did not stop within the grace period"));
+    gw.wait_log_contains("did not stop within the grace period")
+        .await;
 }
 
 /// A crash leaves no orphan behind either: what ran below OpenCode is remembered and killed.
@@ -393,7 +394,7 @@ async fn gateway_sigterm_leaves_no_process_behind() {
     for pid in pids {
         assert!(wait_gone(pid).await, "pid {pid} survived the gateway");
     }
-    assert!(gw.log().contains("shutdown complete"));
+    gw.wait_log_contains("shutdown complete").await;
 }
 
 /// A gateway killed outright takes its OpenCode processes with it (parent-death signal).

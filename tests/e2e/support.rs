@@ -203,6 +203,25 @@ impl Gateway {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// Waits until a line of the log satisfies `found`: the log is read by a thread of its
+    /// own, a moment behind the gateway (and after the gateway's answer).
+    pub async fn wait_log(&self, what: &str, found: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log().lines().any(&found) {
+            assert!(
+                Instant::now() < deadline,
+                "the log never said {what}:\n{}",
+                self.log()
+            );
+            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`Gateway::wait_log`] for a line containing `text`.
+    pub async fn wait_log_contains(&self, text: &str) {
+        self.wait_log(text, |line| line.contains(text)).await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -160,10 +160,8 @@ async fn the_admin_listener_needs_the_operator_token() {
     let file = gw.data.path().join("state/admin-token");
     let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    assert!(
-        gw.log().contains(&file.display().to_string()),
-        "the log says where"
-    );
+    // The log says where.
+    gw.wait_log_contains(&file.display().to_string()).await;
     let stats = gw.admin_request(Method::GET, "/stats").await;
     assert_eq!(stats.status, StatusCode::OK);
 }
