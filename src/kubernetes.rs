@@ -22,6 +22,8 @@ use crate::shared::{SharedChange, SharedDocuments};
 const POD_PORT: u16 = 4096;
 /// Bound on each API request of a start.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often, at most, the sweep looks for pods and secrets no gateway holds.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// How much newer a pod's use must be before a replica tells the others again (a quarter
 /// of the idle timeout when that is shorter).
 const SHARE_STEP: Duration = Duration::from_secs(15);
@@ -184,6 +186,9 @@ pub async fn backend(
         request_timeout: REQUEST_TIMEOUT,
         share_step: SHARE_STEP.min(args.idle_timeout / 4),
         max_pods: args.max_instances as usize,
+        sweep_after: args.idle_timeout * 2,
+        sweep_every: args.idle_timeout.clamp(Duration::from_secs(1), SWEEP_EVERY),
+        orphan_after: args.start_timeout * 2,
     };
     Ok(KubernetesBackend::new(
         cluster.client,

@@ -94,11 +94,13 @@ pub struct Grant {
 pub type Grants = Arc<DashMap<String, Grant>>;
 
 /// Where a relay looks for a grant it does not hold: a start another gateway made (replicas
-/// in front of one cluster). `Ok(None)` for a token nobody granted.
+/// in front of one cluster). `Ok(None)` for a token nobody granted; `caller` is the
+/// address the call came from, which bounds the lookups one caller causes.
 pub trait GrantLookup: Send + Sync {
     fn find(
         &self,
         token: &str,
+        caller: Option<std::net::IpAddr>,
     ) -> futures_util::future::LocalBoxFuture<'static, Result<Option<Grant>, String>>;
 }
 

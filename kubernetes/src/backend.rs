@@ -27,6 +27,7 @@ use crate::names::{self, UserNames};
 use crate::objects::{self, Start};
 use crate::pod::{self, Credentials, Driver, Origin, PodCustody};
 use crate::settings::Settings;
+use crate::sweep::Sweep;
 
 /// When a person may try again at a full cluster.
 const NO_ROOM_RETRY: Duration = Duration::from_secs(10);
@@ -55,13 +56,32 @@ impl KubernetesBackend {
         relay: RelaySettings,
         health_timeout: Duration,
     ) -> Self {
+        let inner = Arc::new(Inner {
+            client,
+            settings,
+            org,
+            relay,
+        });
+        let sweep = Sweep {
+            pods: inner.api(),
+            secrets: inner.api(),
+            sweep_after: inner.settings.sweep_after,
+            orphan_after: inner.settings.orphan_after,
+            grace: u32::try_from(inner.settings.stop_grace.as_secs()).unwrap_or(u32::MAX),
+        };
+        let every = inner.settings.sweep_every;
+        actix::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = sweep.run().await {
+                    tracing::warn!(error = %e, "the sweep of users' pods failed; trying again");
+                }
+            }
+        });
         Self {
-            inner: Arc::new(Inner {
-                client,
-                settings,
-                org,
-                relay,
-            }),
+            inner,
             questions: Questions::new(health_timeout),
             shared: RefCell::default(),
         }
@@ -199,6 +219,16 @@ impl Inner {
                 Err(e) if pod::is_gone(&e) => {}
                 Err(e) => return Err(format!("deleting the old pod: {e}")),
             }
+        }
+        // Its start's secret goes too (its owner reference would see to it in a cluster;
+        // this replica may not be the one that made it).
+        if let Some(secret) = found
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(names::ANNOTATION_SECRET))
+        {
+            pod::delete_secret(&self.api(), secret, user).await;
         }
         loop {
             let current = self

@@ -15,6 +15,8 @@
 //!   of the token on the start's secret.
 //! - `documents.rs` — small documents every replica shares (personal access tokens), one
 //!   Secret each, watched.
+//! - `sweep.rs` — once a minute on every replica: pods no gateway used for twice the idle
+//!   timeout, ended pods nobody cleared, secrets without their pod.
 //! - `in_pod.rs` — the two things the gateway's binary does inside a user's pod: lay out the
 //!   home (an init container) and answer the readiness probe.
 //!
@@ -29,6 +31,7 @@ mod names;
 mod objects;
 mod pod;
 mod settings;
+mod sweep;
 
 pub use backend::KubernetesBackend;
 pub use grants::SharedGrants;

@@ -53,8 +53,10 @@ fn resources(cpu: &Amount, memory: &Amount) -> Value {
     if let Some(limit) = &memory.limit {
         limits.insert("memory".into(), json!(limit));
     }
+    // The home is a volume of its own; what a pod may write on the node is `/tmp`.
+    limits.insert("ephemeral-storage".into(), json!("2Gi"));
     json!({
-        "requests": {"cpu": cpu.request, "memory": memory.request},
+        "requests": {"cpu": cpu.request, "memory": memory.request, "ephemeral-storage": "256Mi"},
         "limits": limits,
     })
 }
@@ -183,11 +185,13 @@ pub fn pod(settings: &Settings, start: &Start<'_>) -> Pod {
                 "runAsUser": settings.uid,
                 "runAsGroup": settings.uid,
                 "fsGroup": settings.uid,
+                // A home of many files is not walked at every start.
+                "fsGroupChangePolicy": "OnRootMismatch",
                 "seccompProfile": {"type": "RuntimeDefault"},
             },
             "volumes": [
                 {"name": "home", "persistentVolumeClaim": {"claimName": names.home()}},
-                {"name": "tmp", "emptyDir": {}},
+                {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
             ],
             "initContainers": [{
                 // The home's layout, made by the user in their own volume.
@@ -255,6 +259,9 @@ mod tests {
             request_timeout: Duration::from_secs(10),
             share_step: Duration::from_secs(15),
             max_pods: 25,
+            sweep_after: Duration::from_secs(3600),
+            sweep_every: Duration::from_secs(60),
+            orphan_after: Duration::from_secs(120),
         }
     }
 
@@ -313,6 +320,7 @@ mod tests {
             .unwrap();
         assert_eq!(limits["cpu"].0, "2");
         assert!(!limits.contains_key("memory"));
+        assert_eq!(limits["ephemeral-storage"].0, "2Gi");
         let env = container.env.as_ref().unwrap();
         let password = env
             .iter()

@@ -19,7 +19,7 @@ use actix::Recipient;
 use futures_util::future::LocalBoxFuture;
 use futures_util::{FutureExt as _, StreamExt as _};
 use k8s_openapi::api::core::v1::{Event, Pod, Secret};
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::watcher::{self, watch_object};
 use kube::runtime::WatchStreamExt as _;
 use tokio::sync::{mpsc, watch};
@@ -307,7 +307,25 @@ pub(crate) fn already_exists(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.is_already_exists())
 }
 
-async fn delete_secret(secrets: &Api<Secret>, name: &str, user: &str) {
+/// Makes the pod the owner of its start's secret, so that the cluster deletes the secret
+/// with the pod whoever deletes the pod (a replica that adopted it, an operator, a drain).
+/// The sweep deletes what this misses.
+async fn own(secrets: &Api<Secret>, secret: &str, pod: &str, uid: &str, user: &str) {
+    let patch = serde_json::json!({"metadata": {"ownerReferences": [{
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": pod,
+        "uid": uid,
+    }]}});
+    if let Err(e) = secrets
+        .patch(secret, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        tracing::warn!(user, secret, error = %e, "cannot make the pod its secret's owner");
+    }
+}
+
+pub(crate) async fn delete_secret(secrets: &Api<Secret>, name: &str, user: &str) {
     match secrets.delete(name, &DeleteParams::default()).await {
         Ok(_) => {}
         Err(e) if is_gone(&e) => {}
@@ -345,7 +363,11 @@ async fn drive(
     let (uid, own_secret) = match origin {
         Origin::Adopt { uid } => (uid, None),
         Origin::Create { pod, secret } => match pods.create(&PostParams::default(), &pod).await {
-            Ok(created) => (created.metadata.uid.unwrap_or_default(), Some(secret)),
+            Ok(created) => {
+                let uid = created.metadata.uid.unwrap_or_default();
+                own(&secrets, &secret, &name, &uid, &user).await;
+                (uid, Some(secret))
+            }
             Err(e) if already_exists(&e) => {
                 // Another replica created the user's pod first: it is the user's pod.
                 delete_secret(&secrets, &secret, &user).await;
@@ -469,11 +491,12 @@ async fn drive(
     };
     if pod_gone && !ended {
         let status = if deleting {
-            "the pod was deleted".to_owned()
+            "the pod was deleted"
         } else {
-            "the pod was deleted by someone else".to_owned()
+            // Another replica's idle stop, an operator, a drain: not a kill of this one's.
+            "the pod was deleted (by another gateway, an operator or the cluster)"
         };
-        exited(status, !deleting);
+        exited(status.to_owned(), false);
     }
     if pod_gone || deleting {
         if let Some(secret) = own_secret {

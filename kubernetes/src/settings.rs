@@ -81,6 +81,12 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Most users' pods in the cluster at once (`--max-instances`, every replica's).
     pub max_pods: usize,
+    /// A pod no replica has seen used for this long is deleted by the sweep (twice the idle
+    /// timeout), and the sweep runs this often (the idle timeout, at most a minute).
+    pub sweep_after: Duration,
+    pub sweep_every: Duration,
+    /// A start's secret without its pod for this long is deleted (twice the start timeout).
+    pub orphan_after: Duration,
     /// Use of a pod is told to the other replicas when it is this much newer than what this
     /// replica told them last (at most once per health check): a bound on the API server's
     /// load, well under the idle timeout.

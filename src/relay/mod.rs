@@ -189,7 +189,10 @@ async fn relay(
     };
     let mut grant = relay.grants.get(token).map(|g| g.clone());
     if let (None, Some(lookup)) = (&grant, &relay.lookup) {
-        match lookup.find(token).await {
+        match lookup
+            .find(token, req.peer_addr().map(|peer| peer.ip()))
+            .await
+        {
             Ok(found) => grant = found,
             Err(e) => {
                 relay.metrics.request(UNKNOWN, "unavailable");

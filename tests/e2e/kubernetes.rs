@@ -348,11 +348,8 @@ async fn a_restarted_gateway_adopts_the_running_pod() {
 
     // A gateway that stops (a rolling update) leaves users' pods running...
     gw.terminate();
-    assert!(
-        gw.log().contains("left running for the next gateway"),
-        "{}",
-        gw.log()
-    );
+    gw.wait_log_contains("left running for the next gateway")
+        .await;
     let after = cluster.running().await;
     assert_eq!(after.len(), 1, "the pod outlives its gateway");
     assert_eq!(after[0]["uid"], before[0]["uid"]);
@@ -360,11 +357,8 @@ async fn a_restarted_gateway_adopts_the_running_pod() {
     // ...and the next one takes it over, with its password, without a restart.
     let gw = gw.restart();
     healthy(&gw, "carol").await;
-    assert!(
-        gw.log().contains("adopting the user's running pod"),
-        "{}",
-        gw.log()
-    );
+    gw.wait_log_contains("adopting the user's running pod")
+        .await;
     let adopted = cluster.running().await;
     assert_eq!(adopted.len(), 1);
     assert_eq!(adopted[0]["uid"], before[0]["uid"]);
@@ -467,6 +461,18 @@ async fn a_replica_relays_model_calls_for_a_pod_another_one_started() {
         .await
         .expect("relay answers");
     assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    // Made-up tokens cost one caller a few lookups, then none.
+    for n in 0..12u32 {
+        let forged = awc::Client::new()
+            .post(format!("http://127.0.0.1:{port}/mock/chat/completions"))
+            .bearer_auth(format!("{n:048x}"))
+            .send_body("{}")
+            .await
+            .expect("relay answers");
+        assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+    }
+    b.wait_log_contains("too many unknown relay tokens from one caller")
+        .await;
     for plural in ["pods", "secrets", "persistentvolumeclaims"] {
         let objects = serde_json::to_string(&cluster.list(plural).await).unwrap();
         assert!(
@@ -492,11 +498,7 @@ async fn a_replica_does_not_cull_a_pod_another_one_serves() {
         healthy(&b, "frank").await;
         actix_web::rt::time::sleep(Duration::from_millis(500)).await;
     }
-    assert!(
-        a.log().contains("in use through another gateway"),
-        "A asked before culling:\n{}",
-        a.log()
-    );
+    a.wait_log_contains("in use through another gateway").await;
     let now = cluster.running().await;
     assert_eq!(now.len(), 1);
     assert_eq!(now[0]["uid"], pod[0]["uid"], "the pod A started still runs");
@@ -617,4 +619,34 @@ async fn the_instance_limit_counts_every_replicas_pods() {
         .wait_running("hana's pod gone", |pods| pods.is_empty())
         .await;
     healthy(&b, "ivan").await;
+}
+
+#[actix_web::test]
+async fn a_pod_no_gateway_holds_or_uses_is_swept() {
+    let cluster = Cluster::start();
+    let mut a = cluster.gateway(&[]);
+    healthy(&a, "lena").await;
+    assert_eq!(cluster.running().await.len(), 1);
+    // A stops and leaves the pod running; lena never comes back.
+    a.terminate();
+    assert_eq!(cluster.running().await.len(), 1);
+    // Another replica, whose idle timeout is short, sweeps it with its secret, and keeps
+    // the home.
+    let b = cluster.gateway(&["--idle-timeout", "3s", "--start-timeout", "5s"]);
+    cluster
+        .wait_running("the pod swept", |pods| pods.is_empty())
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cluster.list("secrets").await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the start's secret stayed\n{}",
+            b.log()
+        );
+        actix_web::rt::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.wait_log_contains("deleting a pod no gateway has used")
+        .await;
+    assert!(cluster.list("pods").await.is_empty());
+    assert_eq!(cluster.list("persistentvolumeclaims").await.len(), 1);
 }
