@@ -55,16 +55,8 @@ pub async fn access_tokens(
     realm: &str,
     max_days: u64,
 ) -> anyhow::Result<Arc<AccessTokens>> {
-    let set = SecretSet::new(
-        &connected.cluster.client,
-        &connected.namespace,
-        "access-token",
-    );
-    let documents = set
-        .list()
-        .await
-        .map_err(anyhow::Error::msg)
-        .context("cannot read the personal access tokens")?;
+    let (set, documents) =
+        open_set(connected, "access-token", "the personal access tokens").await?;
     let tokens = Arc::new(AccessTokens::shared(
         Arc::new(ClusterDocuments(set.clone())),
         documents,
@@ -79,12 +71,7 @@ pub async fn access_tokens(
 /// The model use book, shared with the other replicas (this one's use is a document of its
 /// own, new at every start), kept current by a watch.
 pub async fn usage_book(connected: &Connected, path: PathBuf) -> anyhow::Result<Arc<UsageBook>> {
-    let set = SecretSet::new(&connected.cluster.client, &connected.namespace, "llm-usage");
-    let documents = set
-        .list()
-        .await
-        .map_err(anyhow::Error::msg)
-        .context("cannot read the replicas' model use")?;
+    let (set, documents) = open_set(connected, "llm-usage", "the replicas' model use").await?;
     let replica = chamberlain_actors::launcher::generate_password().map_err(anyhow::Error::msg)?
         [..12]
         .to_owned();
@@ -100,6 +87,22 @@ pub async fn usage_book(connected: &Connected, path: PathBuf) -> anyhow::Result<
     let watched = Arc::clone(&book);
     follow(set, move |change| watched.apply(change));
     Ok(book)
+}
+
+/// The shared documents of `kind`, and every one there is now (`what` names them in an
+/// error).
+async fn open_set(
+    connected: &Connected,
+    kind: &'static str,
+    what: &str,
+) -> anyhow::Result<(SecretSet, Vec<Vec<u8>>)> {
+    let set = SecretSet::new(&connected.cluster.client, &connected.namespace, kind);
+    let documents = set
+        .list()
+        .await
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot read {what}"))?;
+    Ok((set, documents))
 }
 
 /// Feeds the set's changes to `apply` for as long as the gateway runs.

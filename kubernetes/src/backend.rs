@@ -67,7 +67,7 @@ impl KubernetesBackend {
             secrets: inner.api(),
             sweep_after: inner.settings.sweep_after,
             orphan_after: inner.settings.orphan_after,
-            grace: u32::try_from(inner.settings.stop_grace.as_secs()).unwrap_or(u32::MAX),
+            grace: inner.settings.grace_seconds(),
         };
         let every = inner.settings.sweep_every;
         actix::spawn(async move {
@@ -183,7 +183,7 @@ impl Inner {
     }
 
     fn launch(self: &Arc<Self>, driver: Driver, credentials: Credentials) -> LaunchFn {
-        let grace = u32::try_from(self.settings.stop_grace.as_secs()).unwrap_or(u32::MAX);
+        let grace = self.settings.grace_seconds();
         Box::new(move |launch: Launch| {
             Ok(Box::new(PodCustody::launch(
                 driver,
@@ -245,17 +245,10 @@ impl Inner {
     /// Two replicas starting at the same moment may each take the last place.
     async fn room(&self) -> Result<(), PrepareError> {
         let pods: Api<Pod> = self.api();
-        let selector = format!(
-            "{}={},{}={}",
-            names::LABEL_COMPONENT,
-            names::COMPONENT_OPENCODE,
-            names::LABEL_MANAGED_BY,
-            names::APP
-        );
         let list = self
             .call(
                 "counting the users' pods",
-                pods.list(&ListParams::default().labels(&selector)),
+                pods.list(&ListParams::default().labels(&names::opencode_pods())),
             )
             .await?;
         let live = list.items.iter().filter(|p| pod::adoptable(p)).count();

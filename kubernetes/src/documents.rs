@@ -51,7 +51,7 @@ impl SecretSet {
 
     /// Writes document `id` (DNS-label characters only), made or replaced.
     pub async fn put(&self, id: &str, document: Vec<u8>) -> Result<(), String> {
-        let secret: Secret = serde_json::from_value(json!({
+        let mut secret: Secret = serde_json::from_value(json!({
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {
@@ -66,7 +66,6 @@ impl SecretSet {
             "type": "Opaque",
         }))
         .map_err(|e| e.to_string())?;
-        let mut secret = secret;
         secret.data = Some([(KEY.to_owned(), ByteString(document))].into());
         match self.api.create(&PostParams::default(), &secret).await {
             Ok(_) => Ok(()),

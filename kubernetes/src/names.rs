@@ -29,6 +29,19 @@ pub const ANNOTATION_LAST_USED: &str = "chamberlain.dev/last-used";
 pub const COMPONENT_OPENCODE: &str = "opencode";
 pub const COMPONENT_HOME: &str = "home";
 
+/// Selects every user's OpenCode pod this gateway made (all replicas').
+pub fn opencode_pods() -> String {
+    format!("{LABEL_COMPONENT}={COMPONENT_OPENCODE},{LABEL_MANAGED_BY}={APP}")
+}
+
+/// 32 hex digits of SHA-256 of `text`: a label value and part of an object name.
+fn digest(text: &str) -> String {
+    Sha256::digest(text.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// One user's names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserNames {
@@ -39,10 +52,8 @@ pub struct UserNames {
 
 impl UserNames {
     pub fn of(key: &UserKey) -> Self {
-        let digest = Sha256::digest(key.as_str().as_bytes());
-        let digest = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         Self {
-            digest,
+            digest: digest(key.as_str()),
             key: key.as_str().to_owned(),
         }
     }
@@ -58,8 +69,7 @@ impl UserNames {
     /// The label value that finds the secret of a relay token (a digest: the token itself
     /// stays in the secret's data).
     pub fn relay(token: &str) -> String {
-        let digest = Sha256::digest(token.as_bytes());
-        digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+        digest(token)
     }
 
     /// The secret of one start.

@@ -282,7 +282,8 @@ fn pod_state(pod: &Pod) -> PodState {
     }
 }
 
-async fn delete(pods: &Api<Pod>, name: &str, uid: &str, grace: u32, user: &str) {
+/// Deletes the pod `name` if it is still the one of `uid` (never a newer pod of the name).
+pub(crate) async fn delete(pods: &Api<Pod>, name: &str, uid: &str, grace: u32, user: &str) {
     let params = DeleteParams {
         grace_period_seconds: Some(grace),
         preconditions: Some(Preconditions {

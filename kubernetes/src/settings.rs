@@ -93,6 +93,13 @@ pub struct Settings {
     pub share_step: Duration,
 }
 
+impl Settings {
+    /// `stop_grace` as a pod deletion's grace period.
+    pub fn grace_seconds(&self) -> u32 {
+        u32::try_from(self.stop_grace.as_secs()).unwrap_or(u32::MAX)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Preconditions};
+use kube::api::{Api, ListParams};
 
 use crate::names;
 use crate::pod;
@@ -27,16 +27,6 @@ pub(crate) struct Sweep {
     pub sweep_after: Duration,
     pub orphan_after: Duration,
     pub grace: u32,
-}
-
-fn selector() -> String {
-    format!(
-        "{}={},{}={}",
-        names::LABEL_COMPONENT,
-        names::COMPONENT_OPENCODE,
-        names::LABEL_MANAGED_BY,
-        names::APP
-    )
 }
 
 fn now_ms() -> u64 {
@@ -97,7 +87,7 @@ impl Sweep {
         let now = now_ms();
         let pods = self
             .pods
-            .list(&ListParams::default().labels(&selector()))
+            .list(&ListParams::default().labels(&names::opencode_pods()))
             .await?;
         let mut starts = HashSet::new();
         for found in &pods.items {
@@ -134,25 +124,16 @@ impl Sweep {
                     0
                 }
             };
-            let params = DeleteParams {
-                grace_period_seconds: Some(grace),
-                preconditions: Some(Preconditions {
-                    uid: found.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
-            match self.pods.delete(&name, &params).await {
-                Ok(_) => {}
-                Err(e) if pod::is_gone(&e) => {}
-                Err(e) => {
-                    tracing::warn!(user, pod = name, error = %e, "the sweep cannot delete a pod")
-                }
-            }
+            let uid = found.metadata.uid.as_deref().unwrap_or_default();
+            pod::delete(&self.pods, &name, uid, grace, &user).await;
         }
         let secrets = self
             .secrets
-            .list(&ListParams::default().labels(&format!("{},{}", selector(), names::LABEL_START)))
+            .list(&ListParams::default().labels(&format!(
+                "{},{}",
+                names::opencode_pods(),
+                names::LABEL_START
+            )))
             .await?;
         for secret in &secrets.items {
             let start = secret
