@@ -43,23 +43,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 fn resource(path: &str, route: actix_web::Route) -> actix_web::Resource {
     web::resource(path)
         .route(route)
-        .default_service(web::to(|req: HttpRequest| async move {
-            HttpResponse::MethodNotAllowed().json(json!({
-                "error": format!("{} is not allowed on {}", req.method(), req.path())
-            }))
-        }))
+        .default_service(web::to(method_not_allowed))
 }
 
-async fn not_found(req: HttpRequest) -> HttpResponse {
-    GatewayError::NotFound(req.path().to_owned()).respond(&req)
+/// The answer of every `/-/` path for a method it does not serve.
+pub async fn method_not_allowed(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
+    Err(GatewayError::method_not_allowed(&req))
+}
+
+async fn not_found(req: HttpRequest) -> Result<HttpResponse, GatewayError> {
+    Err(GatewayError::no_endpoint(&req))
 }
 
 /// The portal page; a browser that is not signed in gets the sign-in page instead.
-async fn portal(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
-    gateway
-        .identify(&req)
-        .await
-        .map_err(|e| ApiError(e, req.clone()))?;
+async fn portal(
+    req: HttpRequest,
+    gateway: web::Data<Gateway>,
+) -> Result<HttpResponse, GatewayError> {
+    gateway.identify(&req).await?;
     Ok(HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -119,11 +120,8 @@ fn with_usage(mut instance: Value, gateway: &Gateway, user_id: &str) -> Value {
     instance
 }
 
-async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
-    let identity = gateway
-        .identify(&req)
-        .await
-        .map_err(|e| ApiError(e, req.clone()))?;
+async fn me(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, GatewayError> {
+    let identity = gateway.identify(&req).await?;
     let key = gateway.user_key(&identity);
     let ws = gateway.homes.users().workspace(&key);
     let handle = gateway.peek(&identity);
@@ -154,34 +152,35 @@ fn has_org_keys(path: &std::path::Path) -> bool {
         .unwrap_or(false)
 }
 
-async fn instance(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
-    let identity = gateway
-        .identify(&req)
-        .await
-        .map_err(|e| ApiError(e, req.clone()))?;
+async fn instance(
+    req: HttpRequest,
+    gateway: web::Data<Gateway>,
+) -> Result<HttpResponse, GatewayError> {
+    let identity = gateway.identify(&req).await?;
     let instance = handle_json(gateway.peek(&identity).as_ref());
     Ok(HttpResponse::Ok().json(with_usage(instance, &gateway, &identity.user_id)))
 }
 
-async fn start(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
-    let fail = |e| ApiError(e, req.clone());
-    let identity = gateway.identify(&req).await.map_err(fail)?;
-    crate::origin::check(&req, &gateway.cfg.site).map_err(fail)?;
+async fn start(
+    req: HttpRequest,
+    gateway: web::Data<Gateway>,
+) -> Result<HttpResponse, GatewayError> {
+    let identity = gateway.identify(&req).await?;
+    crate::origin::check(&req, &gateway.cfg.site)?;
     if gateway.is_shutting_down() {
-        return Err(fail(GatewayError::Unavailable {
+        return Err(GatewayError::Unavailable {
             message: "the gateway is shutting down".to_owned(),
             retry_after: Duration::from_secs(10),
             state: InstanceState::Stopped,
-        }));
+        });
     }
-    let (handle, _) = gateway.wake(&identity, true).await.map_err(fail)?;
+    let (handle, _) = gateway.wake(&identity, true).await?;
     Ok(HttpResponse::Accepted().json(handle_json(Some(&handle))))
 }
 
-async fn stop(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
-    let fail = |e| ApiError(e, req.clone());
-    let identity = gateway.identify(&req).await.map_err(fail)?;
-    crate::origin::check(&req, &gateway.cfg.site).map_err(fail)?;
+async fn stop(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, GatewayError> {
+    let identity = gateway.identify(&req).await?;
+    crate::origin::check(&req, &gateway.cfg.site)?;
     let handle = gateway.peek(&identity);
     if let Some(handle) = &handle {
         handle
@@ -190,22 +189,19 @@ async fn stop(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpRespo
                 reason: StopReason::Person,
             })
             .await
-            .map_err(|e| fail(GatewayError::Internal(format!("instance unavailable: {e}"))))?;
+            .map_err(|e| GatewayError::gone("the instance", e))?;
     }
     Ok(HttpResponse::Ok().json(handle_json(handle.as_ref())))
 }
 
 /// Server-sent events of the caller's instance state: the current state first, then every
 /// change, ending once the instance is ready, has failed, or was stopped (or refused).
-async fn progress(req: HttpRequest, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
-    let identity = gateway
-        .identify(&req)
-        .await
-        .map_err(|e| ApiError(e, req.clone()))?;
-    let handle = gateway
-        .open(&identity)
-        .await
-        .map_err(|e| ApiError(e, req.clone()))?;
+async fn progress(
+    req: HttpRequest,
+    gateway: web::Data<Gateway>,
+) -> Result<HttpResponse, GatewayError> {
+    let identity = gateway.identify(&req).await?;
+    let handle = gateway.open(&identity).await?;
     let stream = progress_events(handle.status.clone(), gateway.cfg.sse_keepalive);
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -292,42 +288,43 @@ fn safe_next(next: Option<&str>) -> &str {
     }
 }
 
-async fn login(req: HttpRequest, gateway: web::Data<Gateway>) -> HttpResponse {
-    let query = match web::Query::<LoginQuery>::from_query(req.query_string()) {
-        Ok(q) => q.into_inner(),
-        Err(e) => return GatewayError::BadRequest(format!("invalid query: {e}")).respond(&req),
-    };
+async fn login(
+    req: HttpRequest,
+    gateway: web::Data<Gateway>,
+) -> Result<HttpResponse, GatewayError> {
+    let query = web::Query::<LoginQuery>::from_query(req.query_string())
+        .map_err(|e| GatewayError::BadRequest(format!("invalid query: {e}")))?
+        .into_inner();
     let next = safe_next(query.next.as_deref()).to_owned();
     match gateway.auth.mode() {
         AuthMode::Dev => {}
         // The load balancer signs the browser in on its way to `next`.
-        AuthMode::Alb => return see_other(&next).finish(),
+        AuthMode::Alb => return Ok(see_other(&next).finish()),
         AuthMode::Jwt => {
-            return GatewayError::NotFound(
+            return Err(GatewayError::NotFound(
                 "/-/login: this gateway takes bearer tokens and has no sign-in page".into(),
-            )
-            .respond(&req)
+            ))
         }
     }
     let Some(user) = query.user.filter(|u| !u.is_empty()) else {
-        return HttpResponse::Ok()
+        return Ok(HttpResponse::Ok()
             .content_type("text/html; charset=utf-8")
             .insert_header((header::CACHE_CONTROL, "no-store"))
-            .body(pages::login(&next, None));
+            .body(pages::login(&next, None)));
     };
     if let Err(reason) = dev::validate_name(&user) {
-        return HttpResponse::BadRequest()
+        return Ok(HttpResponse::BadRequest()
             .content_type("text/html; charset=utf-8")
             .insert_header((header::CACHE_CONTROL, "no-store"))
-            .body(pages::login(&next, Some(&reason)));
+            .body(pages::login(&next, Some(&reason))));
     }
     tracing::info!(user = %user, "dev sign-in");
-    see_other(&next)
+    Ok(see_other(&next)
         .insert_header((
             header::SET_COOKIE,
             format!("{}={user}; Path=/; HttpOnly; SameSite=Lax", dev::COOKIE),
         ))
-        .finish()
+        .finish())
 }
 
 fn see_other(location: &str) -> actix_web::HttpResponseBuilder {
@@ -366,31 +363,6 @@ async fn logout(req: HttpRequest, gateway: web::Data<Gateway>) -> HttpResponse {
     match (auth.logout_url(), auth.mode()) {
         (None, AuthMode::Alb | AuthMode::Jwt) => builder.body(pages::signed_out(auth.login_path())),
         _ => builder.finish(),
-    }
-}
-
-/// A `GatewayError` answered in the shape the request wants (page or JSON).
-pub struct ApiError(GatewayError, HttpRequest);
-
-impl std::fmt::Debug for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl actix_web::ResponseError for ApiError {
-    fn status_code(&self) -> actix_web::http::StatusCode {
-        self.0.status()
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        self.0.respond(&self.1)
     }
 }
 

@@ -348,6 +348,23 @@ pub struct KubernetesArgs {
 impl ServeArgs {
     /// What one flag's parser cannot see: settings that only make sense together.
     pub fn check(&self) -> Result<(), String> {
+        if self.auth.mode == AuthMode::Dev
+            && !self.listen.ip().is_loopback()
+            && !self.auth.allow_insecure_dev
+        {
+            return Err(format!(
+                "refusing to serve dev identity on {}: anyone who can reach it could sign in as \
+                 anyone. Listen on a loopback address, choose another --auth, or pass \
+                 --allow-insecure-dev",
+                self.listen
+            ));
+        }
+        if self.ws_max_buffer < self.ws_max_frame {
+            return Err(format!(
+                "--ws-max-buffer ({}) must be at least --ws-max-frame ({})",
+                self.ws_max_buffer, self.ws_max_frame
+            ));
+        }
         if self.kubernetes.backend == BackendKind::Local && !self.llm_listen.ip().is_loopback() {
             return Err(format!(
                 "--llm-listen {} is not a loopback address: with local instances the relay is \

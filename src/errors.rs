@@ -1,16 +1,27 @@
-//! Every error the public listener returns: a status code, a JSON body `{"error": ...}` and,
-//! where waiting helps, `Retry-After`. Browser navigations get a page instead of JSON.
+//! Every error either listener returns: a status code, one JSON body shape
+//! (`{"error": ...}`, plus `login`, `state` or `retryAfter` where they help) and, where
+//! waiting helps, `Retry-After`. Handlers return `Result<_, GatewayError>`; actix renders
+//! the error through [`ResponseError`], and on the public listener [`pages_for_browsers`]
+//! turns it into a page when a browser navigated to the address.
 
 use std::time::Duration;
 
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse};
+use actix_web::middleware::Next;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use chamberlain_actors::InstanceState;
 use serde_json::json;
 
 use crate::identity::AuthError;
 use crate::pages;
+use crate::request::is_navigation;
+
+/// How long a client is told to wait while an instance is still starting (the JSON answer's
+/// `retryAfter`, the header, and the starting page's own `Retry-After`).
+pub const RETRY_STARTING: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -31,8 +42,20 @@ pub enum GatewayError {
     /// `--public-url`).
     #[error("{0}")]
     MisdirectedHost(String),
-    #[error("no such endpoint: {0}")]
+    #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// A resource already exists or is at its limit (a repository's name, tokens per person).
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// Too much of one kind at once (clones, listings); try again shortly.
+    #[error("{0}")]
+    Busy(String),
     /// One user holds as many requests and websockets as `--max-user-connections` allows.
     #[error("{0}")]
     TooManyConnections(String),
@@ -43,6 +66,13 @@ pub enum GatewayError {
         retry_after: Duration,
         state: InstanceState,
     },
+    /// A part of the gateway cannot answer now (an actor gone at shutdown, the cluster's
+    /// shared documents unreachable); not about the caller's instance.
+    #[error("{message}")]
+    TryLater {
+        message: String,
+        retry_after: Duration,
+    },
     /// The instance failed and will not be restarted by a request.
     #[error("{0}")]
     InstanceFailed(String),
@@ -52,6 +82,10 @@ pub enum GatewayError {
     UpstreamTimeout(Duration),
     #[error("OpenCode request failed: {0}")]
     Upstream(String),
+    /// Another server the gateway asked on the caller's behalf failed (a repository's
+    /// remote).
+    #[error("{0}")]
+    Remote(String),
     /// OpenCode answered with an error status where the gateway cannot stream its answer
     /// (a refused websocket handshake, e.g. 404 for an unknown terminal).
     #[error("{message}")]
@@ -76,6 +110,24 @@ impl GatewayError {
         }
     }
 
+    /// `"no such endpoint: /x"`, the answer for a path nothing serves.
+    pub fn no_endpoint(req: &HttpRequest) -> Self {
+        GatewayError::NotFound(format!("no such endpoint: {}", req.path()))
+    }
+
+    /// A path served, but not with this method.
+    pub fn method_not_allowed(req: &HttpRequest) -> Self {
+        GatewayError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path()))
+    }
+
+    /// An actor's mailbox refused a message: it has stopped, which happens at shutdown.
+    pub fn gone(what: &str, e: actix::MailboxError) -> Self {
+        GatewayError::TryLater {
+            message: format!("{what} unavailable: {e}"),
+            retry_after: Duration::from_secs(10),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
@@ -83,11 +135,20 @@ impl GatewayError {
             GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::MisdirectedHost(_) => StatusCode::MISDIRECTED_REQUEST,
             GatewayError::NotFound(_) => StatusCode::NOT_FOUND,
-            GatewayError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::Conflict(_) => StatusCode::CONFLICT,
+            GatewayError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            GatewayError::TooManyConnections(_) | GatewayError::Busy(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             GatewayError::Unavailable { .. }
+            | GatewayError::TryLater { .. }
             | GatewayError::InstanceFailed(_)
             | GatewayError::AuthUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::UpstreamConnect(_) | GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::UpstreamConnect(_)
+            | GatewayError::Upstream(_)
+            | GatewayError::Remote(_) => StatusCode::BAD_GATEWAY,
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::UpstreamStatus { status, .. } => *status,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -96,9 +157,12 @@ impl GatewayError {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            GatewayError::Unavailable { retry_after, .. } => Some(*retry_after),
+            GatewayError::Unavailable { retry_after, .. }
+            | GatewayError::TryLater { retry_after, .. } => Some(*retry_after),
             GatewayError::AuthUnavailable(_) => Some(Duration::from_secs(5)),
-            GatewayError::TooManyConnections(_) => Some(Duration::from_secs(1)),
+            GatewayError::TooManyConnections(_) | GatewayError::Busy(_) => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -114,40 +178,55 @@ impl GatewayError {
                 body["retryAfter"] = json!(retry_after.as_secs().max(1));
             }
             GatewayError::InstanceFailed(_) => body["state"] = json!(InstanceState::Failed),
+            GatewayError::TryLater { retry_after, .. } => {
+                body["retryAfter"] = json!(retry_after.as_secs().max(1));
+            }
             _ => {}
         }
         body
     }
 
-    /// The response for `req`: a page for a browser navigation that is not signed in, JSON
-    /// otherwise.
-    pub fn respond(&self, req: &HttpRequest) -> HttpResponse {
+    /// Status and headers every answer to this error carries, page or JSON.
+    fn builder(&self) -> actix_web::HttpResponseBuilder {
         let mut builder = HttpResponse::build(self.status());
         builder.insert_header((header::CACHE_CONTROL, "no-store"));
         if let Some(after) = self.retry_after() {
             builder.insert_header((header::RETRY_AFTER, after.as_secs().max(1).to_string()));
         }
-        if let GatewayError::Unauthenticated { login, reason } = self {
+        if let GatewayError::Unauthenticated { .. } = self {
             // Tell API clients how to authenticate; browsers get a link to sign in.
             builder.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
-            if is_navigation(req) {
-                return builder
-                    .content_type("text/html; charset=utf-8")
-                    .body(pages::unauthorized(*login, req.uri().path(), reason));
-            }
         }
-        if is_navigation(req) {
-            if let Some(title) = self.page_title() {
-                return builder
-                    .content_type("text/html; charset=utf-8")
-                    .body(pages::error(
-                        self.status().as_u16(),
-                        title,
-                        &self.to_string(),
-                    ));
-            }
+        builder
+    }
+
+    /// The page a browser that navigated to `req` gets for this error (`None`: JSON is the
+    /// answer, e.g. for a malformed request no person made by hand).
+    fn page(&self, req: &HttpRequest) -> Option<HttpResponse> {
+        if !is_navigation(req) {
+            return None;
         }
-        builder.json(self.to_json())
+        let html = match self {
+            GatewayError::Unauthenticated { login, reason } => {
+                pages::unauthorized(*login, req.uri().path(), reason)
+            }
+            other => pages::error(
+                other.status().as_u16(),
+                other.page_title()?,
+                &other.to_string(),
+            ),
+        };
+        Some(
+            self.builder()
+                .content_type("text/html; charset=utf-8")
+                .body(html),
+        )
+    }
+
+    /// The response for `req`: a page for a browser navigation, JSON otherwise. For
+    /// middleware that answers by itself; handlers return the error instead.
+    pub fn respond(&self, req: &HttpRequest) -> HttpResponse {
+        self.page(req).unwrap_or_else(|| self.error_response())
     }
 
     /// The heading of the page a browser gets for this error (`None`: JSON is the answer,
@@ -169,22 +248,32 @@ impl GatewayError {
     }
 }
 
-/// A browser loading a page (as opposed to a script fetching data).
-pub fn is_navigation(req: &HttpRequest) -> bool {
-    if !matches!(
-        *req.method(),
-        actix_web::http::Method::GET | actix_web::http::Method::HEAD
-    ) {
-        return false;
+impl ResponseError for GatewayError {
+    fn status_code(&self) -> StatusCode {
+        self.status()
     }
-    let headers = req.headers();
-    if let Some(mode) = headers.get("sec-fetch-mode") {
-        return mode.as_bytes() == b"navigate";
+
+    fn error_response(&self) -> HttpResponse {
+        self.builder().json(self.to_json())
     }
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"))
+}
+
+/// Middleware of the public listener: a `GatewayError` a handler returned becomes a page
+/// when a browser navigated to the address; every other answer passes untouched.
+pub async fn pages_for_browsers(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let page = res
+        .response()
+        .error()
+        .and_then(|e| e.as_error::<GatewayError>())
+        .and_then(|e| e.page(res.request()));
+    Ok(match page {
+        Some(page) => res.into_response(page).map_into_right_body(),
+        None => res.map_into_left_body(),
+    })
 }
 
 #[cfg(test)]
@@ -231,23 +320,6 @@ mod tests {
         assert!(page.headers().get(header::RETRY_AFTER).is_some());
         let api = err.respond(&TestRequest::get().to_http_request());
         assert_eq!(content_type(&api), "application/json");
-    }
-
-    #[test]
-    fn navigations_are_recognised() {
-        let nav = TestRequest::get()
-            .insert_header(("accept", "text/html,application/xhtml+xml"))
-            .to_http_request();
-        assert!(is_navigation(&nav));
-        let fetch = TestRequest::get()
-            .insert_header(("accept", "text/html"))
-            .insert_header(("sec-fetch-mode", "cors"))
-            .to_http_request();
-        assert!(!is_navigation(&fetch));
-        let post = TestRequest::post()
-            .insert_header(("accept", "text/html"))
-            .to_http_request();
-        assert!(!is_navigation(&post));
     }
 
     #[test]

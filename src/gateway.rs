@@ -12,16 +12,24 @@ use chamberlain_actors::{
     Upstream, UserKey, UserSpec, Wake, WakeReply,
 };
 
-use crate::errors::GatewayError;
+use crate::errors::{GatewayError, RETRY_STARTING};
 use crate::identity::{AuthError, Authenticator, Identity};
 use crate::metrics::{HttpMetrics, WsMetrics};
-use crate::websocket::WsConfig;
 use tokio_util::sync::CancellationToken;
 
-/// How long to tell a client to wait while an instance is still starting.
-const RETRY_STARTING: Duration = Duration::from_secs(2);
 /// How long to tell a passive client (an event stream) to wait for a stopped instance.
 const RETRY_STOPPED: Duration = Duration::from_secs(10);
+
+/// The websocket bridges' limits and timers.
+#[derive(Clone, Debug)]
+pub struct WsConfig {
+    pub max_frame: usize,
+    pub max_buffer: usize,
+    pub ping_interval: Duration,
+    pub client_timeout: Duration,
+    /// `--busy-timeout`: how long output alone may keep an instance alive.
+    pub output_limit: Duration,
+}
 
 pub struct GatewayConfig {
     pub wait_timeout: Duration,
@@ -33,8 +41,6 @@ pub struct GatewayConfig {
     pub ws: WsConfig,
     /// The organisation's OpenCode auth file; while it exists, users' keys are read-only.
     pub shared_auth: std::path::PathBuf,
-    /// `--max-user-connections`.
-    pub max_user_connections: u32,
     /// Model use through the relay, and `--llm-daily-tokens` (0: none).
     pub llm_usage: Arc<crate::relay::usage::UsageBook>,
     pub llm_daily_tokens: u64,
@@ -52,8 +58,14 @@ pub struct Gateway {
     pub repos: Addr<chamberlain_actors::repos::RepoLibrary>,
     /// Requests and websockets each user holds open.
     pub connections: Arc<crate::connections::UserConnections>,
-    shutting_down: AtomicBool,
-    shutdown: CancellationToken,
+    pub shutdown: ShutdownSignal,
+}
+
+/// Whether the gateway is shutting down: new work is refused, bridged websockets close.
+#[derive(Default)]
+pub struct ShutdownSignal {
+    started: AtomicBool,
+    token: CancellationToken,
 }
 
 /// Whether a request may start a stopped instance.
@@ -61,51 +73,37 @@ pub struct Gateway {
 pub enum Access {
     /// A person's request: counts as activity and starts the instance if needed.
     Wake,
+    /// A browser loading a page: starts the instance if needed but does not wait for it
+    /// (the answer is then [`Routed::Starting`], and the page shows the start).
+    Navigate,
     /// A server-push stream reconnecting: served only by an instance that is running or
     /// already starting, so a forgotten tab cannot keep restarting it.
     Passive,
 }
 
-impl Gateway {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        auth: Authenticator,
-        registry: Addr<Registry>,
-        routes: Routes,
-        homes: Arc<Homes>,
-        cfg: GatewayConfig,
-        metrics: HttpMetrics,
-        ws_metrics: WsMetrics,
-        repos: Addr<chamberlain_actors::repos::RepoLibrary>,
-    ) -> Self {
-        Self {
-            auth,
-            registry,
-            routes,
-            homes,
-            connections: crate::connections::UserConnections::new(cfg.max_user_connections),
-            cfg,
-            metrics,
-            ws_metrics,
-            repos,
-            shutting_down: AtomicBool::new(false),
-            shutdown: CancellationToken::new(),
-        }
-    }
+/// Where a request goes.
+pub enum Routed {
+    /// To this instance, ready at this address.
+    Ready(InstanceHandle, Upstream),
+    /// Nowhere yet: the instance is starting (or could not start), and the request was a
+    /// page load ([`Access::Navigate`]), which does not wait.
+    Starting,
+}
 
+impl Gateway {
     /// Refuses new work and closes every bridged websocket (1001, going away).
     pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-        self.shutdown.cancel();
+        self.shutdown.started.store(true, Ordering::SeqCst);
+        self.shutdown.token.cancel();
     }
 
     /// Cancelled when the gateway starts shutting down.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.shutdown.token.clone()
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
+        self.shutdown.started.load(Ordering::SeqCst)
     }
 
     /// Identifies the request and records who it was for the access log.
@@ -192,24 +190,26 @@ impl Gateway {
         ))
     }
 
-    /// Where to send this user's request, starting the instance and waiting for it (up to
-    /// `--wait-timeout`) if `access` allows.
+    /// Where to send this user's request: from the route cache when the instance is ready,
+    /// else — if `access` allows — woken, and waited for (up to `--wait-timeout`).
     pub async fn upstream(
         &self,
         identity: &Identity,
         access: Access,
-    ) -> Result<(InstanceHandle, Upstream), GatewayError> {
+    ) -> Result<Routed, GatewayError> {
         if let Some(handle) = self.peek(identity) {
-            let ready = ready_upstream(&handle.status.borrow());
+            let (ready, state) = {
+                let status = handle.status.borrow();
+                (ready_upstream(&status), status.state)
+            };
             if let Some(upstream) = ready {
-                return Ok((handle, upstream));
+                return Ok(Routed::Ready(handle, upstream));
             }
-            if access == Access::Passive {
-                let state = handle.status.borrow().state;
-                if matches!(state, InstanceState::Queued | InstanceState::Starting) {
-                    let upstream = self.wait_ready(&handle).await?;
-                    return Ok((handle, upstream));
-                }
+            if access == Access::Passive
+                && matches!(state, InstanceState::Queued | InstanceState::Starting)
+            {
+                let upstream = self.wait_ready(&handle).await?;
+                return Ok(Routed::Ready(handle, upstream));
             }
         }
         if access == Access::Passive {
@@ -220,12 +220,14 @@ impl Gateway {
             });
         }
         let (handle, reply) = self.wake(identity, false).await?;
-        match reply {
-            WakeReply::Ready(upstream) => Ok((handle, upstream)),
-            WakeReply::Failed(message) => Err(GatewayError::InstanceFailed(message)),
-            WakeReply::Pending => {
+        match (reply, access) {
+            (WakeReply::Ready(upstream), _) => Ok(Routed::Ready(handle, upstream)),
+            // The starting page shows the start, and a failure, as they happen.
+            (_, Access::Navigate) => Ok(Routed::Starting),
+            (WakeReply::Failed(message), _) => Err(GatewayError::InstanceFailed(message)),
+            (WakeReply::Pending, _) => {
                 let upstream = self.wait_ready(&handle).await?;
-                Ok((handle, upstream))
+                Ok(Routed::Ready(handle, upstream))
             }
         }
     }

@@ -9,9 +9,9 @@ use std::pin::Pin;
 use actix_web::body::EitherBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderMap;
-use actix_web::http::StatusCode;
-use actix_web::HttpResponse;
-use serde_json::json;
+use actix_web::ResponseError;
+
+use crate::errors::GatewayError;
 
 pub const MAX_HEADER_VALUE: usize = 16 * 1024;
 pub const MAX_HEADERS_TOTAL: usize = 64 * 1024;
@@ -47,8 +47,7 @@ where
 {
     if let Some(why) = oversized(req.headers()) {
         tracing::info!(path = req.path(), why, "request refused");
-        let resp = HttpResponse::build(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-            .json(json!({ "error": why }));
+        let resp = GatewayError::HeadersTooLarge(why).error_response();
         return Box::pin(ready(Ok(req.into_response(resp).map_into_right_body())));
     }
     let call = srv.call(req);

@@ -19,37 +19,23 @@ use chamberlain_actors::{
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::admin::{self, Admin};
-use crate::cli::{AuthMode, ServeArgs};
-use crate::gateway::{Gateway, GatewayConfig};
+use crate::cli::ServeArgs;
+use crate::connections::UserConnections;
+use crate::gateway::WsConfig;
+use crate::gateway::{Gateway, GatewayConfig, ShutdownSignal};
 use crate::identity::{Authenticator, Identity};
 use crate::metrics::{HttpMetrics, Metrics};
 use crate::relay::usage::UsageBook;
 use crate::relay::{Relay, RelayClient};
-use crate::websocket::WsConfig;
+use crate::upstream::UpstreamClients;
 use crate::{api, proxy};
+use actix_web::middleware::from_fn;
 
 /// How long in-flight HTTP connections get to finish once every instance has stopped.
 const HTTP_DRAIN: u64 = 5;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.check().map_err(anyhow::Error::msg)?;
-    if args.auth.mode == AuthMode::Dev
-        && !args.listen.ip().is_loopback()
-        && !args.auth.allow_insecure_dev
-    {
-        bail!(
-            "refusing to serve dev identity on {}: anyone who can reach it could sign in as anyone. \
-             Listen on a loopback address, choose another --auth, or pass --allow-insecure-dev",
-            args.listen
-        );
-    }
-    if args.ws_max_buffer < args.ws_max_frame {
-        bail!(
-            "--ws-max-buffer ({}) must be at least --ws-max-frame ({})",
-            args.ws_max_buffer,
-            args.ws_max_frame
-        );
-    }
     // Every listener first: a taken port is reported before anything starts (and nothing
     // has to be torn down).
     let public_listener = crate::listeners::bind_tcp(args.listen, "--listen")?;
@@ -210,12 +196,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     .start();
 
     let site = Arc::new(site(&args));
-    let gateway = web::Data::new(Gateway::new(
+    let gateway = web::Data::new(Gateway {
         auth,
-        registry.clone(),
+        registry: registry.clone(),
         routes,
         homes,
-        GatewayConfig {
+        cfg: GatewayConfig {
             wait_timeout: args.wait_timeout,
             upstream_timeout: args.upstream_timeout,
             sse_keepalive: args.sse_keepalive,
@@ -228,14 +214,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 output_limit: args.busy_timeout,
             },
             shared_auth: shared_paths.auth_file.clone(),
-            max_user_connections: args.max_user_connections,
             llm_usage: Arc::clone(&usage),
             llm_daily_tokens: args.llm_daily_tokens,
         },
-        metrics.http.clone(),
-        metrics.ws.clone(),
-        repos.clone(),
-    ));
+        metrics: metrics.http.clone(),
+        ws_metrics: metrics.ws.clone(),
+        repos: repos.clone(),
+        connections: UserConnections::new(args.max_user_connections),
+        shutdown: ShutdownSignal::default(),
+    });
 
     let token = match (args.admin_listen.addr(), &args.admin_token_file) {
         (None, _) => {
@@ -249,7 +236,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         (Some(_), None) => Some(Arc::new(admin::AdminToken::generate(&data_dir)?)),
     };
     let admin_state = web::Data::new(Admin {
-        registry: registry.clone(),
         metrics: Arc::clone(&metrics),
         gateway: gateway.clone(),
         isolation: Arc::clone(&isolation),
@@ -276,9 +262,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 .app_data(gateway.clone())
                 .app_data(admin_state.clone())
                 .app_data(admin_library.clone())
-                .app_data(web::Data::new(proxy::UpstreamClients::new(
-                    upstream_timeout,
-                )))
+                .app_data(web::Data::new(UpstreamClients::new(upstream_timeout)))
+                .wrap(from_fn(crate::errors::pages_for_browsers))
                 .wrap_fn(move |req, srv| crate::site::check_host(&site, req, srv))
                 .wrap_fn(crate::limits::limit_headers)
                 .wrap_fn(move |req, srv| access_log(req, srv, http_metrics.clone()))

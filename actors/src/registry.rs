@@ -83,6 +83,9 @@ pub struct PoolStats {
     /// Starts waiting for an evicted instance to give its room back.
     pub starts_waiting: usize,
     pub by_state: BTreeMap<&'static str, usize>,
+    /// Not serialised: each view shows users with what it knows of them besides (the admin
+    /// API adds uids and model use).
+    #[serde(skip)]
     pub users: Vec<UserStats>,
 }
 

@@ -4,10 +4,17 @@
 //! one audit line (target `audit`) naming who did it.
 
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
-use chamberlain_actors::{Stats, Stop, StopReason, UserKey, Wake};
-use serde_json::{json, Value};
+use chamberlain_actors::isolation::IsolationInfo;
+use chamberlain_actors::{
+    InstanceHandle, PoolStats, Stats, Stop, StopReason, UserKey, UserStats, Wake,
+};
+use serde::Serialize;
+use serde_json::json;
 
 use super::Admin;
+use crate::cli::AuthMode;
+use crate::errors::GatewayError;
+use crate::relay::usage::Use;
 
 /// Who is calling, for the audit log: set by the surface's guard.
 #[derive(Clone, Debug)]
@@ -44,69 +51,115 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(crate::repos::configure_admin);
 }
 
-fn unavailable(e: actix::MailboxError) -> HttpResponse {
-    HttpResponse::ServiceUnavailable().json(json!({"error": format!("registry unavailable: {e}")}))
+/// The registry's mailbox refused a message: it has stopped (the gateway is shutting down).
+pub fn registry_gone(e: actix::MailboxError) -> GatewayError {
+    GatewayError::gone("the registry", e)
+}
+
+/// What `/stats` shows: the registry's pool, each user with what the gateway knows of them
+/// besides, and the gateway's own settings.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatsView<'a> {
+    #[serde(flatten)]
+    pool: PoolStats,
+    users: Vec<UserView>,
+    version: &'static str,
+    opencode_version: Option<&'a str>,
+    auth: AuthView,
+    isolation: IsolationInfo,
+    llm_daily_tokens: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthView {
+    mode: AuthMode,
+    cached_tokens: usize,
+    sign_in: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UserView {
+    #[serde(flatten)]
+    stats: UserStats,
+    uid: Option<u32>,
+    /// Model use today (UTC).
+    llm: Use,
+    started_at_time: Option<String>,
+    last_activity_time: String,
 }
 
 /// `/stats`: the pool, each user, and the gateway's own settings.
-async fn stats(admin: web::Data<Admin>) -> HttpResponse {
-    let stats = match admin.registry.send(Stats).await {
-        Ok(stats) => stats,
-        Err(e) => return unavailable(e),
-    };
-    let mut body = match serde_json::to_value(stats) {
-        Ok(v) => v,
-        Err(e) => return HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
-    };
-    let auth = &admin.gateway.auth;
-    body["version"] = json!(env!("CARGO_PKG_VERSION"));
-    body["opencodeVersion"] = json!(admin.opencode_version);
-    body["auth"] = json!({
-        "mode": auth.mode(),
-        "cachedTokens": auth.cached_tokens(),
-        "signIn": auth.policy().summary(),
-    });
-    body["isolation"] = json!(admin.isolation.info());
-    body["llmDailyTokens"] = json!(admin.daily_tokens);
-    let today = admin.usage.everyone_today();
-    if let Some(users) = body["users"].as_array_mut() {
-        for user in users {
-            let id = user["userId"].as_str().unwrap_or_default().to_owned();
-            let uid = admin.isolation.existing_uid(&UserKey::derive(&id));
-            user["uid"] = json!(uid);
-            user["llm"] = json!(today.get(&id).copied().unwrap_or_default());
-            with_time(user, "startedAt");
-            with_time(user, "lastActivity");
-        }
-    }
-    HttpResponse::Ok().json(body)
-}
-
-/// Beside an epoch-milliseconds field `name`, the same time as RFC 3339 (`nameTime`).
-fn with_time(object: &mut Value, name: &str) {
-    let time = object[name].as_u64().map(crate::time::rfc3339_ms);
-    object[format!("{name}Time")] = json!(time);
-}
-
-async fn stop(req: HttpRequest, admin: web::Data<Admin>, user: web::Path<String>) -> HttpResponse {
-    let user = user.into_inner();
-    let Some(handle) = admin.gateway.routes.get(&user).map(|h| h.clone()) else {
-        audit(&req, "stop", &user, "no such instance");
-        return HttpResponse::NotFound()
-            .json(json!({"error": format!("no instance for user {user:?}")}));
-    };
-    if let Err(e) = handle
-        .addr
-        .send(Stop {
-            reason: StopReason::Operator,
-        })
+async fn stats(admin: web::Data<Admin>) -> Result<HttpResponse, GatewayError> {
+    let mut pool = admin
+        .gateway
+        .registry
+        .send(Stats)
         .await
-    {
-        return unavailable(e);
-    }
+        .map_err(registry_gone)?;
+    let today = admin.usage.everyone_today();
+    let users = std::mem::take(&mut pool.users)
+        .into_iter()
+        .map(|stats| UserView {
+            uid: admin
+                .isolation
+                .existing_uid(&UserKey::derive(&stats.user_id)),
+            llm: today.get(&stats.user_id).copied().unwrap_or_default(),
+            started_at_time: stats.started_at.map(crate::time::rfc3339_ms),
+            last_activity_time: crate::time::rfc3339_ms(stats.last_activity),
+            stats,
+        })
+        .collect();
+    let auth = &admin.gateway.auth;
+    Ok(HttpResponse::Ok().json(StatsView {
+        pool,
+        users,
+        version: env!("CARGO_PKG_VERSION"),
+        opencode_version: admin.opencode_version.as_deref(),
+        auth: AuthView {
+            mode: auth.mode(),
+            cached_tokens: auth.cached_tokens(),
+            sign_in: auth.policy().summary(),
+        },
+        isolation: admin.isolation.info(),
+        llm_daily_tokens: admin.daily_tokens,
+    }))
+}
+
+/// The instance of `user`, or a 404 the audit log records.
+fn instance_of(
+    req: &HttpRequest,
+    admin: &Admin,
+    action: &str,
+    user: &str,
+) -> Result<InstanceHandle, GatewayError> {
+    admin
+        .gateway
+        .routes
+        .get(user)
+        .map(|h| h.clone())
+        .ok_or_else(|| {
+            audit(req, action, user, "no such instance");
+            GatewayError::NotFound(format!("no instance for user {user:?}"))
+        })
+}
+
+async fn stop(
+    req: HttpRequest,
+    admin: web::Data<Admin>,
+    user: web::Path<String>,
+) -> Result<HttpResponse, GatewayError> {
+    let user = user.into_inner();
+    let handle = instance_of(&req, &admin, "stop", &user)?;
+    let stop = Stop {
+        reason: StopReason::Operator,
+    };
+    handle.addr.send(stop).await.map_err(registry_gone)?;
     audit(&req, "stop", &user, "stopped");
     let state = handle.status.borrow().state;
-    HttpResponse::Ok().json(json!({"userId": user, "state": state}))
+    Ok(HttpResponse::Ok().json(json!({"userId": user, "state": state})))
 }
 
 /// Stops the instance (waiting until it is at rest), then starts it again.
@@ -114,28 +167,18 @@ async fn restart(
     req: HttpRequest,
     admin: web::Data<Admin>,
     user: web::Path<String>,
-) -> HttpResponse {
+) -> Result<HttpResponse, GatewayError> {
     let user = user.into_inner();
-    let Some(handle) = admin.gateway.routes.get(&user).map(|h| h.clone()) else {
-        audit(&req, "restart", &user, "no such instance");
-        return HttpResponse::NotFound()
-            .json(json!({"error": format!("no instance for user {user:?}")}));
+    let handle = instance_of(&req, &admin, "restart", &user)?;
+    let stop = Stop {
+        reason: StopReason::Operator,
     };
-    if let Err(e) = handle
-        .addr
-        .send(Stop {
-            reason: StopReason::Operator,
-        })
-        .await
-    {
-        return unavailable(e);
-    }
-    if let Err(e) = handle.addr.send(Wake { explicit: true }).await {
-        return unavailable(e);
-    }
+    handle.addr.send(stop).await.map_err(registry_gone)?;
+    let wake = Wake { explicit: true };
+    handle.addr.send(wake).await.map_err(registry_gone)?;
     audit(&req, "restart", &user, "starting");
     let state = handle.status.borrow().state;
-    HttpResponse::Accepted().json(json!({"userId": user, "state": state}))
+    Ok(HttpResponse::Accepted().json(json!({"userId": user, "state": state})))
 }
 
 /// Everyone's personal access tokens (never their secrets).
@@ -147,21 +190,17 @@ async fn revoke_token(
     req: HttpRequest,
     admin: web::Data<Admin>,
     id: web::Path<String>,
-) -> HttpResponse {
+) -> Result<HttpResponse, GatewayError> {
     let id = id.into_inner();
     let tokens = admin.gateway.auth.tokens().clone();
-    let revoked = web::block(move || tokens.revoke(&id, None)).await;
-    match revoked {
-        Ok(Ok(info)) => {
-            audit(
-                &req,
-                "revoke token",
-                &format!("{} of {}", info.id, info.user_id),
-                "revoked",
-            );
-            HttpResponse::Ok().json(json!({"id": info.id, "userId": info.user_id, "revoked": true}))
-        }
-        Ok(Err(e)) => crate::tokens::error_response(&e),
-        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
-    }
+    let info = web::block(move || tokens.revoke(&id, None))
+        .await
+        .map_err(|e| GatewayError::Internal(e.to_string()))??;
+    audit(
+        &req,
+        "revoke token",
+        &format!("{} of {}", info.id, info.user_id),
+        "revoked",
+    );
+    Ok(HttpResponse::Ok().json(json!({"id": info.id, "userId": info.user_id, "revoked": true})))
 }

@@ -9,7 +9,6 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
-use serde_json::json;
 
 use super::actions::{self, Caller};
 use crate::errors::GatewayError;
@@ -34,7 +33,7 @@ pub fn configure_public(cfg: &mut web::ServiceConfig) {
                 .wrap(from_fn(require_admin))
                 .configure(actions::configure)
                 .default_service(web::to(|req: HttpRequest| async move {
-                    GatewayError::NotFound(req.path().to_owned()).respond(&req)
+                    Err::<HttpResponse, _>(GatewayError::no_endpoint(&req))
                 })),
         );
 }
@@ -57,15 +56,17 @@ async fn page() -> HttpResponse {
 }
 
 /// The console for a signed-in administrator; anyone else gets a 403 page.
-async fn public_page(req: HttpRequest, gateway: web::Data<Gateway>) -> HttpResponse {
-    match gateway.identify(&req).await {
-        Ok(identity) if gateway.auth.policy().is_admin(&identity) => html(pages::ADMIN),
-        Ok(_) => GatewayError::Forbidden(
+async fn public_page(
+    req: HttpRequest,
+    gateway: web::Data<Gateway>,
+) -> Result<HttpResponse, GatewayError> {
+    let identity = gateway.identify(&req).await?;
+    if !gateway.auth.policy().is_admin(&identity) {
+        return Err(GatewayError::Forbidden(
             "The admin console is for administrators (--admin-users, --admin-groups).".into(),
-        )
-        .respond(&req),
-        Err(e) => e.respond(&req),
+        ));
     }
+    Ok(html(pages::ADMIN))
 }
 
 fn html(body: &'static str) -> HttpResponse {
@@ -95,7 +96,7 @@ async fn require_admin(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let Some(gateway) = req.app_data::<web::Data<Gateway>>().cloned() else {
-        let resp = HttpResponse::InternalServerError().json(json!({"error": "no gateway"}));
+        let resp = GatewayError::Internal("no gateway".into()).respond(req.request());
         return Ok(req.into_response(resp).map_into_right_body());
     };
     let identity = match gateway.identify(req.request()).await {

@@ -16,13 +16,13 @@ use std::any::Any;
 use std::net::SocketAddr;
 
 use actix_web::dev::{Extensions, Service, ServiceRequest, ServiceResponse};
-use actix_web::http::{header, Method, StatusCode};
-use actix_web::{web, HttpMessage, HttpResponse};
-use serde_json::json;
+use actix_web::http::Method;
+use actix_web::{web, HttpMessage};
 
 use super::socket::UnixPeer;
 use super::token;
 use super::Admin;
+use crate::errors::GatewayError;
 use crate::forwarded::canonical;
 use crate::limits::Answer;
 
@@ -40,12 +40,8 @@ pub fn record_tcp_local(conn: &dyn Any, ext: &mut Extensions) {
     }
 }
 
-fn refuse<B: 'static>(req: ServiceRequest, status: StatusCode, error: &str) -> Answer<B> {
-    let mut resp = HttpResponse::build(status);
-    if status == StatusCode::UNAUTHORIZED {
-        resp.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
-    }
-    let resp = resp.json(json!({ "error": error }));
+fn refuse<B: 'static>(req: ServiceRequest, error: GatewayError) -> Answer<B> {
+    let resp = error.respond(req.request());
     Box::pin(std::future::ready(Ok(req
         .into_response(resp)
         .map_into_right_body())))
@@ -92,7 +88,7 @@ where
         "users' processes run as the gateway's uid (no uid per user), so the admin socket \
          cannot tell an operator from a user and serves no one: use the TCP listener and its token"
     };
-    refuse(req, StatusCode::FORBIDDEN, why)
+    refuse(req, GatewayError::Forbidden(why.into()))
 }
 
 /// Whether a socket peer of `uid` is an operator: root or the gateway's own uid, and only
@@ -116,8 +112,7 @@ where
     let Some(admin) = req.app_data::<web::Data<Admin>>().cloned() else {
         return refuse(
             req,
-            StatusCode::FORBIDDEN,
-            "the admin API is not configured",
+            GatewayError::Forbidden("the admin API is not configured".into()),
         );
     };
     let peer = req.peer_addr();
@@ -132,8 +127,7 @@ where
         );
         return refuse(
             req,
-            StatusCode::FORBIDDEN,
-            "the admin API does not serve users' processes",
+            GatewayError::Forbidden("the admin API does not serve users' processes".into()),
         );
     }
     let presented = token::bearer(req.headers());
@@ -150,9 +144,11 @@ where
         );
         return refuse(
             req,
-            StatusCode::UNAUTHORIZED,
-            "the admin API needs the operator token: send Authorization: Bearer <token> (the \
-             gateway's start-up log says where the token is)",
+            GatewayError::Unauthenticated {
+                login: None,
+                reason: "the admin API needs the operator token: send Authorization: Bearer <token> (the \
+             gateway's start-up log says where the token is)".into(),
+            },
         );
     }
     req.extensions_mut().insert(super::actions::Caller(format!(

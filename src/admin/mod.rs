@@ -11,18 +11,17 @@ pub mod token;
 
 use std::sync::Arc;
 
-use actix::Addr;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chamberlain_actors::{Registry, Stats};
+use chamberlain_actors::Stats;
 use serde_json::json;
 
+use crate::errors::GatewayError;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use chamberlain_actors::isolation::Isolation;
 pub use token::AdminToken;
 
 pub struct Admin {
-    pub registry: Addr<Registry>,
     pub metrics: Arc<Metrics>,
     pub gateway: web::Data<Gateway>,
     pub isolation: Arc<Isolation>,
@@ -48,8 +47,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .configure(console::configure_operator)
     .configure(actions::configure)
     .default_service(web::to(|req: HttpRequest| async move {
-        HttpResponse::NotFound()
-            .json(json!({"error": format!("no such endpoint: {} {}", req.method(), req.path())}))
+        Err::<HttpResponse, _>(GatewayError::NotFound(format!(
+            "no such endpoint: {} {}",
+            req.method(),
+            req.path()
+        )))
     }));
 }
 
@@ -96,19 +98,19 @@ async fn index() -> HttpResponse {
     }))
 }
 
-fn unavailable(e: actix::MailboxError) -> HttpResponse {
-    HttpResponse::ServiceUnavailable().json(json!({"error": format!("registry unavailable: {e}")}))
-}
-
-async fn metrics(admin: web::Data<Admin>) -> HttpResponse {
+async fn metrics(admin: web::Data<Admin>) -> Result<HttpResponse, GatewayError> {
     // Refreshes the per-state gauges before they are read.
-    if let Err(e) = admin.registry.send(Stats).await {
-        return unavailable(e);
-    }
-    match admin.metrics.encode() {
-        Ok(text) => HttpResponse::Ok()
-            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-            .body(text),
-        Err(e) => HttpResponse::InternalServerError().json(json!({"error": e.to_string()})),
-    }
+    admin
+        .gateway
+        .registry
+        .send(Stats)
+        .await
+        .map_err(actions::registry_gone)?;
+    let text = admin
+        .metrics
+        .encode()
+        .map_err(|e| GatewayError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(text))
 }

@@ -12,11 +12,11 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use awc::error::SendRequestError;
 use chamberlain_actors::{ActivityGuard, Upstream};
 
-use super::headers::{self, RequestFilter};
 use super::streams::{Held, SseRelay};
 use crate::connections::ConnectionGuard;
 use crate::errors::GatewayError;
 use crate::metrics::HttpMetrics;
+use crate::upstream::headers::{self, RequestFilter};
 
 pub struct Forward<'a> {
     pub client: &'a awc::Client,
@@ -32,20 +32,6 @@ pub struct Forward<'a> {
     pub connection: ConnectionGuard,
 }
 
-/// An HTTP client for one start of one instance in one worker (see `clients`): no redirects,
-/// no default headers, idle connections reused only briefly.
-pub fn client(timeout: Duration) -> awc::Client {
-    let connector = awc::Connector::new()
-        .limit(1024)
-        .conn_keep_alive(Duration::from_secs(4));
-    awc::Client::builder()
-        .connector(connector)
-        .timeout(timeout)
-        .disable_redirects()
-        .no_default_headers()
-        .finish()
-}
-
 fn content_length(headers: &header::HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
@@ -53,7 +39,7 @@ fn content_length(headers: &header::HeaderMap) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn is_event_stream(headers: &header::HeaderMap) -> bool {
+fn answers_with_event_stream(headers: &header::HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -111,7 +97,7 @@ impl Forward<'_> {
                 _ = self.upstream.stopping.cancelled() => {
                     return Err(GatewayError::Unavailable {
                         message: "the instance is stopping".to_owned(),
-                        retry_after: Duration::from_secs(2),
+                        retry_after: crate::errors::RETRY_STARTING,
                         state: chamberlain_actors::InstanceState::Stopping,
                     });
                 }
@@ -138,7 +124,7 @@ impl Forward<'_> {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED
             || status.is_informational();
-        let event_stream = is_event_stream(response.headers());
+        let event_stream = answers_with_event_stream(response.headers());
         let length = content_length(response.headers());
         // Copied before the response becomes the body.
         let mut out_headers = header::HeaderMap::new();

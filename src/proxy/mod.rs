@@ -1,38 +1,80 @@
 //! Everything outside `/-/` goes to the caller's own OpenCode.
 
-mod clients;
+//!
+//! A request lives in phases, in this order, each in its own place:
+//! 1. **identify** — who is asking (`Gateway::identify`); the app manifest needs no one;
+//! 2. **route** — what the request is (`Kind`) and whether it may go on: a path in normal
+//!    form, a same-site origin for state changes, no write to the organisation's keys, a
+//!    valid websocket handshake, a connection under the user's limit;
+//! 3. **wake / wait** — the user's ready OpenCode (`Gateway::upstream`): straight from the
+//!    route cache when ready, else woken and waited for; a browser loading a page gets the
+//!    starting page instead of a wait;
+//! 4. **forward** — one HTTP request (`forward.rs`) or a websocket bridge (`websocket`);
+//! 5. **relay** — the answer streamed back (`streams.rs`).
+
 mod forward;
-pub mod headers;
 pub mod path;
 pub mod streams;
 
-use std::time::Duration;
-
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use chamberlain_actors::{InstanceState, WakeReply};
 
-use crate::errors::{self, GatewayError};
-use crate::gateway::{Access, Gateway};
+use crate::errors::{GatewayError, RETRY_STARTING};
+use crate::gateway::{Access, Gateway, Routed};
 use crate::identity::Identity;
 use crate::pages;
-pub use clients::UpstreamClients;
+use crate::request;
+use crate::upstream::headers::RequestFilter;
+use crate::upstream::UpstreamClients;
 use forward::Forward;
-use headers::RequestFilter;
 
 pub async fn handle(
     req: HttpRequest,
     payload: web::Payload,
     gateway: web::Data<Gateway>,
     clients: web::Data<UpstreamClients>,
-) -> HttpResponse {
-    match proxy(&req, payload, &gateway, &clients).await {
-        Ok(response) => response,
-        Err(err) => {
-            if err.status().is_server_error() {
-                tracing::warn!(path = req.path(), error = %err, "proxy request failed");
-            }
-            err.respond(&req)
+) -> Result<HttpResponse, GatewayError> {
+    let answer = proxy(&req, payload, &gateway, &clients).await;
+    if let Err(err) = &answer {
+        if err.status().is_server_error() {
+            tracing::warn!(path = req.path(), error = %err, "proxy request failed");
+        }
+    }
+    answer
+}
+
+/// What a request to OpenCode is, which decides how it waits and how it is forwarded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// A websocket handshake (a terminal): bridged, and passive (a socket reconnecting by
+    /// itself must not restart a stopped instance).
+    Socket,
+    /// A server-push event stream: passive too.
+    Events,
+    /// A browser loading a page: wakes the instance, but gets the starting page over a wait.
+    Page,
+    /// Anything else a person's client sends: wakes the instance and waits for it.
+    Call,
+}
+
+impl Kind {
+    fn of(req: &HttpRequest) -> Self {
+        if request::is_upgrade(req) {
+            Kind::Socket
+        } else if request::wants_event_stream(req) {
+            Kind::Events
+        } else if request::is_navigation(req) {
+            Kind::Page
+        } else {
+            Kind::Call
+        }
+    }
+
+    fn access(self) -> Access {
+        match self {
+            Kind::Socket | Kind::Events => Access::Passive,
+            Kind::Page => Access::Navigate,
+            Kind::Call => Access::Wake,
         }
     }
 }
@@ -49,6 +91,7 @@ async fn proxy(
             req.path()
         )));
     }
+    // Identify.
     let identity = match gateway.identify(req).await {
         Ok(identity) => identity,
         Err(GatewayError::Unauthenticated { .. }) if is_app_manifest(req) => {
@@ -56,19 +99,66 @@ async fn proxy(
         }
         Err(e) => return Err(e),
     };
+    // Route.
+    let kind = Kind::of(req);
+    if kind == Kind::Page {
+        if let Some(landing) = landing(req, gateway, &identity).await {
+            return Ok(landing);
+        }
+    }
+    may_go_on(req, gateway, &identity, kind)?;
+    // Every request and websocket holds descriptors of the gateway's until it ends.
+    let connection = gateway.connections.open(&identity.user_id)?;
+    // Wake and wait.
+    let (handle, upstream) = match gateway.upstream(&identity, kind.access()).await? {
+        Routed::Ready(handle, upstream) => (handle, upstream),
+        Routed::Starting => return Ok(starting_page()),
+    };
+    // Forward, and relay the answer.
+    let client = clients.get(&upstream);
+    if kind == Kind::Socket {
+        return crate::websocket::Bridge {
+            gateway,
+            client: &client,
+            upstream: &upstream,
+            activity: &handle.activity,
+            user: &identity.user_id,
+            connection,
+        }
+        .open(req, payload)
+        .await;
+    }
+    let passive = kind.access() == Access::Passive;
+    Forward {
+        client: &client,
+        upstream: &upstream,
+        filter: RequestFilter::new(gateway, passive),
+        timeout: gateway.cfg.upstream_timeout,
+        sse_keepalive: gateway.cfg.sse_keepalive,
+        metrics: &gateway.metrics,
+        activity: (!passive).then(|| handle.activity.begin()),
+        connection,
+    }
+    .send(req, payload)
+    .await
+}
+
+/// The route phase's refusals, before anything is woken or held.
+fn may_go_on(
+    req: &HttpRequest,
+    gateway: &Gateway,
+    identity: &Identity,
+    kind: Kind,
+) -> Result<(), GatewayError> {
+    if kind == Kind::Socket {
+        crate::websocket::check_handshake(req)?;
+        // Browsers send no CORS preflight for websockets: every handshake is checked.
+        return crate::origin::check(req, &gateway.cfg.site);
+    }
     // A cookie comes with requests other sites make: a form posted from another page must
     // not create sessions or run commands in this user's OpenCode.
     if identity.credential.is_ambient() && !crate::origin::is_safe(req.method()) {
         crate::origin::check(req, &gateway.cfg.site)?;
-    }
-    if let Some(landing) = landing(req, gateway, &identity).await {
-        return Ok(landing);
-    }
-    // Every request and websocket holds descriptors of the gateway's until it ends.
-    let connection = gateway.connections.open(&identity.user_id)?;
-    if headers::is_upgrade(req) {
-        return crate::websocket::upgrade(req, payload, gateway, clients, &identity, connection)
-            .await;
     }
     if changes_shared_keys(req, gateway) {
         return Err(GatewayError::Forbidden(
@@ -77,31 +167,7 @@ async fn proxy(
                 .to_owned(),
         ));
     }
-    let access = if headers::is_event_stream(req) {
-        Access::Passive
-    } else {
-        Access::Wake
-    };
-    if access == Access::Wake && errors::is_navigation(req) {
-        if let Some(page) = starting_page(gateway, &identity).await? {
-            return Ok(page);
-        }
-    }
-    let (handle, upstream) = gateway.upstream(&identity, access).await?;
-    let activity = (access == Access::Wake).then(|| handle.activity.begin());
-    let client = clients.get(&upstream);
-    Forward {
-        client: &client,
-        upstream: &upstream,
-        filter: RequestFilter::new(gateway, access == Access::Passive),
-        timeout: gateway.cfg.upstream_timeout,
-        sse_keepalive: gateway.cfg.sse_keepalive,
-        metrics: &gateway.metrics,
-        activity,
-        connection,
-    }
-    .send(req, payload)
-    .await
+    Ok(())
 }
 
 /// A person opening the gateway's address lands on the portal, which says what is there
@@ -112,7 +178,7 @@ async fn landing(
     gateway: &Gateway,
     identity: &Identity,
 ) -> Option<HttpResponse> {
-    if req.path() != "/" || !req.query_string().is_empty() || !errors::is_navigation(req) {
+    if req.path() != "/" || !req.query_string().is_empty() {
         return None;
     }
     if !gateway.is_shutting_down() {
@@ -155,29 +221,12 @@ fn writes_keys(method: &actix_web::http::Method, path: &str) -> bool {
 
 /// A browser loading a page while the instance is not ready gets the "starting your
 /// workspace" page at once (the start is set off), instead of a blank wait.
-async fn starting_page(
-    gateway: &Gateway,
-    identity: &Identity,
-) -> Result<Option<HttpResponse>, GatewayError> {
-    if let Some(handle) = gateway.peek(identity) {
-        if handle.status.borrow().state == InstanceState::Ready {
-            return Ok(None);
-        }
-    }
-    let (_, reply) = gateway.wake(identity, false).await?;
-    if matches!(reply, WakeReply::Ready(_)) {
-        return Ok(None);
-    }
-    Ok(Some(
-        HttpResponse::ServiceUnavailable()
-            .insert_header((
-                header::RETRY_AFTER,
-                Duration::from_secs(2).as_secs().to_string(),
-            ))
-            .insert_header((header::CACHE_CONTROL, "no-store"))
-            .content_type("text/html; charset=utf-8")
-            .body(pages::starting()),
-    ))
+fn starting_page() -> HttpResponse {
+    HttpResponse::ServiceUnavailable()
+        .insert_header((header::RETRY_AFTER, RETRY_STARTING.as_secs().to_string()))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .content_type("text/html; charset=utf-8")
+        .body(pages::starting())
 }
 
 #[cfg(test)]

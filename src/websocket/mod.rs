@@ -18,12 +18,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use awc::error::{SendRequestError, WsClientError};
 use futures_util::StreamExt;
 
+use std::sync::Arc;
+
+use chamberlain_actors::{Activity, Upstream};
+
 use crate::connections::ConnectionGuard;
 use crate::errors::GatewayError;
-use crate::gateway::{Access, Gateway};
-use crate::identity::Identity;
-use crate::proxy::headers::{self, RequestFilter};
-use crate::proxy::UpstreamClients;
+use crate::gateway::Gateway;
+use crate::upstream::headers::{self, RequestFilter};
 use bridge::{BridgeConfig, BridgeParts, CountingSink, SocketBridge};
 use inbound::ClientFrames;
 use outbox::Outbox;
@@ -31,16 +33,6 @@ use outbox::Outbox;
 /// Most time allowed for OpenCode to accept a websocket (OpenCode never answers a handshake
 /// for a terminal it does not know); `--upstream-timeout` if shorter.
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-
-#[derive(Clone, Debug)]
-pub struct WsConfig {
-    pub max_frame: usize,
-    pub max_buffer: usize,
-    pub ping_interval: Duration,
-    pub client_timeout: Duration,
-    /// `--busy-timeout`: how long output alone may keep an instance alive.
-    pub output_limit: Duration,
-}
 
 /// Headers of the client's handshake that belong to the client's hop only.
 const HANDSHAKE_ONLY: &[&str] = &[
@@ -71,83 +63,102 @@ fn upstream_error(e: WsClientError, timeout: Duration) -> GatewayError {
     }
 }
 
-pub async fn upgrade(
-    req: &HttpRequest,
-    payload: web::Payload,
-    gateway: &Gateway,
-    clients: &UpstreamClients,
-    identity: &Identity,
-    connection: ConnectionGuard,
-) -> Result<HttpResponse, GatewayError> {
-    let cfg = &gateway.cfg.ws;
+/// Refuses a malformed handshake before anything is woken or held.
+pub fn check_handshake(req: &HttpRequest) -> Result<(), GatewayError> {
     actix_http::ws::verify_handshake(req.head())
-        .map_err(|e| GatewayError::BadRequest(format!("invalid websocket handshake: {e}")))?;
-    crate::origin::check(req, &gateway.cfg.site)?;
-    // A socket reconnecting by itself must not restart a stopped instance.
-    let (handle, upstream) = gateway.upstream(identity, Access::Passive).await?;
+        .map_err(|e| GatewayError::BadRequest(format!("invalid websocket handshake: {e}")))
+}
 
-    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let mut forwarded = HeaderMap::new();
-    headers::for_upstream(
-        req,
-        &mut forwarded,
-        &RequestFilter::new(gateway, false),
-        &upstream.authorization,
-    );
-    let mut request = clients
-        .get(&upstream)
-        .ws(format!("ws://{}{path}", upstream.addr))
-        .max_frame_size(cfg.max_frame);
-    for (name, value) in forwarded.iter() {
-        if !HANDSHAKE_ONLY.contains(&name.as_str()) {
-            request = request.header(name.clone(), value.clone());
-        }
-    }
-    let timeout = gateway.cfg.upstream_timeout.min(MAX_CONNECT_TIMEOUT);
-    let (response, framed) = tokio::time::timeout(timeout, request.connect())
-        .await
-        .map_err(|_| GatewayError::UpstreamTimeout(timeout))?
-        .map_err(|e| upstream_error(e, timeout))?;
+/// One client socket to bridge to a ready instance (the proxy's forward phase for a
+/// handshake that passed [`check_handshake`]).
+pub struct Bridge<'a> {
+    pub gateway: &'a Gateway,
+    pub client: &'a awc::Client,
+    pub upstream: &'a Upstream,
+    pub activity: &'a Arc<Activity>,
+    pub user: &'a str,
+    /// Counts against the user's `--max-user-connections` while the socket is open.
+    pub connection: ConnectionGuard,
+}
 
-    let key = req
-        .headers()
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or_else(|| GatewayError::BadRequest("missing Sec-WebSocket-Key".to_owned()))?;
-    let accept = hash_key(key.as_bytes());
-    let mut reply = HttpResponse::SwitchingProtocols();
-    reply.upgrade("websocket").insert_header((
-        header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_bytes(&accept)
-            .map_err(|e| GatewayError::Internal(format!("accept key: {e}")))?,
-    ));
-    if let Some(protocol) = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL) {
-        reply.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol.clone()));
-    }
-
-    let (sink, stream) = framed.split();
-    let (sink, upstream_pending) = CountingSink::new(sink);
-    let (outbox, body) = Outbox::new();
-    SocketBridge::start(
-        BridgeParts {
-            user: identity.user_id.clone(),
-            cfg: BridgeConfig {
-                ping_interval: cfg.ping_interval,
-                client_timeout: cfg.client_timeout,
-                max_buffer: cfg.max_buffer,
-                output_limit: cfg.output_limit,
-            },
-            activity: handle.activity.clone(),
-            outbox,
-            upstream: sink,
-            upstream_pending,
-            metrics: gateway.ws_metrics.clone(),
-            stopping: upstream.stopping.clone(),
-            shutdown: gateway.shutdown_token(),
+impl Bridge<'_> {
+    /// Connects to OpenCode, then answers the client's handshake and starts the bridge.
+    pub async fn open(
+        self,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<HttpResponse, GatewayError> {
+        let Bridge {
+            gateway,
+            client,
+            upstream,
+            activity,
+            user,
             connection,
-        },
-        ClientFrames::new(payload, Codec::new().max_size(cfg.max_frame)),
-        stream,
-    );
-    tracing::debug!(user = %identity.user_id, path, "websocket bridged");
-    Ok(reply.streaming(body))
+        } = self;
+        let cfg = &gateway.cfg.ws;
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let mut forwarded = HeaderMap::new();
+        headers::for_upstream(
+            req,
+            &mut forwarded,
+            &RequestFilter::new(gateway, false),
+            &upstream.authorization,
+        );
+        let mut request = client
+            .ws(format!("ws://{}{path}", upstream.addr))
+            .max_frame_size(cfg.max_frame);
+        for (name, value) in forwarded.iter() {
+            if !HANDSHAKE_ONLY.contains(&name.as_str()) {
+                request = request.header(name.clone(), value.clone());
+            }
+        }
+        let timeout = gateway.cfg.upstream_timeout.min(MAX_CONNECT_TIMEOUT);
+        let (response, framed) = tokio::time::timeout(timeout, request.connect())
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout(timeout))?
+            .map_err(|e| upstream_error(e, timeout))?;
+
+        let key = req
+            .headers()
+            .get(header::SEC_WEBSOCKET_KEY)
+            .ok_or_else(|| GatewayError::BadRequest("missing Sec-WebSocket-Key".to_owned()))?;
+        let accept = hash_key(key.as_bytes());
+        let mut reply = HttpResponse::SwitchingProtocols();
+        reply.upgrade("websocket").insert_header((
+            header::SEC_WEBSOCKET_ACCEPT,
+            HeaderValue::from_bytes(&accept)
+                .map_err(|e| GatewayError::Internal(format!("accept key: {e}")))?,
+        ));
+        if let Some(protocol) = response.headers().get(header::SEC_WEBSOCKET_PROTOCOL) {
+            reply.insert_header((header::SEC_WEBSOCKET_PROTOCOL, protocol.clone()));
+        }
+
+        let (sink, stream) = framed.split();
+        let (sink, upstream_pending) = CountingSink::new(sink);
+        let (outbox, body) = Outbox::new();
+        SocketBridge::start(
+            BridgeParts {
+                user: user.to_owned(),
+                cfg: BridgeConfig {
+                    ping_interval: cfg.ping_interval,
+                    client_timeout: cfg.client_timeout,
+                    max_buffer: cfg.max_buffer,
+                    output_limit: cfg.output_limit,
+                },
+                activity: activity.clone(),
+                outbox,
+                upstream: sink,
+                upstream_pending,
+                metrics: gateway.ws_metrics.clone(),
+                stopping: upstream.stopping.clone(),
+                shutdown: gateway.shutdown_token(),
+                connection,
+            },
+            ClientFrames::new(payload, Codec::new().max_size(cfg.max_frame)),
+            stream,
+        );
+        tracing::debug!(user, path, "websocket bridged");
+        Ok(reply.streaming(body))
+    }
 }

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use chamberlain_actors::Upstream;
 
-use super::forward;
-
 pub struct UpstreamClients {
     timeout: Duration,
     /// Keyed by the instance's per-start credentials, which are unique to one start.
@@ -34,7 +32,7 @@ impl UpstreamClients {
         if let Some(client) = self.clients.borrow().get(key) {
             return client.clone();
         }
-        let client = forward::client(self.timeout);
+        let client = client(self.timeout);
         let key: Rc<str> = Rc::from(key);
         self.clients
             .borrow_mut()
@@ -52,6 +50,20 @@ impl UpstreamClients {
     fn len(&self) -> usize {
         self.clients.borrow().len()
     }
+}
+
+/// The client of one start of one instance in one worker: no redirects,
+/// no default headers, idle connections reused only briefly.
+fn client(timeout: Duration) -> awc::Client {
+    let connector = awc::Connector::new()
+        .limit(1024)
+        .conn_keep_alive(Duration::from_secs(4));
+    awc::Client::builder()
+        .connector(connector)
+        .timeout(timeout)
+        .disable_redirects()
+        .no_default_headers()
+        .finish()
 }
 
 #[cfg(test)]

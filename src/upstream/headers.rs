@@ -1,4 +1,5 @@
-//! Which headers cross the proxy, in each direction, and how requests are classified.
+//! Which headers cross to an instance and back, for proxied requests and websocket
+//! handshakes alike.
 
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::HttpRequest;
@@ -142,30 +143,6 @@ pub fn add_forwarded(req: &HttpRequest, dst: &mut HeaderMap, proxies: &TrustedPr
     }
 }
 
-/// A websocket handshake.
-pub fn is_upgrade(req: &HttpRequest) -> bool {
-    req.headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-}
-
-/// A server-push event stream: its requests are passive (see `gateway::Access`).
-pub fn is_event_stream(req: &HttpRequest) -> bool {
-    let accepts_events = req
-        .headers()
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("text/event-stream"));
-    accepts_events || is_event_path(req.path())
-}
-
-/// OpenCode's event stream endpoints.
-fn is_event_path(path: &str) -> bool {
-    matches!(path, "/event" | "/global/event" | "/api/event")
-        || (path.starts_with("/api/session/") && path.ends_with("/event"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,37 +241,6 @@ mod tests {
         assert!(dst.get("content-length").is_none());
         assert_eq!(dst.get("content-encoding").unwrap(), "gzip");
         assert_eq!(dst.get("location").unwrap(), "/elsewhere");
-    }
-
-    #[test]
-    fn classifies_event_streams_and_upgrades() {
-        let sse = TestRequest::get()
-            .uri("/whatever")
-            .insert_header(("accept", "text/event-stream"))
-            .to_http_request();
-        assert!(is_event_stream(&sse));
-        for path in [
-            "/event",
-            "/global/event",
-            "/api/event",
-            "/api/session/ses_1/event",
-        ] {
-            let req = TestRequest::get().uri(path).to_http_request();
-            assert!(is_event_stream(&req), "{path}");
-        }
-        for path in [
-            "/session",
-            "/events",
-            "/api/session/x/message",
-            "/eventually",
-        ] {
-            let req = TestRequest::get().uri(path).to_http_request();
-            assert!(!is_event_stream(&req), "{path}");
-        }
-        let ws = TestRequest::get()
-            .insert_header(("upgrade", "WebSocket"))
-            .to_http_request();
-        assert!(is_upgrade(&ws));
     }
 
     #[test]
