@@ -22,6 +22,7 @@ use crate::proxy::streams::Held;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/", web::get().to(portal)))
+        .service(resource("/static/base.css", web::get().to(base_css)))
         .service(resource("/static/portal.css", web::get().to(portal_css)))
         .service(resource("/static/portal.js", web::get().to(portal_js)))
         .service(resource("/healthz", web::get().to(healthz)))
@@ -65,6 +66,11 @@ async fn portal(
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .body(pages::PORTAL))
+}
+
+/// No identity: the sign-in, signed-out, 401 and error pages link it too.
+async fn base_css() -> HttpResponse {
+    pages::asset("text/css; charset=utf-8", pages::BASE_CSS)
 }
 
 async fn portal_css() -> HttpResponse {

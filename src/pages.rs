@@ -5,6 +5,9 @@ const UNAUTHORIZED: &str = include_str!("../static/unauthorized.html");
 const LOGIN: &str = include_str!("../static/login.html");
 const SIGNED_OUT: &str = include_str!("../static/signed_out.html");
 const ERROR: &str = include_str!("../static/error.html");
+/// The design tokens and base styles every page links first (`/-/static/base.css`; also on
+/// the admin listener for the console). Served to anyone, signed in or not.
+pub const BASE_CSS: &str = include_str!("../static/base.css");
 pub const PORTAL: &str = include_str!("../static/portal.html");
 pub const PORTAL_CSS: &str = include_str!("../static/portal.css");
 pub const PORTAL_JS: &str = include_str!("../static/portal.js");
@@ -121,6 +124,138 @@ mod tests {
         let page = error(503, "Not now", "<script>x</script>");
         assert!(page.contains("503") && page.contains("Not now"));
         assert!(!page.contains("<script>x"));
+    }
+
+    /// Every page the gateway serves, as served, with the stylesheet path it uses.
+    fn all_pages() -> Vec<(&'static str, String, &'static str)> {
+        let public = "/-/static/base.css";
+        vec![
+            ("starting", starting().to_owned(), public),
+            (
+                "401",
+                unauthorized(Some("/-/login"), "/", "no token"),
+                public,
+            ),
+            ("login", login("/", Some("bad name")), public),
+            ("signed out", signed_out(Some("/-/login")), public),
+            ("error", error(404, "Not found", "no such page"), public),
+            ("portal", PORTAL.to_owned(), public),
+            ("tokens", TOKENS.to_owned(), public),
+            // Relative: the console is served at /-/admin and at the admin listener's /console.
+            ("admin", ADMIN.to_owned(), "static/base.css"),
+        ]
+    }
+
+    fn stylesheet_links(page: &str) -> Vec<&str> {
+        page.split("<link rel=\"stylesheet\" href=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect()
+    }
+
+    fn inline_styles(page: &str) -> Vec<&str> {
+        page.split("<style>")
+            .skip(1)
+            .filter_map(|rest| rest.split("</style>").next())
+            .collect()
+    }
+
+    /// The custom properties (`--name: …`) that `css` defines.
+    fn defined_tokens(css: &str) -> Vec<String> {
+        css.split("--")
+            .skip(1)
+            .filter_map(|rest| {
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                rest[name.len()..]
+                    .trim_start()
+                    .starts_with(':')
+                    .then_some(name)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_page_links_the_shared_stylesheet_first() {
+        for (name, page, base) in all_pages() {
+            let links = stylesheet_links(&page);
+            assert_eq!(links.first(), Some(&base), "{name}: {links:?}");
+            if let Some(own) = page.find("<style>") {
+                assert!(
+                    page.find(base).unwrap() < own,
+                    "{name}: its own styles must come after base.css"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn no_page_carries_the_design_tokens() {
+        for (name, page, _) in all_pages() {
+            for css in inline_styles(&page) {
+                assert_eq!(defined_tokens(css), Vec::<String>::new(), "{name}");
+                for what in [":root", "color-scheme", "system-ui", "font: 16px"] {
+                    assert!(!css.contains(what), "{name} inlines {what:?}: {css}");
+                }
+            }
+        }
+        for (name, css) in [("portal.css", PORTAL_CSS), ("admin.css", ADMIN_CSS)] {
+            assert_eq!(defined_tokens(css), Vec::<String>::new(), "{name}");
+            for what in [":root", "color-scheme", "system-ui", "@import"] {
+                assert!(!css.contains(what), "{name} carries {what:?}");
+            }
+        }
+        let tokens = defined_tokens(BASE_CSS);
+        for token in ["accent", "muted", "bad", "good", "warn", "line"] {
+            assert!(tokens.iter().any(|t| t == token), "{token}: {tokens:?}");
+        }
+    }
+
+    /// Each token a page or stylesheet uses is one base.css defines.
+    #[test]
+    fn every_token_used_is_defined_in_base_css() {
+        let pages = all_pages();
+        let mut sources: Vec<(&str, &str)> =
+            vec![("portal.css", PORTAL_CSS), ("admin.css", ADMIN_CSS)];
+        sources.extend(pages.iter().map(|(name, page, _)| (*name, page.as_str())));
+        for (name, text) in sources {
+            for rest in text.split("var(--").skip(1) {
+                let token: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                    .collect();
+                assert!(
+                    defined_tokens(BASE_CSS).contains(&token),
+                    "{name} uses --{token}, which base.css does not define"
+                );
+            }
+        }
+    }
+
+    /// Still readable when base.css does not load: it stands alone (loads nothing), and
+    /// only it pairs a light text colour with a token background (without the tokens such
+    /// a button would be white on white); every other style leaves text colours inherited.
+    #[test]
+    fn pages_stay_readable_without_the_shared_stylesheet() {
+        for what in ["@import", "url("] {
+            assert!(!BASE_CSS.contains(what), "base.css loads something: {what}");
+        }
+        let pages = all_pages();
+        let mut styles: Vec<(&str, &str)> =
+            vec![("portal.css", PORTAL_CSS), ("admin.css", ADMIN_CSS)];
+        for (name, page, _) in &pages {
+            styles.extend(inline_styles(page).into_iter().map(|css| (*name, css)));
+        }
+        for (name, css) in styles {
+            for light in ["color: white", "color: #fff", "color:white", "color:#fff"] {
+                assert!(
+                    !css.contains(light),
+                    "{name} sets {light:?} outside base.css"
+                );
+            }
+        }
     }
 
     #[test]

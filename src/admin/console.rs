@@ -20,6 +20,7 @@ pub fn configure_operator(cfg: &mut web::ServiceConfig) {
     cfg.route("/console", web::get().to(page))
         .route("/static/admin.js", web::get().to(script))
         .route("/static/admin.css", web::get().to(style))
+        .route("/static/base.css", web::get().to(base_style))
         .route("/static/portal.css", web::get().to(portal_style));
 }
 
@@ -47,7 +48,11 @@ pub struct PublicConsole;
 pub fn is_public_asset(path: &str) -> bool {
     matches!(
         path,
-        "/console" | "/static/admin.js" | "/static/admin.css" | "/static/portal.css"
+        "/console"
+            | "/static/admin.js"
+            | "/static/admin.css"
+            | "/static/base.css"
+            | "/static/portal.css"
     )
 }
 
@@ -83,6 +88,10 @@ async fn script() -> HttpResponse {
 
 async fn style() -> HttpResponse {
     pages::asset("text/css; charset=utf-8", pages::ADMIN_CSS)
+}
+
+async fn base_style() -> HttpResponse {
+    pages::asset("text/css; charset=utf-8", pages::BASE_CSS)
 }
 
 async fn portal_style() -> HttpResponse {

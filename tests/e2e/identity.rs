@@ -627,6 +627,22 @@ async fn jwt_with_a_pem_key_and_no_sign_in_page() {
         .await;
     assert_eq!(page.status, StatusCode::UNAUTHORIZED);
     assert!(!page.text().contains("/-/login"), "{}", page.text());
+    // Without a token: the 401 and signed-out pages, and the stylesheet they link.
+    assert!(
+        page.text().contains("/-/static/base.css"),
+        "{}",
+        page.text()
+    );
+    let out = gw.request(Method::GET, None, "/-/logout", &[], None).await;
+    assert_eq!(out.status, StatusCode::OK);
+    assert!(out.text().contains("/-/static/base.css"), "{}", out.text());
+    let css = gw
+        .request(Method::GET, None, "/-/static/base.css", &[], None)
+        .await;
+    assert_eq!(css.status, StatusCode::OK, "{}", css.text());
+    assert!(css
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/css")));
     let login = gw.request(Method::GET, None, "/-/login", &[], None).await;
     assert_eq!(login.status, StatusCode::NOT_FOUND);
 }

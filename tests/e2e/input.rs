@@ -78,6 +78,60 @@ async fn missing_identity_is_401_and_touches_nothing() {
     assert_eq!(gw.stats().await["users"].as_array().unwrap().len(), 0);
 }
 
+/// The shared stylesheet is for people who are not signed in too: the pages they see (401,
+/// sign-in, errors) link it, and it is served to a request that carries no credential, on
+/// both listeners.
+#[actix_web::test]
+async fn the_shared_stylesheet_is_served_to_anyone() {
+    let gw = Gateway::fake(&[]);
+    let css = gw
+        .request(Method::GET, None, "/-/static/base.css", &[], None)
+        .await;
+    assert_eq!(css.status, StatusCode::OK, "{}", css.text());
+    assert_eq!(
+        css.header("content-type").as_deref(),
+        Some("text/css; charset=utf-8")
+    );
+    assert_eq!(css.header("cache-control").as_deref(), Some("no-cache"));
+    assert_eq!(
+        css.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    assert!(css.text().contains("--accent:"), "{}", css.text());
+
+    let navigation = [("accept", "text/html"), ("sec-fetch-mode", "navigate")];
+    let unauthorized = gw
+        .request(Method::GET, None, "/some/page", &navigation, None)
+        .await;
+    assert_eq!(unauthorized.status, StatusCode::UNAUTHORIZED);
+    let missing = gw.get_with("erin", "/-/no-such-page", &navigation).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    let login = gw.request(Method::GET, None, "/-/login", &[], None).await;
+    assert_eq!(login.status, StatusCode::OK);
+    for (name, page) in [("401", unauthorized), ("404", missing), ("sign-in", login)] {
+        assert!(
+            page.text()
+                .contains(r#"<link rel="stylesheet" href="/-/static/base.css">"#),
+            "{name}: {}",
+            page.text()
+        );
+    }
+
+    // The admin listener: the console's assets need no operator token; its data does.
+    let css = gw
+        .admin_request_with(Method::GET, "/static/base.css", &[])
+        .await;
+    assert_eq!(css.status, StatusCode::OK, "{}", css.text());
+    assert_eq!(
+        css.header("content-type").as_deref(),
+        Some("text/css; charset=utf-8")
+    );
+    let console = gw.admin_request_with(Method::GET, "/console", &[]).await;
+    assert!(console.text().contains(r#"href="static/base.css""#));
+    // Nothing was created for the anonymous requests.
+    assert!(!tree(gw.data.path()).iter().any(|p| p.starts_with("users/")));
+}
+
 #[actix_web::test]
 async fn malformed_user_names_are_400_and_create_nothing() {
     let gw = Gateway::fake(&[]);
