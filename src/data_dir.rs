@@ -30,6 +30,13 @@ pub struct Dir {
     pub mode: u32,
 }
 
+const USERS: &str = "users";
+const STATE: &str = "state";
+const SHARED: &str = "shared";
+const REPOS: &str = "shared/repos";
+const ORG_AUTH: &str = "shared/auth";
+const ORG_CONFIG: &str = "shared/config";
+
 /// The layout, parents before children. With a uid per user, root owns everything but the
 /// homes; users may pass through the data directory and `users/` but list neither; the
 /// repository library is readable by the shared group only; `state/`, `shared/auth` and
@@ -42,32 +49,32 @@ pub const LAYOUT: &[Dir] = &[
         mode: 0o711,
     },
     Dir {
-        path: "users",
+        path: USERS,
         group: Group::Root,
         mode: 0o711,
     },
     Dir {
-        path: "state",
+        path: STATE,
         group: Group::Root,
         mode: 0o700,
     },
     Dir {
-        path: "shared",
+        path: SHARED,
         group: Group::Shared,
         mode: 0o750,
     },
     Dir {
-        path: "shared/repos",
+        path: REPOS,
         group: Group::Shared,
         mode: 0o750,
     },
     Dir {
-        path: "shared/auth",
+        path: ORG_AUTH,
         group: Group::Root,
         mode: 0o700,
     },
     Dir {
-        path: "shared/config",
+        path: ORG_CONFIG,
         group: Group::Root,
         mode: 0o700,
     },
@@ -191,12 +198,12 @@ impl DataDir {
 
     /// Users' homes, one directory each.
     pub fn users(&self) -> PathBuf {
-        self.root.join("users")
+        self.root.join(USERS)
     }
 
     /// The gateway's own files; no user may enter.
     pub fn state(&self) -> PathBuf {
-        self.root.join("state")
+        self.root.join(STATE)
     }
 
     /// The uid given to each user, for good.
@@ -221,20 +228,17 @@ impl DataDir {
 
     /// The repository library: users read it, through the shared group.
     pub fn repos(&self) -> PathBuf {
-        self.root.join("shared").join("repos")
+        self.root.join(REPOS)
     }
 
     /// The organisation's OpenCode `auth.json` (its providers' keys).
     pub fn org_auth(&self) -> PathBuf {
-        self.root.join("shared").join("auth").join("auth.json")
+        self.root.join(ORG_AUTH).join("auth.json")
     }
 
     /// The organisation's `opencode.json`.
     pub fn org_config(&self) -> PathBuf {
-        self.root
-            .join("shared")
-            .join("config")
-            .join("opencode.json")
+        self.root.join(ORG_CONFIG).join("opencode.json")
     }
 }
 
