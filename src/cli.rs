@@ -1,5 +1,6 @@
-//! The command line: `chamberlain serve [flags]`. Every flag can also be set with an
-//! environment variable `CHAMBERLAIN_<FLAG>`.
+//! The command line: `chamberlain serve [flags]`, and `chamberlain prepare-data` for a
+//! container's entrypoint. Every flag can also be set with an environment variable
+//! `CHAMBERLAIN_<FLAG>`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,6 +23,27 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(Box<ServeArgs>),
+    /// Lay out the data directory and, as root, give it the owners and modes a uid per user
+    /// needs: what `serve` applies at every start, done beforehand (a container's entrypoint
+    /// runs it, so keys and repositories can be put in place before the first start).
+    PrepareData(PrepareDataArgs),
+}
+
+/// `--data-dir` when none is given.
+const DEFAULT_DATA_DIR: &str = "./data";
+/// `--uid-range` when none is given.
+const DEFAULT_UID_RANGE: &str = "200000-265535";
+
+/// `prepare-data`: the flags of `serve` it shares, under the same names and variables.
+#[derive(Debug, Clone, Args)]
+pub struct PrepareDataArgs {
+    /// Data directory: users/ (homes), shared/ (org keys, repos), state/.
+    #[arg(long, env = "CHAMBERLAIN_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// Unix ids for users: the first is the group that reads the repository library.
+    #[arg(long, env = "CHAMBERLAIN_UID_RANGE", default_value = DEFAULT_UID_RANGE, value_parser = id_range)]
+    pub uid_range: (u32, u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -437,7 +459,7 @@ pub struct ServeArgs {
         help_heading = "OpenCode and data",
         long,
         env = "CHAMBERLAIN_DATA_DIR",
-        default_value = "./data"
+        default_value = DEFAULT_DATA_DIR
     )]
     pub data_dir: PathBuf,
 
@@ -472,7 +494,7 @@ pub struct ServeArgs {
 
     /// Unix ids for users (with uid isolation): the first is the shared read-only group, the
     /// rest are given to users, one each, for good (recorded in state/uids.json).
-    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_UID_RANGE", default_value = "200000-265535", value_parser = id_range)]
+    #[arg(help_heading = "Isolation", long, env = "CHAMBERLAIN_UID_RANGE", default_value = DEFAULT_UID_RANGE, value_parser = id_range)]
     pub uid_range: (u32, u32),
 
     /// Add users' uids to /etc/passwd and /etc/group (named after the user where the name
@@ -804,6 +826,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Serve(args) => *args,
+            other => panic!("not serve: {other:?}"),
         })
     }
 
@@ -874,6 +897,29 @@ mod tests {
         }
         assert!(serve(&["--pass-env", "A=B"]).is_err());
         assert!(serve(&["--pass-env", "1X"]).is_err());
+    }
+
+    #[test]
+    fn prepare_data_takes_the_data_flags_of_serve() {
+        let prepare = |args: &[&str]| {
+            let mut argv = vec!["chamberlain", "prepare-data"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::PrepareData(args) => args,
+                other => panic!("not prepare-data: {other:?}"),
+            })
+        };
+        let (defaults, served) = (prepare(&[]).unwrap(), serve(&[]).unwrap());
+        assert_eq!(defaults.data_dir, served.data_dir);
+        assert_eq!(defaults.uid_range, served.uid_range);
+        let args = prepare(&["--data-dir", "/data", "--uid-range", "5000-5100"]).unwrap();
+        assert_eq!(args.data_dir, PathBuf::from("/data"));
+        assert_eq!(args.uid_range, (5000, 5100));
+        assert!(prepare(&["--uid-range", "10-10"]).is_err());
+        assert!(
+            prepare(&["--listen", "127.0.0.1:1"]).is_err(),
+            "serve's only"
+        );
     }
 
     #[test]

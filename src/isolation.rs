@@ -1,10 +1,11 @@
-//! Setting up isolation at start-up: which mode is in force, the permissions of the data
-//! directory that mode needs, and refusing to start when users could not reach what they
-//! need (or could reach what they must not).
+//! Setting up isolation at start-up: which mode is in force, the data directory's owners
+//! and modes applied when users get uids of their own (the layout itself is
+//! [`crate::data_dir`]'s), and refusing to start when users could not reach what they need
+//! (or could reach what they must not).
 
 use std::fs;
-use std::os::unix::fs::{chown, MetadataExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 
 use anyhow::{bail, Context};
 use chamberlain_actors::isolation::{
@@ -12,28 +13,7 @@ use chamberlain_actors::isolation::{
 };
 
 use crate::cli::{IsolationArg, ServeArgs, SystemAccounts};
-
-/// Paths under the data directory the gateway and the children agree on.
-pub struct SharedPaths {
-    pub repos: PathBuf,
-    pub auth_dir: PathBuf,
-    pub auth_file: PathBuf,
-    pub config_dir: PathBuf,
-    pub config_file: PathBuf,
-}
-
-impl SharedPaths {
-    pub fn under(data_dir: &Path) -> Self {
-        let shared = data_dir.join("shared");
-        SharedPaths {
-            repos: shared.join("repos"),
-            auth_dir: shared.join("auth"),
-            auth_file: shared.join("auth").join("auth.json"),
-            config_dir: shared.join("config"),
-            config_file: shared.join("config").join("opencode.json"),
-        }
-    }
-}
+use crate::data_dir::DataDir;
 
 /// `oom_score_adj` of the gateway itself: the kernel's last choice when memory runs out
 /// (users' processes are its first, see `CHILD_OOM_SCORE_ADJ`).
@@ -83,16 +63,15 @@ pub fn requested_mode(arg: IsolationArg) -> IsolationMode {
 /// are protected by.
 pub fn setup(
     args: &ServeArgs,
-    data_dir: &Path,
+    data_dir: &DataDir,
     program: &Path,
     helper: &Path,
-    shared: &SharedPaths,
 ) -> anyhow::Result<Isolation> {
     let mut mode = requested_mode(args.isolation);
     if mode.uses_uid() {
         let reachable = reachable_by_others(program, "the OpenCode executable")
             .and_then(|()| reachable_by_others(helper, "the gateway's own executable"))
-            .and_then(|()| reachable_by_others(data_dir, "the data directory"));
+            .and_then(|()| reachable_by_others(data_dir.path(), "the data directory"));
         match reachable {
             Ok(()) => {}
             // `auto` means "everything that works here": say why uids are off and go on.
@@ -132,7 +111,7 @@ pub fn setup(
     // The organisation's keys and config reach OpenCode in its environment; users read
     // only the repository library.
     // The gateway's executable: work in a home runs in it, as the user (`as_user`).
-    let mut read_only = vec![shared.repos.clone(), helper.to_owned()];
+    let mut read_only = vec![data_dir.repos(), helper.to_owned()];
     // The OpenCode install (a single executable that reads itself).
     if let Some(dir) = program.parent() {
         read_only.push(dir.to_owned());
@@ -140,11 +119,11 @@ pub fn setup(
     let isolation = Isolation::new(IsolationConfig {
         mode,
         uid_range: args.uid_range,
-        uid_map: data_dir.join("state").join("uids.json"),
+        uid_map: data_dir.uid_map(),
         accounts: system_accounts.then(|| AccountFiles {
             passwd: "/etc/passwd".into(),
             group: "/etc/group".into(),
-            homes: data_dir.join("users"),
+            homes: data_dir.users(),
         }),
         read_only,
         limits: Limits {
@@ -156,7 +135,7 @@ pub fn setup(
     .context("cannot set up isolation")?;
     if let (Some(shared_gid), Some(range)) = (isolation.shared_gid(), isolation.uid_range()) {
         let leftovers = claim_uid_range(range, &isolation.known_uids())?;
-        prepare_for_uids(data_dir, shared, shared_gid)?;
+        data_dir.secure(shared_gid)?;
         // A gateway that died leaves users' terminals and jobs running under their uids.
         for uid in leftovers {
             tracing::warn!(uid, "ending processes left from an earlier run");
@@ -254,37 +233,6 @@ fn claim_uid_range(range: (u32, u32), known: &[u32]) -> anyhow::Result<Vec<u32>>
     leftovers.sort_unstable();
     leftovers.dedup();
     Ok(leftovers)
-}
-
-/// With a uid per user: the gateway (root) owns everything but the homes; users may pass
-/// through the data directory and `users/` but list neither; the repository library is
-/// readable by the shared group only; `state/`, `shared/auth` and `shared/config` are the
-/// gateway's alone.
-fn prepare_for_uids(data_dir: &Path, shared: &SharedPaths, shared_gid: u32) -> anyhow::Result<()> {
-    let set = |path: &Path, gid: u32, mode: u32| -> anyhow::Result<()> {
-        // The data directory itself may be reached through a link (a mount point, say);
-        // nothing below it may be one.
-        if path != data_dir && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
-        {
-            bail!(
-                "{} is a symbolic link; the data directory must hold real directories",
-                path.display()
-            );
-        }
-        chown(path, Some(0), Some(gid))
-            .with_context(|| format!("cannot set the owner of {}", path.display()))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set the mode of {}", path.display()))
-    };
-    set(data_dir, 0, 0o711)?;
-    set(&data_dir.join("users"), 0, 0o711)?;
-    set(&data_dir.join("state"), 0, 0o700)?;
-    set(&data_dir.join("shared"), shared_gid, 0o750)?;
-    set(&shared.repos, shared_gid, 0o750)?;
-    for dir in [&shared.auth_dir, &shared.config_dir] {
-        set(dir, 0, 0o700)?;
-    }
-    Ok(())
 }
 
 /// Whether users' uids can reach `path`: every directory above it must let others pass; a

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod connections;
+pub mod data_dir;
 pub mod errors;
 pub mod forwarded;
 pub mod gateway;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use chamberlain::{cli, logging, server};
+use chamberlain::{cli, data_dir, logging, server};
 use chamberlain_actors::as_user;
 use clap::Parser;
 
@@ -16,8 +16,10 @@ fn main() -> ExitCode {
     if let Some(code) = in_pod() {
         return code;
     }
-    let cli = cli::Cli::parse();
-    let cli::Command::Serve(args) = cli.command;
+    let args = match cli::Cli::parse().command {
+        cli::Command::Serve(args) => args,
+        cli::Command::PrepareData(args) => return prepare_data(&args),
+    };
     if let Err(e) = logging::init(args.log_format, &args.log) {
         eprintln!("chamberlain: {e:#}");
         return ExitCode::from(2);
@@ -28,6 +30,25 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("chamberlain: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `prepare-data`: one line on stderr when users cannot get uids here, the reason when the
+/// data directory cannot be prepared.
+fn prepare_data(args: &cli::PrepareDataArgs) -> ExitCode {
+    match data_dir::prepare(&args.data_dir, args.uid_range) {
+        Ok(data_dir::Prepared::Secured) => ExitCode::SUCCESS,
+        Ok(data_dir::Prepared::DirectoriesOnly { uid }) => {
+            eprintln!(
+                "chamberlain: running as uid {uid}, not root: users cannot get their own uids \
+                 (Landlock only); the data directory's owners and modes are left as they are"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("chamberlain: {e}");
             ExitCode::FAILURE
         }
     }

@@ -57,7 +57,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let instance_metrics = InstanceMetrics::new();
     let metrics = Arc::new(Metrics::new(&instance_metrics));
     let program = resolve_opencode(args.opencode_bin.as_deref())?;
-    let data_dir = prepare_data_dir(&args.data_dir)?;
+    let data_dir = crate::data_dir::DataDir::create(&args.data_dir)?;
     // With pods, the cluster is reached first: it keeps what replicas share.
     let cluster = crate::kubernetes::connect(&args).await?;
     let realm = crate::identity::realm(&args.auth);
@@ -66,7 +66,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(cluster) => crate::kubernetes::access_tokens(cluster, &realm, max_days).await?,
         None => Arc::new(
             crate::identity::access_tokens::AccessTokens::load(
-                &data_dir.join("state/access-tokens.json"),
+                &data_dir.access_tokens(),
                 &realm,
                 max_days,
             )
@@ -74,7 +74,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
     };
     let auth = Authenticator::from_args(&args.auth, metrics.auth.clone(), access_tokens)?;
-    let users = UsersRoot::new(data_dir.join("users"));
+    let users = UsersRoot::new(data_dir.users());
     match users.sweep_partial() {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -84,15 +84,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "cannot sweep half-created user homes"),
     }
 
-    let shared_paths = crate::isolation::SharedPaths::under(&data_dir);
     let helper = std::env::current_exe()
         .context("cannot find the gateway's own executable (it runs work in homes as the user)")?;
     let isolation = Arc::new(crate::isolation::setup(
-        &args,
-        &data_dir,
-        &program,
-        &helper,
-        &shared_paths,
+        &args, &data_dir, &program, &helper,
     )?);
     let mut env_allow: Vec<String> = chamberlain_actors::launcher::DEFAULT_ENV_ALLOW
         .iter()
@@ -111,11 +106,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         users.clone(),
         Arc::clone(&isolation),
         Runner::new(helper),
-        shared_paths.auth_file.clone(),
+        data_dir.org_auth(),
     ));
     let health_timeout = args.health_interval.min(Duration::from_secs(5));
     let grants = Grants::default();
-    let usage_path = data_dir.join("state/llm-usage.json");
+    let usage_path = data_dir.llm_usage();
     let usage = match &cluster {
         Some(cluster) => crate::kubernetes::usage_book(cluster, usage_path).await?,
         None => Arc::new(
@@ -124,8 +119,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
     };
     let org = OrgFiles {
-        auth: shared_paths.auth_file.clone(),
-        config: shared_paths.config_file.clone(),
+        auth: data_dir.org_auth(),
+        config: data_dir.org_config(),
     };
     let relay = RelaySettings {
         base_url: format!("http://{relay_addr}"),
@@ -189,7 +184,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let routes = registry.routes();
     let registry = registry.start();
     let repos = chamberlain_actors::repos::RepoLibrary::new(
-        shared_paths.repos.clone(),
+        data_dir.repos(),
         Arc::clone(&homes),
         args.max_concurrent_clones as usize,
     )
@@ -213,7 +208,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 client_timeout: args.ws_client_timeout,
                 output_limit: args.busy_timeout,
             },
-            shared_auth: shared_paths.auth_file.clone(),
+            shared_auth: data_dir.org_auth(),
             llm_usage: Arc::clone(&usage),
             llm_daily_tokens: args.llm_daily_tokens,
         },
@@ -226,14 +221,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let token = match (args.admin_listen.addr(), &args.admin_token_file) {
         (None, _) => {
-            admin::token::remove_generated(&data_dir);
+            admin::token::remove_generated(&data_dir.admin_token());
             None
         }
         (Some(_), Some(file)) => {
-            admin::token::remove_generated(&data_dir);
+            admin::token::remove_generated(&data_dir.admin_token());
             Some(Arc::new(admin::AdminToken::read(file)?))
         }
-        (Some(_), None) => Some(Arc::new(admin::AdminToken::generate(&data_dir)?)),
+        (Some(_), None) => Some(Arc::new(admin::AdminToken::generate(
+            &data_dir.admin_token(),
+        )?)),
     };
     let admin_state = web::Data::new(Admin {
         metrics: Arc::clone(&metrics),
@@ -369,7 +366,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         public = %format_addrs(&public_addrs),
         admin = %if admin_addrs.is_empty() { "none".to_owned() } else { format_addrs(&admin_addrs) },
         admin_socket = %args.admin_socket.as_deref().map_or_else(|| "none".to_owned(), |p| p.display().to_string()),
-        data_dir = %data_dir.display(),
+        data_dir = %data_dir.path().display(),
         opencode = %program.display(),
         auth = args.auth.mode.as_str(),
         max_instances = args.max_instances,
@@ -589,28 +586,6 @@ fn find_on_path(name: &Path) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-}
-
-/// Creates the data directory layout (idempotent) and returns its absolute path.
-fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    for sub in [
-        "users",
-        "state",
-        "shared/repos",
-        "shared/auth",
-        "shared/config",
-    ] {
-        let path = dir.join(sub);
-        std::fs::create_dir_all(&path)
-            .with_context(|| format!("cannot create data directory {}", path.display()))?;
-    }
-    let absolute = std::fs::canonicalize(dir)
-        .with_context(|| format!("cannot resolve data directory {}", dir.display()))?;
-    let probe = absolute.join("state/.write-probe");
-    std::fs::write(&probe, b"ok")
-        .with_context(|| format!("data directory {} is not writable", absolute.display()))?;
-    let _ = std::fs::remove_file(probe);
-    Ok(absolute)
 }
 
 fn account_name() -> String {

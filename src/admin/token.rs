@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use sha2::{Digest, Sha256};
 
-/// Where the generated token is written, under the data directory.
-pub const GENERATED: &str = "state/admin-token";
 /// A token shorter than this is refused: it could be guessed.
 const MIN_LEN: usize = 16;
 const MAX_LEN: usize = 4096;
@@ -76,23 +74,22 @@ impl AdminToken {
         })
     }
 
-    /// A new random token, written to `data_dir/state/admin-token` (mode 0600) through a
+    /// A new random token, written to `path` (`state/admin-token`, mode 0600) through a
     /// temporary file and a rename, so a reader never sees half of it.
-    pub fn generate(data_dir: &Path) -> anyhow::Result<AdminToken> {
+    pub fn generate(path: &Path) -> anyhow::Result<AdminToken> {
         let mut bytes = [0u8; 32];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
             .map_err(|_| anyhow::anyhow!("no randomness for the admin token"))?;
         let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let path = data_dir.join(GENERATED);
         chamberlain_actors::state_file::write_atomically(
-            &path,
+            path,
             format!("{token}\n").as_bytes(),
             0o600,
         )
         .with_context(|| format!("cannot write the admin token {}", path.display()))?;
         Ok(AdminToken {
             digest: digest(&token),
-            path,
+            path: path.to_owned(),
         })
     }
 
@@ -107,10 +104,9 @@ impl AdminToken {
     }
 }
 
-/// Removes a generated token left by an earlier run (none is in force now).
-pub fn remove_generated(data_dir: &Path) {
-    let path = data_dir.join(GENERATED);
-    match std::fs::remove_file(&path) {
+/// Removes the token an earlier run generated at `path` (none is in force now).
+pub fn remove_generated(path: &Path) {
+    match std::fs::remove_file(path) {
         Ok(()) => {
             tracing::info!(path = %path.display(), "removed the admin token of an earlier run")
         }
@@ -143,8 +139,8 @@ mod tests {
     fn a_generated_token_is_private_and_accepted() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("state")).unwrap();
-        let first = AdminToken::generate(dir.path()).unwrap();
-        let path = dir.path().join(GENERATED);
+        let path = dir.path().join("state/admin-token");
+        let first = AdminToken::generate(&path).unwrap();
         let meta = std::fs::metadata(&path).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -154,14 +150,14 @@ mod tests {
         assert!(!first.accepts(""));
         assert!(!first.accepts(&text.trim()[..63]));
         // Each start makes a new one; no temporary file is left.
-        let second = AdminToken::generate(dir.path()).unwrap();
+        let second = AdminToken::generate(&path).unwrap();
         assert!(!second.accepts(text.trim()));
         let names: Vec<_> = std::fs::read_dir(dir.path().join("state"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["admin-token"]);
-        remove_generated(dir.path());
+        remove_generated(&path);
         assert!(!path.exists());
     }
 
