@@ -1,0 +1,47 @@
+//! The public listener's access log: one line per answered request, counted by status.
+
+use std::time::Instant;
+
+use actix_web::dev::Service;
+use actix_web::HttpMessage;
+
+use crate::identity::Identity;
+use crate::metrics::HttpMetrics;
+
+/// Logs each request once it is answered and counts it by status class.
+pub fn access_log<S, B>(
+    req: actix_web::dev::ServiceRequest,
+    srv: &S,
+    metrics: HttpMetrics,
+) -> impl std::future::Future<Output = Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>>
+where
+    S: Service<
+        actix_web::dev::ServiceRequest,
+        Response = actix_web::dev::ServiceResponse<B>,
+        Error = actix_web::Error,
+    >,
+{
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.path().to_owned();
+    let response = srv.call(req);
+    async move {
+        let response = response.await?;
+        let status = response.status().as_u16();
+        metrics.request(status);
+        let user = response
+            .request()
+            .extensions()
+            .get::<Identity>()
+            .map(|i| i.user_id.clone())
+            .unwrap_or_default();
+        // To the microsecond: more digits are noise.
+        let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
+        if status >= 400 {
+            tracing::info!(%method, %path, status, user, elapsed_ms, "request");
+        } else {
+            tracing::debug!(%method, %path, status, user, elapsed_ms, "request");
+        }
+        Ok(response)
+    }
+}
