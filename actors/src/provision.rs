@@ -9,7 +9,7 @@
 //! is put right at the next start.
 //!
 //! The organisation's keys and config no longer live in homes: they reach OpenCode in its
-//! environment (see `Profile::git_env`).
+//! environment (see [`crate::org`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
