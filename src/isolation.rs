@@ -139,8 +139,14 @@ pub fn setup(
         // A gateway that died leaves users' terminals and jobs running under their uids.
         for uid in leftovers {
             tracing::warn!(uid, "ending processes left from an earlier run");
-            if let Err(e) = reaper::signal_uid(uid, nix::sys::signal::Signal::SIGKILL) {
-                tracing::error!(uid, error = %e, "cannot end leftover processes");
+            match reaper::end_uid(uid, reaper::KILL_WAIT) {
+                Ok(ended) if ended.left == 0 => {}
+                Ok(ended) => tracing::error!(
+                    uid,
+                    left = ended.left,
+                    "processes left from an earlier run survived SIGKILL"
+                ),
+                Err(e) => tracing::error!(uid, error = %e, "cannot end leftover processes"),
             }
         }
     }

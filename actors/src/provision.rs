@@ -9,7 +9,7 @@
 //! is put right at the next start.
 //!
 //! The organisation's keys and config no longer live in homes: they reach OpenCode in its
-//! environment (see `Profile::git_env`).
+//! environment (see [`crate::org`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use dashmap::DashMap;
 
 use crate::as_user::{Done, Project, Runner, Task, TaskError, MAX_TASKS_PER_USER};
 use crate::handover::{self, HandoverError};
-use crate::isolation::{Isolation, IsolationError, UidError, UserIds};
+use crate::isolation::{reaper, Isolation, IsolationError, UidError, UserIds};
 use crate::repos::RepoKind;
 use crate::workspace::{UserKey, UsersRoot, Workspace, WorkspaceError};
 
@@ -58,6 +58,19 @@ pub enum ProvisionError {
     Task(#[from] TaskError),
     #[error("{0} operations in your home are running already; try again when they are done")]
     Busy(u32),
+    #[error("ending processes left from an earlier run: {0}")]
+    Leftovers(std::io::Error),
+}
+
+/// What becomes of the processes a user's uid still runs when the home is prepared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Leftovers {
+    /// Beside a running OpenCode (a clone): they are the user's work.
+    Keep,
+    /// Before a start: what an earlier run left (a gateway that died leaves terminals and
+    /// background jobs behind) ends first, so the start begins from nothing and a fork bomb
+    /// among them cannot keep the home's work from running as the user (`RLIMIT_NPROC`).
+    End,
 }
 
 /// Every home, and the means to work in one as its user.
@@ -95,14 +108,19 @@ impl Homes {
         &self.isolation
     }
 
-    /// Prepares the home of `key` for a start or a clone; returns it and the user's ids
-    /// (allocated on first use). Blocking: run it off the actor thread.
+    /// Prepares the home of `key` for a start or a clone: the user's ids (allocated on first
+    /// use), `leftovers` of the uid, then the home. The one way to both, for starts and
+    /// clones alike. Returns the home and the ids. Blocking: run it off the actor thread.
     pub fn prepare(
         &self,
         key: &UserKey,
         profile: &Profile,
+        leftovers: Leftovers,
     ) -> Result<(Workspace, Option<UserIds>), ProvisionError> {
         let ids = self.isolation.ids(key)?;
+        if let (Leftovers::End, Some(ids)) = (leftovers, ids) {
+            end_leftovers(key, ids.uid)?;
+        }
         let ws = self.users.initialize(key, ids.map(|i| (i.uid, i.gid)))?;
         if let (Some(ids), Some(range)) = (ids, self.isolation.uid_range()) {
             if let Some(done) = handover::ensure_owned(ws.home(), ids, range)? {
@@ -141,7 +159,7 @@ impl Homes {
         kind: RepoKind,
         target: &str,
     ) -> Result<PathBuf, ProvisionError> {
-        let (ws, ids) = self.prepare(key, profile)?;
+        let (ws, ids) = self.prepare(key, profile, Leftovers::Keep)?;
         let task = Task::Clone {
             source: source.to_owned(),
             kind,
@@ -233,6 +251,20 @@ impl Homes {
     }
 }
 
+/// Every process of the user's uid, ended (see [`Leftovers::End`]).
+fn end_leftovers(key: &UserKey, uid: u32) -> Result<(), ProvisionError> {
+    let ended = reaper::end_uid(uid, reaper::KILL_WAIT).map_err(ProvisionError::Leftovers)?;
+    if ended.found > 0 {
+        tracing::warn!(user_key = %key, uid, found = ended.found, "ended processes left from an earlier run");
+    }
+    if ended.left > 0 {
+        // A process stuck in the kernel: it dies when it leaves it, and holds nothing the
+        // start needs.
+        tracing::error!(user_key = %key, uid, left = ended.left, "processes left from an earlier run survived SIGKILL");
+    }
+    Ok(())
+}
+
 fn unexpected(done: &Done) -> ProvisionError {
     ProvisionError::Task(TaskError::Helper(format!("unexpected answer {done:?}")))
 }
@@ -300,7 +332,7 @@ mod tests {
             name: "Ana \"A\" \\ B\n[core]".into(),
             email: "ana@example.com".into(),
         };
-        let (ws, ids) = homes.prepare(&key, &profile).unwrap();
+        let (ws, ids) = homes.prepare(&key, &profile, Leftovers::End).unwrap();
         assert!(ids.is_none());
         let text = fs::read_to_string(ws.home().join(".gitconfig")).unwrap();
         assert!(text.contains("email = \"ana@example.com\""), "{text}");
@@ -309,7 +341,7 @@ mod tests {
             1,
             "only inside the quoted name"
         );
-        homes.prepare(&key, &profile).unwrap();
+        homes.prepare(&key, &profile, Leftovers::Keep).unwrap();
         fs::create_dir(ws.workspace_dir().join("proj")).unwrap();
         let names: Vec<_> = homes
             .projects(&key)

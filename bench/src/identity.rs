@@ -55,7 +55,9 @@ pub fn run(iterations: usize) -> anyhow::Result<()> {
         "--auth-cache-entries",
         "1000000",
     ])?;
-    let Command::Serve(args) = cli.command;
+    let Command::Serve(args) = cli.command else {
+        anyhow::bail!("the arguments above are `serve`'s");
+    };
     let tokens = std::sync::Arc::new(chamberlain::identity::access_tokens::AccessTokens::empty());
     let auth = Authenticator::from_args(&args.auth, AuthMetrics::default(), tokens)?;
 

@@ -1,11 +1,11 @@
-//! Putting the gateway together: listeners bound first (`listeners.rs`), everything they
+//! Putting the gateway together: listeners bound first (`servers.rs`), everything they
 //! serve built from the command line (`assemble.rs`), the servers run until SIGTERM or
 //! SIGINT, then an orderly shutdown (`stop.rs`).
 
 mod access_log;
 mod assemble;
-mod listeners;
 mod opencode;
+mod servers;
 mod stop;
 
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use anyhow::{bail, Context};
 use crate::admin;
 use crate::cli::ServeArgs;
 use assemble::assemble;
-use listeners::{format_addrs, Bound};
+use servers::{format_addrs, Bound};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.check().map_err(anyhow::Error::msg)?;
@@ -39,15 +39,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(|l| l.local_addr())
         .transpose()
         .context("cannot tell the admin address")?;
-    let public = listeners::public(&args, &parts, bound.public)?;
+    let public = servers::public(&args, &parts, bound.public)?;
     let mut admin_servers = Vec::new();
     if let Some(listener) = bound.admin {
-        admin_servers.push(listeners::admin_tcp(&parts, listener)?);
+        admin_servers.push(servers::admin_tcp(&parts, listener)?);
     }
     if let (Some(path), Some(listener)) = (&args.admin_socket, bound.admin_socket) {
-        admin_servers.push(listeners::admin_unix(&parts, path, listener)?);
+        admin_servers.push(servers::admin_unix(&parts, path, listener)?);
     }
-    let relay = listeners::relay(&parts, bound.relay)?;
+    let relay = servers::relay(&parts, bound.relay)?;
 
     let public_handle = public.handle();
     let mut other_handles: Vec<ServerHandle> = admin_servers.iter().map(|s| s.handle()).collect();

@@ -1,4 +1,6 @@
-//! The plan's isolation checklist against the real OpenCode, in two set-ups:
+//! What keeps users apart, against the real OpenCode: separate sessions, the organisation's
+//! keys usable but not readable, no reach into another home, process or port, git identity,
+//! nothing left running after a stop, none of the gateway's environment. In two set-ups:
 //! - `root`: the gateway runs as root with `--isolation both` (a uid per user + Landlock);
 //! - `landlock`: the gateway runs as an unprivileged uid with `--isolation landlock`, so
 //!   every user shares that uid and only Landlock separates them.

@@ -246,3 +246,60 @@ fn a_data_directory_that_cannot_be_written_is_refused_with_the_reason() {
         "nothing made"
     );
 }
+
+/// A process of `uid`'s (a terminal job, say, the gateway knows nothing of).
+fn stray(uid: u32) -> std::process::Child {
+    Command::new("sleep")
+        .arg("120")
+        .uid(uid)
+        .gid(uid)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start a process as the user")
+}
+
+/// Waits (bounded) for `child` to end, and says whether SIGKILL ended it.
+async fn killed(child: &mut std::process::Child) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    for _ in 0..500 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.signal() == Some(nix::libc::SIGKILL);
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    false
+}
+
+#[actix_web::test]
+async fn processes_left_under_a_users_uid_end_before_a_start_and_at_start_up() {
+    let gw = Gateway::fake(&[]);
+    let resp = gw.get("alice", "/session").await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    let uid = gw.user("alice").await.expect("alice")["uid"]
+        .as_u64()
+        .expect("alice has a uid of her own") as u32;
+
+    // Left while her OpenCode was stopped: ended before the next start.
+    let stop = gw
+        .admin_request(awc::http::Method::POST, "/instances/alice/stop")
+        .await;
+    assert!(stop.status.is_success(), "{}", stop.text());
+    gw.wait_state("alice", "stopped").await;
+    let mut left = stray(uid);
+    let resp = gw.get("alice", "/session").await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    assert!(killed(&mut left).await, "survived a start");
+    gw.wait_log_contains("ended processes left from an earlier run")
+        .await;
+
+    // Left by a gateway that died: ended by the next one as it starts.
+    let mut left = stray(uid);
+    let mut gw = gw;
+    gw.signal_and_wait(nix::sys::signal::Signal::SIGKILL);
+    let gw = gw.restart();
+    assert!(killed(&mut left).await, "survived the gateway's start-up");
+    gw.wait_log_contains("ending processes left from an earlier run")
+        .await;
+    assert!(!gw.log().contains("survived SIGKILL"), "{}", gw.log());
+}

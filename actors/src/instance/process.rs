@@ -2,8 +2,6 @@
 //! all of it — its [`Custody`] for the state machine. The uid reaper itself lives in
 //! `isolation::reaper`.
 
-use std::time::Duration;
-
 use futures_util::future::LocalBoxFuture;
 use futures_util::FutureExt as _;
 use nix::sys::signal::Signal;
@@ -112,10 +110,18 @@ impl Custody for Process {
         let user = self.user.clone();
         Some(
             async move {
-                match tokio::task::spawn_blocking(move || reap_uid(uid)).await {
-                    Ok(0) => {}
-                    Ok(left) => {
-                        tracing::error!(user, uid, left, "processes of the user survived SIGKILL")
+                let ended =
+                    tokio::task::spawn_blocking(move || reaper::end_uid(uid, reaper::KILL_WAIT));
+                match ended.await {
+                    Ok(Ok(ended)) if ended.left == 0 => {}
+                    Ok(Ok(ended)) => tracing::error!(
+                        user,
+                        uid,
+                        left = ended.left,
+                        "processes of the user survived SIGKILL"
+                    ),
+                    Ok(Err(e)) => {
+                        tracing::error!(user, uid, error = %e, "cannot signal the user's processes")
                     }
                     Err(e) => {
                         tracing::error!(user, uid, error = %e, "reaping the user's processes failed")
@@ -143,22 +149,4 @@ impl Custody for Process {
             .zip(procfs::host_oom_kills())
             .is_some_and(|(then, now)| now > then)
     }
-}
-
-/// SIGKILL to every process of `uid` until none is left (a process may be forking as it is
-/// signalled; each round takes all that exist at that instant). Returns how many remain
-/// after the last round. Blocking.
-fn reap_uid(uid: u32) -> usize {
-    let mut left = 0;
-    for _ in 0..50 {
-        if let Err(e) = reaper::signal_uid(uid, Signal::SIGKILL) {
-            tracing::error!(uid, error = %e, "cannot signal the user's processes");
-        }
-        left = reaper::processes_of(uid).len();
-        if left == 0 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    left
 }

@@ -5,18 +5,17 @@
 
 use std::sync::Arc;
 
-use nix::sys::signal::Signal;
-
 use super::backend::{Launch, ProcessEvent};
 use super::local::Local;
 use super::process::Process;
 use super::UserSpec;
-use crate::isolation::{reaper, UserIds};
+use crate::isolation::UserIds;
 use crate::launcher::{self, ChildSpec, StderrTail};
 use crate::llm::{Grant, GrantGuard};
 use crate::org::OrgStart;
 use crate::procfs;
 use crate::proctree::Descendants;
+use crate::provision::Leftovers;
 use crate::workspace::Workspace;
 
 /// What [`prepare`] made ready for a spawn.
@@ -32,20 +31,12 @@ pub(super) struct Ready {
 }
 
 /// Off the actor thread, before a start: the user's ids, leftovers of an earlier run of the
-/// same uid ended, the home provisioned, the organisation's files read.
+/// same uid ended and the home provisioned (all three by `Homes::prepare`, as for a clone),
+/// the organisation's files read.
 pub(super) fn prepare(local: &Local, user: &UserSpec, measure: bool) -> Result<Ready, String> {
-    let ids = local.isolation.ids(&user.key).map_err(|e| e.to_string())?;
-    if let Some(ids) = ids {
-        // A gateway that died leaves terminals and background jobs behind; with a uid per
-        // user they are found exactly, and a new start begins from nothing.
-        if !reaper::processes_of(ids.uid).is_empty() {
-            tracing::warn!(user = %user.user_id, uid = ids.uid, "ending processes left from an earlier run");
-            reaper::signal_uid(ids.uid, Signal::SIGKILL).map_err(|e| e.to_string())?;
-        }
-    }
     let (workspace, ids) = local
         .homes
-        .prepare(&user.key, &user.profile())
+        .prepare(&user.key, &user.profile(), Leftovers::End)
         .map_err(|e| e.to_string())?;
     let relay_token = launcher::generate_password().map_err(|e| e.to_string())?;
     let org = local

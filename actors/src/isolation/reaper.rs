@@ -7,6 +7,7 @@
 //! atomically with respect to new forks (a fork bomb cannot outrun it).
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
@@ -47,6 +48,39 @@ pub fn signal_uid(uid: u32, sig: Signal) -> io::Result<()> {
     }
 }
 
+/// How long [`end_uid`] waits, at most, for a uid's processes to be gone.
+pub const KILL_WAIT: Duration = Duration::from_secs(1);
+
+/// Between two rounds of [`end_uid`].
+const ROUND: Duration = Duration::from_millis(20);
+
+/// What [`end_uid`] found and what it left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// Processes of the uid when it began.
+    pub found: usize,
+    /// Processes of the uid still alive when it gave up: 0 unless one cannot die (stuck in
+    /// the kernel) or the uid kept gaining processes.
+    pub left: usize,
+}
+
+/// Ends every process of `uid`: SIGKILL, and again for as long as any is left within
+/// `within` (a process may be taking the uid, a helper of the gateway's say, just as the
+/// others are signalled). The one way a uid's processes are ended: at start-up (leftovers of
+/// an earlier run), before a start, and when an instance has stopped. Forks nothing when
+/// the uid has no process. Blocking: run it off the actor thread.
+pub fn end_uid(uid: u32, within: Duration) -> io::Result<Ended> {
+    let deadline = Instant::now() + within;
+    let found = processes_of(uid).len();
+    let mut left = found;
+    while left > 0 && Instant::now() < deadline {
+        signal_uid(uid, Signal::SIGKILL)?;
+        std::thread::sleep(ROUND);
+        left = processes_of(uid).len();
+    }
+    Ok(Ended { found, left })
+}
+
 /// Pids of live (non-zombie) processes whose real uid is `uid`, from `/proc`.
 pub fn processes_of(uid: u32) -> Vec<u32> {
     live_processes()
@@ -81,4 +115,54 @@ fn live_processes() -> impl Iterator<Item = (u32, u32)> {
                 .is_some_and(|s| s.trim_start().starts_with('Z'));
             (!zombie).then_some((pid, real_uid))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+
+    /// A uid no gateway, test or person gives out.
+    const VICTIM: u32 = 3_912_345_678;
+
+    #[test]
+    fn every_process_of_a_uid_is_ended_and_nothing_else() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: taking another uid needs root");
+            return;
+        }
+        assert_eq!(
+            end_uid(VICTIM, KILL_WAIT).unwrap(),
+            Ended { found: 0, left: 0 }
+        );
+        let spawn = |uid: u32| {
+            std::process::Command::new("sleep")
+                .arg("60")
+                .uid(uid)
+                .gid(uid)
+                .spawn()
+                .unwrap()
+        };
+        let mut victims = [spawn(VICTIM), spawn(VICTIM)];
+        let mut bystander = spawn(VICTIM + 1);
+        let ended = end_uid(VICTIM, KILL_WAIT).unwrap();
+        assert_eq!(ended, Ended { found: 2, left: 0 });
+        for victim in &mut victims {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(victim.wait().unwrap().signal(), Some(nix::libc::SIGKILL));
+        }
+        assert_eq!(
+            bystander.try_wait().unwrap(),
+            None,
+            "another uid's process lives"
+        );
+        bystander.kill().unwrap();
+        bystander.wait().unwrap();
+    }
+
+    #[test]
+    fn root_is_never_signalled_as_a_whole() {
+        assert!(signal_uid(0, Signal::SIGCONT).is_err());
+        assert!(end_uid(0, KILL_WAIT).is_err(), "root always has processes");
+    }
 }

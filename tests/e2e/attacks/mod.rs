@@ -1,7 +1,7 @@
 //! Attacks on the gateway from a signed-in user with a shell, against the real OpenCode:
 //! each test does what an attacker at a terminal would, then checks that the victim — other
 //! users, `shared/`, `state/`, files outside the home — is unchanged byte for byte and mode
-//! for mode. See issue 13 for the classes: `homes` (root acting on paths a user controls),
+//! for mode. Three classes: `homes` (root acting on paths a user controls),
 //! `web` (the admin API from a terminal; browser-side attacks), `resources` (starving the
 //! others; gateways sharing uids).
 
