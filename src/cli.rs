@@ -6,7 +6,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use chamberlain_actors::isolation::Limits;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use crate::isolation::{IsolationArg, IsolationSettings, SystemAccounts};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -255,32 +258,6 @@ pub struct AuthArgs {
     pub logout_url: Option<String>,
 }
 
-/// How users are walled off from each other (see README, "Isolation").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum IsolationArg {
-    /// Everything this process can do: uid + Landlock as root, Landlock otherwise.
-    Auto,
-    /// A Unix uid per user (needs root).
-    Uid,
-    /// Landlock file-system rules (and signal scope on ABI 6+), any uid.
-    Landlock,
-    /// Both.
-    Both,
-    /// Nothing beyond a cleared environment and separate homes (development only).
-    None,
-}
-
-/// `--system-accounts`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SystemAccounts {
-    /// On when users have uids and the gateway runs in a container.
-    Auto,
-    #[value(alias = "true")]
-    On,
-    #[value(alias = "false")]
-    Off,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -369,6 +346,20 @@ pub struct KubernetesArgs {
 
 impl ServeArgs {
     /// What one flag's parser cannot see: settings that only make sense together.
+    /// What the operator chose about isolation, for `isolation::setup`.
+    pub fn isolation_settings(&self) -> IsolationSettings {
+        IsolationSettings {
+            requested: self.isolation,
+            system_accounts: self.system_accounts,
+            uid_range: self.uid_range,
+            limits: Limits {
+                nproc: Some(self.limit_nproc),
+                fsize: Some(self.limit_fsize as u64),
+                nofile: Some(self.limit_nofile),
+            },
+        }
+    }
+
     pub fn check(&self) -> Result<(), String> {
         if self.auth.mode == AuthMode::Dev
             && !self.listen.ip().is_loopback()

@@ -12,8 +12,45 @@ use chamberlain_actors::isolation::{
     reaper, AccountFiles, Isolation, IsolationConfig, IsolationMode, Limits,
 };
 
-use crate::cli::{IsolationArg, ServeArgs, SystemAccounts};
+use clap::ValueEnum;
+
 use crate::data_dir::DataDir;
+
+/// What the operator chose: `--isolation`, `--system-accounts`, `--uid-range`, `--limit-*`.
+#[derive(Debug, Clone)]
+pub struct IsolationSettings {
+    pub requested: IsolationArg,
+    pub system_accounts: SystemAccounts,
+    /// First and last uid given to users.
+    pub uid_range: (u32, u32),
+    pub limits: Limits,
+}
+
+/// How users are walled off from each other (see README, "Isolation").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IsolationArg {
+    /// Everything this process can do: uid + Landlock as root, Landlock otherwise.
+    Auto,
+    /// A Unix uid per user (needs root).
+    Uid,
+    /// Landlock file-system rules (and signal scope on ABI 6+), any uid.
+    Landlock,
+    /// Both.
+    Both,
+    /// Nothing beyond a cleared environment and separate homes (development only).
+    None,
+}
+
+/// `--system-accounts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SystemAccounts {
+    /// On when users have uids and the gateway runs in a container.
+    Auto,
+    #[value(alias = "true")]
+    On,
+    #[value(alias = "false")]
+    Off,
+}
 
 /// `oom_score_adj` of the gateway itself: the kernel's last choice when memory runs out
 /// (users' processes are its first, see `CHILD_OOM_SCORE_ADJ`).
@@ -62,12 +99,12 @@ pub fn requested_mode(arg: IsolationArg) -> IsolationMode {
 /// Builds the isolation in force, prepares the data directory for it, and logs what users
 /// are protected by.
 pub fn setup(
-    args: &ServeArgs,
+    settings: &IsolationSettings,
     data_dir: &DataDir,
     program: &Path,
     helper: &Path,
 ) -> anyhow::Result<Isolation> {
-    let mut mode = requested_mode(args.isolation);
+    let mut mode = requested_mode(settings.requested);
     if mode.uses_uid() {
         let reachable = reachable_by_others(program, "the OpenCode executable")
             .and_then(|()| reachable_by_others(helper, "the gateway's own executable"))
@@ -75,7 +112,7 @@ pub fn setup(
         match reachable {
             Ok(()) => {}
             // `auto` means "everything that works here": say why uids are off and go on.
-            Err(e) if args.isolation == IsolationArg::Auto => {
+            Err(e) if settings.requested == IsolationArg::Auto => {
                 mode = if mode.uses_landlock() {
                     IsolationMode::Landlock
                 } else {
@@ -90,7 +127,7 @@ pub fn setup(
             Err(e) => return Err(e),
         }
     }
-    let system_accounts = match args.system_accounts {
+    let system_accounts = match settings.system_accounts {
         SystemAccounts::On if !mode.uses_uid() => {
             tracing::warn!("--system-accounts is ignored: users have no uids of their own to name");
             false
@@ -118,7 +155,7 @@ pub fn setup(
     }
     let isolation = Isolation::new(IsolationConfig {
         mode,
-        uid_range: args.uid_range,
+        uid_range: settings.uid_range,
         uid_map: data_dir.uid_map(),
         accounts: system_accounts.then(|| AccountFiles {
             passwd: "/etc/passwd".into(),
@@ -126,11 +163,7 @@ pub fn setup(
             homes: data_dir.users(),
         }),
         read_only,
-        limits: Limits {
-            nproc: Some(args.limit_nproc),
-            fsize: Some(args.limit_fsize as u64),
-            nofile: Some(args.limit_nofile),
-        },
+        limits: settings.limits,
     })
     .context("cannot set up isolation")?;
     if let (Some(shared_gid), Some(range)) = (isolation.shared_gid(), isolation.uid_range()) {

@@ -66,7 +66,12 @@ pub async fn assemble(args: &ServeArgs, relay_addr: SocketAddr) -> anyhow::Resul
     let users = users(&data_dir);
     let helper = std::env::current_exe()
         .context("cannot find the gateway's own executable (it runs work in homes as the user)")?;
-    let isolation = Arc::new(crate::isolation::setup(args, &data_dir, &program, &helper)?);
+    let isolation = Arc::new(crate::isolation::setup(
+        &args.isolation_settings(),
+        &data_dir,
+        &program,
+        &helper,
+    )?);
     let homes = Arc::new(Homes::new(
         users,
         Arc::clone(&isolation),
