@@ -13,10 +13,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
-use crate::cli::AuthMode;
 use crate::errors::GatewayError;
 use crate::gateway::Gateway;
 use crate::identity::dev;
+use crate::identity::AuthMode;
 use crate::pages;
 use crate::proxy::streams::Held;
 

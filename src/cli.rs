@@ -9,7 +9,12 @@ use std::time::Duration;
 use chamberlain_actors::isolation::Limits;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::identity::settings::{
+    AlbSettings, AuthSettings, JwtKeySource, JwtSettings, PolicySettings, Way,
+};
+pub use crate::identity::AuthMode;
 pub use crate::isolation::{IsolationArg, IsolationSettings, SystemAccounts};
+pub use crate::logging::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,28 +52,6 @@ pub struct PrepareDataArgs {
     /// Unix ids for users: the first is the group that reads the repository library.
     #[arg(long, env = "CHAMBERLAIN_UID_RANGE", default_value = DEFAULT_UID_RANGE, value_parser = id_range)]
     pub uid_range: (u32, u32),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthMode {
-    /// Development identity: `X-Chamberlain-Dev-User` header or the cookie set by `/-/login`.
-    /// Anyone can claim any name; refuses non-loopback listeners unless --allow-insecure-dev.
-    Dev,
-    /// The `x-amzn-oidc-data` header of an AWS Application Load Balancer, signature verified.
-    Alb,
-    /// A bearer token (or --jwt-cookie) verified against --jwks-url or --jwt-public-key.
-    Jwt,
-}
-
-impl AuthMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AuthMode::Dev => "dev",
-            AuthMode::Alb => "alb",
-            AuthMode::Jwt => "jwt",
-        }
-    }
 }
 
 /// How users are identified, and the settings of each way.
@@ -258,10 +241,50 @@ pub struct AuthArgs {
     pub logout_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
+impl AuthArgs {
+    /// The identity module's settings; what clap already requires is taken as given.
+    pub fn settings(&self) -> AuthSettings {
+        let way = match self.mode {
+            AuthMode::Dev => Way::Dev,
+            AuthMode::Alb => Way::Alb(AlbSettings {
+                arn: self.alb_arn.clone().unwrap_or_default(),
+                region: self.alb_region.clone().unwrap_or_default(),
+                key_url: self.alb_key_url.clone(),
+                negative_cache: self.auth_negative_cache,
+            }),
+            AuthMode::Jwt => Way::Jwt(JwtSettings {
+                keys: match (&self.jwks_url, &self.jwt_public_key) {
+                    (Some(url), _) => JwtKeySource::Jwks {
+                        url: url.clone(),
+                        refresh_cooldown: self.jwks_refresh_cooldown,
+                        max_age: self.jwks_max_age,
+                    },
+                    (None, Some(path)) => JwtKeySource::Pem {
+                        path: path.clone(),
+                        algorithm: self.jwt_algorithm.clone(),
+                    },
+                    (None, None) => JwtKeySource::Missing,
+                },
+                issuer: self.jwt_issuer.clone(),
+                audiences: self.jwt_audiences.clone(),
+                client_ids: self.jwt_client_ids.clone(),
+                cookie: self.jwt_cookie.clone(),
+            }),
+        };
+        AuthSettings {
+            way,
+            clock_skew: self.auth_clock_skew,
+            key_timeout: self.auth_key_timeout,
+            cache_entries: self.auth_cache_entries as usize,
+            policy: PolicySettings {
+                allowed_users: self.allowed_users.clone(),
+                allowed_groups: self.allowed_groups.clone(),
+                admin_users: self.admin_users.clone(),
+                admin_groups: self.admin_groups.clone(),
+            },
+            logout_url: self.logout_url.clone(),
+        }
+    }
 }
 
 /// Where users' OpenCode servers run.

@@ -9,7 +9,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io;
-use std::os::unix::fs::{chown, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Whose group a directory of the layout has when users have uids of their own. Its owner
@@ -131,8 +131,13 @@ impl DataDir {
         })?;
         let dir = DataDir { root };
         // Before anything is created: a read-only volume is named as such, not by the first
-        // directory that could not be made.
-        dir.probe(&dir.root)?;
+        // directory that could not be made. A complete layout needs only `state/` writable.
+        if LAYOUT
+            .iter()
+            .any(|entry| !dir.root.join(entry.path).is_dir())
+        {
+            dir.probe(&dir.root)?;
+        }
         for entry in LAYOUT {
             let path = dir.root.join(entry.path);
             fs::create_dir_all(&path).map_err(|error| DataDirError::Create { path, error })?;
@@ -148,19 +153,32 @@ impl DataDir {
     pub fn secure(&self, shared_gid: u32) -> Result<(), DataDirError> {
         for entry in LAYOUT {
             let path = self.root.join(entry.path);
-            if !entry.path.is_empty()
-                && fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink())
-            {
-                return Err(DataDirError::Link { path });
+            // Owners and modes go through a descriptor of the directory itself, opened
+            // without following a link: nothing is changed through a link put in its place.
+            let mut options = OpenOptions::new();
+            options.read(true);
+            let flags = nix::libc::O_DIRECTORY;
+            if entry.path.is_empty() {
+                options.custom_flags(flags);
+            } else {
+                options.custom_flags(flags | nix::libc::O_NOFOLLOW);
             }
+            let dir = match options.open(&path) {
+                Ok(dir) => dir,
+                // ELOOP for a link to a directory, ENOTDIR for a link to anything else.
+                Err(_) if fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) => {
+                    return Err(DataDirError::Link { path })
+                }
+                Err(error) => return Err(DataDirError::Owner { path, error }),
+            };
             let gid = match entry.group {
                 Group::Root => 0,
                 Group::Shared => shared_gid,
             };
-            if let Err(error) = chown(&path, Some(0), Some(gid)) {
+            if let Err(error) = std::os::unix::fs::fchown(&dir, Some(0), Some(gid)) {
                 return Err(DataDirError::Owner { path, error });
             }
-            if let Err(error) = fs::set_permissions(&path, fs::Permissions::from_mode(entry.mode)) {
+            if let Err(error) = dir.set_permissions(fs::Permissions::from_mode(entry.mode)) {
                 return Err(DataDirError::Mode { path, error });
             }
         }
@@ -172,8 +190,7 @@ impl DataDir {
         let probed = dir.join(format!(".chamberlain-write-probe.{}", std::process::id()));
         let written = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .mode(0o600)
             .open(&probed);

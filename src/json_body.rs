@@ -1,10 +1,11 @@
-//! The one way the gateway's own endpoints read a JSON request body: at most [`MAX_BODY`]
-//! bytes, whatever `Content-Length` says, and refusals in the gateway's error shape.
+//! The one way the gateway's own endpoints read a JSON request body: after the caller is
+//! identified (a stranger's body is never read), at most [`MAX_BODY`] bytes whatever
+//! `Content-Length` says, within [`READ_TIME`], refusals in the gateway's error shape.
 
-use actix_web::dev::Payload;
-use actix_web::{FromRequest, HttpRequest};
+use std::time::Duration;
+
+use actix_web::web;
 use bytes::BytesMut;
-use futures_util::future::LocalBoxFuture;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 
@@ -13,37 +14,42 @@ use crate::errors::GatewayError;
 /// Largest body any of the gateway's own endpoints reads: a name, a URL, a description.
 pub const MAX_BODY: usize = 16 * 1024;
 
+/// Longest a client may take to send such a body.
+pub const READ_TIME: Duration = Duration::from_secs(10);
+
 /// What a request body must look like, for the refusal of one that does not.
 pub trait Shape {
     /// E.g. `{"name", "url", "description"?}`.
     const SHAPE: &'static str;
 }
 
-/// A JSON body of shape `T`. An empty body reads as `{}`, so a request whose fields are all
-/// optional may send none.
-pub struct JsonBody<T>(pub T);
+/// Reads a JSON body of shape `T`. An empty body reads as `{}`, so a request whose fields
+/// are all optional may send none.
+pub async fn read<T: DeserializeOwned + Shape>(payload: web::Payload) -> Result<T, GatewayError> {
+    let body = tokio::time::timeout(READ_TIME, collect(payload))
+        .await
+        .map_err(|_| {
+            GatewayError::BadRequest(format!(
+                "the request body did not arrive within {}s",
+                READ_TIME.as_secs()
+            ))
+        })??;
+    parse(&body)
+}
 
-impl<T: DeserializeOwned + Shape + 'static> FromRequest for JsonBody<T> {
-    type Error = GatewayError;
-    type Future = LocalBoxFuture<'static, Result<Self, GatewayError>>;
-
-    fn from_request(_req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let mut payload = payload.take();
-        Box::pin(async move {
-            let mut body = BytesMut::new();
-            while let Some(chunk) = payload.next().await {
-                let chunk = chunk
-                    .map_err(|e| GatewayError::BadRequest(format!("reading the body: {e}")))?;
-                if body.len() + chunk.len() > MAX_BODY {
-                    return Err(GatewayError::PayloadTooLarge(format!(
-                        "the request body is larger than {MAX_BODY} bytes"
-                    )));
-                }
-                body.extend_from_slice(&chunk);
-            }
-            parse(&body).map(JsonBody)
-        })
+async fn collect(mut payload: web::Payload) -> Result<BytesMut, GatewayError> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| GatewayError::BadRequest(format!("reading the body: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(GatewayError::PayloadTooLarge(format!(
+                "the request body is larger than {MAX_BODY} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
     }
+    Ok(body)
 }
 
 fn parse<T: DeserializeOwned + Shape>(body: &[u8]) -> Result<T, GatewayError> {
@@ -60,6 +66,7 @@ fn parse<T: DeserializeOwned + Shape>(body: &[u8]) -> Result<T, GatewayError> {
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+    use actix_web::FromRequest;
     use serde::Deserialize;
 
     #[derive(Deserialize, Debug)]
@@ -74,9 +81,10 @@ mod tests {
 
     async fn read(body: Vec<u8>) -> Result<Named, GatewayError> {
         let (req, mut payload) = TestRequest::post().set_payload(body).to_http_parts();
-        JsonBody::<Named>::from_request(&req, &mut payload)
+        let payload = web::Payload::from_request(&req, &mut payload)
             .await
-            .map(|b| b.0)
+            .expect("a payload");
+        super::read::<Named>(payload).await
     }
 
     #[actix_web::test]

@@ -5,7 +5,14 @@ use std::io::IsTerminal;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
-use crate::cli::LogFormat;
+use clap::ValueEnum;
+
+/// `--log-format`: lines for people, or JSON objects for a log pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 pub fn init(format: LogFormat, filter: &str) -> anyhow::Result<()> {
     let targets: Targets = filter

@@ -45,8 +45,8 @@ pub fn is_safe(method: &Method) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::AuthMode;
     use crate::forwarded::TrustedProxies;
+    use crate::identity::AuthMode;
     use crate::site::PublicUrl;
     use actix_web::test::TestRequest;
 

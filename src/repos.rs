@@ -1,22 +1,19 @@
-//! The shared repository library over HTTP: the public `/-/api/repos` and
-//! `/-/api/workspace` for users, and `/repos` on the admin listener for operators. The
-//! `RepoLibrary` actor does the work; this only maps requests and errors.
+//! The shared repository library over HTTP for users: `/-/api/repos` and
+//! `/-/api/workspace` (the operators' `/repos` is `admin/repos.rs`). The `RepoLibrary` actor
+//! does the work; this only maps requests, and the library's errors to `GatewayError`.
 
 use std::sync::Arc;
 
-use actix::Addr;
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use chamberlain_actors::provision::ProvisionError;
-use chamberlain_actors::repos::{
-    AddRepo, CloneRepo, Cloner, DeleteRepo, GetRepo, ListRepos, RefreshRepo, RepoError, RepoLibrary,
-};
+use chamberlain_actors::repos::{CloneRepo, Cloner, GetRepo, ListRepos, RepoError};
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::method_not_allowed;
 use crate::errors::GatewayError;
 use crate::gateway::Gateway;
-use crate::json_body::{JsonBody, Shape};
+use crate::json_body::{self, Shape};
 
 pub fn configure_public(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -41,25 +38,6 @@ pub fn configure_public(cfg: &mut web::ServiceConfig) {
     );
 }
 
-pub fn configure_admin(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/repos")
-            .route(web::get().to(admin_list))
-            .route(web::post().to(add))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/repos/{name}")
-            .route(web::delete().to(delete))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/repos/{name}/refresh")
-            .route(web::post().to(refresh))
-            .default_service(web::to(method_not_allowed)),
-    );
-}
-
 impl From<RepoError> for GatewayError {
     fn from(e: RepoError) -> Self {
         if matches!(e, RepoError::Failed(_) | RepoError::Upstream(_)) {
@@ -78,11 +56,13 @@ impl From<RepoError> for GatewayError {
 }
 
 /// The library's answer, or why there is none.
-fn answered<T>(sent: Result<Result<T, RepoError>, actix::MailboxError>) -> Result<T, GatewayError> {
+pub(crate) fn answered<T>(
+    sent: Result<Result<T, RepoError>, actix::MailboxError>,
+) -> Result<T, GatewayError> {
     Ok(sent.map_err(library_gone)??)
 }
 
-fn library_gone(e: actix::MailboxError) -> GatewayError {
+pub(crate) fn library_gone(e: actix::MailboxError) -> GatewayError {
     GatewayError::gone("the repository library", e)
 }
 
@@ -117,10 +97,11 @@ async fn clone(
     req: HttpRequest,
     gateway: web::Data<Gateway>,
     name: web::Path<String>,
-    body: JsonBody<CloneRequest>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, GatewayError> {
     let identity = gateway.identify(&req).await?;
     crate::origin::check(&req, &gateway.cfg.site)?;
+    let request: CloneRequest = json_body::read(payload).await?;
     let spec = gateway.user_spec(&identity);
     let user = Cloner {
         profile: spec.profile(),
@@ -131,7 +112,7 @@ async fn clone(
         .repos
         .send(CloneRepo {
             source: source.clone(),
-            target: body.0.target_name,
+            target: request.target_name,
             user,
         })
         .await;
@@ -158,90 +139,4 @@ async fn workspace(
         Ok(Err(e)) => Err(GatewayError::Internal(e.to_string())),
         Err(e) => Err(GatewayError::Internal(e.to_string())),
     }
-}
-
-/// The library, for the admin handlers.
-pub struct Library(pub Addr<RepoLibrary>);
-
-async fn admin_list(lib: web::Data<Library>) -> Result<HttpResponse, GatewayError> {
-    let repos = lib.0.send(ListRepos).await.map_err(library_gone)?;
-    Ok(HttpResponse::Ok().json(repos))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddRequest {
-    name: String,
-    url: String,
-    description: Option<String>,
-}
-
-impl Shape for AddRequest {
-    const SHAPE: &'static str = "{\"name\", \"url\", \"description\"?}";
-}
-
-async fn add(
-    req: HttpRequest,
-    lib: web::Data<Library>,
-    body: JsonBody<AddRequest>,
-) -> Result<HttpResponse, GatewayError> {
-    let JsonBody(request) = body;
-    // An administrator of the identity provider is not an operator of the host: from the
-    // public console only remote repositories (git runs as root, and a local path could be
-    // any directory of the host, users' homes included).
-    let from_console = req
-        .extensions()
-        .get::<crate::admin::console::PublicConsole>()
-        .is_some();
-    if from_console && !request.url.starts_with("https://") {
-        return Err(GatewayError::BadRequest(
-            "from the admin console a repository is added from an https:// URL; local paths \
-             are for the operator's admin listener"
-                .into(),
-        ));
-    }
-    let name = request.name.clone();
-    let sent = lib
-        .0
-        .send(AddRepo {
-            name: request.name,
-            url: request.url,
-            description: request.description,
-        })
-        .await;
-    crate::admin::actions::audit(&req, "add repo", &name, &outcome(&sent, "added"));
-    Ok(HttpResponse::Created().json(answered(sent)?))
-}
-
-/// The outcome of an operator's repository change, for the audit line.
-fn outcome<T>(sent: &Result<Result<T, RepoError>, actix::MailboxError>, done: &str) -> String {
-    match sent {
-        Ok(Ok(_)) => done.to_owned(),
-        Ok(Err(e)) => format!("refused: {e}"),
-        Err(e) => format!("failed: {e}"),
-    }
-}
-
-async fn refresh(
-    req: HttpRequest,
-    lib: web::Data<Library>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, GatewayError> {
-    let name = name.into_inner();
-    let sent = lib.0.send(RefreshRepo { name: name.clone() }).await;
-    crate::admin::actions::audit(&req, "refresh repo", &name, &outcome(&sent, "refreshed"));
-    let upstream = answered(sent)?;
-    Ok(HttpResponse::Ok().json(json!({"name": name, "upstream": upstream})))
-}
-
-async fn delete(
-    req: HttpRequest,
-    lib: web::Data<Library>,
-    name: web::Path<String>,
-) -> Result<HttpResponse, GatewayError> {
-    let name = name.into_inner();
-    let sent = lib.0.send(DeleteRepo { name: name.clone() }).await;
-    crate::admin::actions::audit(&req, "delete repo", &name, &outcome(&sent, "deleted"));
-    answered(sent)?;
-    Ok(HttpResponse::Ok().json(json!({"name": name, "deleted": true})))
 }

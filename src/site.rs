@@ -24,9 +24,9 @@ use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::Uri;
 use actix_web::HttpRequest;
 
-use crate::cli::AuthMode;
 use crate::errors::GatewayError;
 use crate::forwarded::{TrustedProxies, View};
+use crate::identity::AuthMode;
 use crate::limits::Answer;
 
 const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];

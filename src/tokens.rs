@@ -13,7 +13,7 @@ use crate::errors::GatewayError;
 use crate::gateway::Gateway;
 use crate::identity::access_tokens::TokenError;
 use crate::identity::{Credential, Identity};
-use crate::json_body::{JsonBody, Shape};
+use crate::json_body::{self, Shape};
 use crate::pages;
 
 const DEFAULT_DAYS: u64 = 30;
@@ -103,10 +103,10 @@ impl Shape for CreateRequest {
 async fn create(
     req: HttpRequest,
     gateway: web::Data<Gateway>,
-    body: JsonBody<CreateRequest>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, GatewayError> {
     let identity = person(&req, &gateway).await?;
-    let JsonBody(request) = body;
+    let request: CreateRequest = json_body::read(payload).await?;
     let tokens = gateway.auth.tokens().clone();
     let days = request.expires_in_days.unwrap_or(DEFAULT_DAYS);
     let owner = identity.clone();

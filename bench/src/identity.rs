@@ -59,7 +59,7 @@ pub fn run(iterations: usize) -> anyhow::Result<()> {
         anyhow::bail!("the arguments above are `serve`'s");
     };
     let tokens = std::sync::Arc::new(chamberlain::identity::access_tokens::AccessTokens::empty());
-    let auth = Authenticator::from_args(&args.auth, AuthMetrics::default(), tokens)?;
+    let auth = Authenticator::new(&args.auth.settings(), AuthMetrics::default(), tokens)?;
 
     let exp = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
     let token = |n: usize| {

@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::Admin;
-use crate::cli::AuthMode;
 use crate::errors::GatewayError;
+use crate::identity::AuthMode;
 use crate::relay::usage::Use;
 
 /// Who is calling, for the audit log: set by the surface's guard.
@@ -48,7 +48,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/instances/{user}/restart", web::post().to(restart))
         .route("/tokens", web::get().to(tokens))
         .route("/tokens/{id}", web::delete().to(revoke_token))
-        .configure(crate::repos::configure_admin);
+        .configure(super::repos::configure);
 }
 
 /// The registry's mailbox refused a message: it has stopped (the gateway is shutting down).

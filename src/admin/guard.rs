@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use actix_web::dev::{Extensions, Service, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
-use actix_web::{web, HttpMessage};
+use actix_web::{web, HttpMessage, ResponseError};
 
 use super::socket::UnixPeer;
 use super::token;
@@ -40,8 +40,9 @@ pub fn record_tcp_local(conn: &dyn Any, ext: &mut Extensions) {
     }
 }
 
+/// Always JSON: the admin listeners serve no pages but the console's own.
 fn refuse<B: 'static>(req: ServiceRequest, error: GatewayError) -> Answer<B> {
-    let resp = error.respond(req.request());
+    let resp = error.error_response();
     Box::pin(std::future::ready(Ok(req
         .into_response(resp)
         .map_into_right_body())))

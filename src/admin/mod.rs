@@ -6,6 +6,7 @@
 pub mod actions;
 pub mod console;
 pub mod guard;
+pub mod repos;
 pub mod socket;
 pub mod token;
 

@@ -18,6 +18,7 @@ mod jwks;
 mod jwt;
 mod keys;
 pub mod policy;
+pub mod settings;
 pub mod token;
 
 use std::sync::Arc;
@@ -26,7 +27,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use actix_web::http::header;
 use actix_web::HttpRequest;
 
-use crate::cli::{AuthArgs, AuthMode};
 use crate::metrics::AuthMetrics;
 use alb::AlbVerifier;
 use alb_keys::AlbKeys;
@@ -35,6 +35,8 @@ use cookies::CookieNames;
 use jwks::JwksStore;
 use jwt::{JwtKeys, JwtVerifier};
 use keys::VerifyingKey;
+pub use settings::AuthMode;
+use settings::{AuthSettings, JwtKeySource, JwtSettings, Way};
 
 /// A verified user: the `UserContext` of the API without its directory fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,51 +198,53 @@ const IDENTITY_HEADERS: [&str; 4] = [
 ];
 
 impl Authenticator {
-    pub fn from_args(
-        args: &AuthArgs,
+    pub fn new(
+        settings: &AuthSettings,
         metrics: AuthMetrics,
         tokens: Arc<access_tokens::AccessTokens>,
     ) -> Result<Self, AuthConfigError> {
-        let leeway = args.auth_clock_skew.as_secs();
-        let mode = match args.mode {
-            AuthMode::Dev => Mode::Dev,
-            AuthMode::Alb => {
-                // clap makes both required with --auth alb.
-                let arn = args.alb_arn.clone().unwrap_or_default();
-                let region = args.alb_region.clone().unwrap_or_default();
-                if !arn.starts_with("arn:") {
-                    return Err(AuthConfigError::Arn(arn));
+        let leeway = settings.clock_skew.as_secs();
+        let mut jwt_cookie = None;
+        let mode = match &settings.way {
+            Way::Dev => Mode::Dev,
+            Way::Alb(alb) => {
+                if !alb.arn.starts_with("arn:") {
+                    return Err(AuthConfigError::Arn(alb.arn.clone()));
                 }
-                if !args.alb_key_url.contains("{kid}") {
-                    return Err(AuthConfigError::KeyUrl(args.alb_key_url.clone()));
+                if !alb.key_url.contains("{kid}") {
+                    return Err(AuthConfigError::KeyUrl(alb.key_url.clone()));
                 }
-                let key_url = args.alb_key_url.replace("{region}", &region);
+                let key_url = alb.key_url.replace("{region}", &alb.region);
                 tracing::info!(
-                    arn,
+                    arn = alb.arn,
                     key_url,
                     "identity: verified ALB header (x-amzn-oidc-data)"
                 );
                 let keys = AlbKeys::new(
                     key_url,
-                    args.auth_key_timeout,
-                    args.auth_negative_cache,
+                    settings.key_timeout,
+                    alb.negative_cache,
                     metrics.clone(),
                 );
+                let arn = alb.arn.clone();
                 Mode::Alb(AlbVerifier { arn, leeway, keys })
             }
-            AuthMode::Jwt => Mode::Jwt(jwt_verifier(args, leeway, &metrics)?),
+            Way::Jwt(jwt) => {
+                jwt_cookie = jwt.cookie.clone();
+                Mode::Jwt(jwt_verifier(jwt, settings.key_timeout, leeway, &metrics)?)
+            }
         };
+        let dev = settings.mode() == AuthMode::Dev;
+        let rules = &settings.policy;
         let policy = policy::SignInPolicy::new(
-            &args.allowed_users,
-            &args.allowed_groups,
-            &args.admin_users,
-            &args.admin_groups,
-            args.mode == AuthMode::Dev,
+            &rules.allowed_users,
+            &rules.allowed_groups,
+            &rules.admin_users,
+            &rules.admin_groups,
+            dev,
         );
         tracing::info!(policy = policy.summary(), "who may sign in");
-        if args.mode == AuthMode::Dev
-            && !(args.admin_users.is_empty() && args.admin_groups.is_empty())
-        {
+        if dev && !(rules.admin_users.is_empty() && rules.admin_groups.is_empty()) {
             tracing::warn!(
                 "--auth dev with administrators: anyone who can reach the gateway can claim an \
                  administrator's name"
@@ -248,10 +252,10 @@ impl Authenticator {
         }
         let mut auth = Self::with_mode(
             mode,
-            args.auth_cache_entries as usize,
+            settings.cache_entries,
             metrics,
-            args.jwt_cookie.clone(),
-            args.logout_url.clone(),
+            jwt_cookie,
+            settings.logout_url.clone(),
         );
         auth.policy = policy;
         auth.tokens = tokens;
@@ -445,23 +449,6 @@ impl Authenticator {
     }
 }
 
-/// What personal access tokens are bound to: the way identities are established. Tokens
-/// made under one are void under another (say, made in `--auth dev`, where anyone is anyone,
-/// and then used once the gateway verifies an identity provider's tokens).
-pub fn realm(args: &AuthArgs) -> String {
-    match args.mode {
-        AuthMode::Dev => "dev".to_owned(),
-        AuthMode::Alb => format!("alb {}", args.alb_arn.as_deref().unwrap_or_default()),
-        AuthMode::Jwt => format!(
-            "jwt {}",
-            args.jwt_issuer
-                .as_deref()
-                .or(args.jwks_url.as_deref())
-                .unwrap_or("(pem key)")
-        ),
-    }
-}
-
 /// A personal access token the request presents in `Authorization`: `Bearer <token>` or
 /// Basic with the token as the password (any user name), and whether it came as Basic.
 /// `None` when the header holds something else (a JWT, in `--auth jwt`).
@@ -495,25 +482,33 @@ fn access_token(req: &HttpRequest) -> Option<Result<(String, bool), AuthError>> 
 }
 
 fn jwt_verifier(
-    args: &AuthArgs,
+    jwt: &JwtSettings,
+    key_timeout: std::time::Duration,
     leeway: u64,
     metrics: &AuthMetrics,
 ) -> Result<JwtVerifier, AuthConfigError> {
-    let keys = match (&args.jwks_url, &args.jwt_public_key) {
-        (Some(url), _) => JwtKeys::Jwks(Box::new(JwksStore::new(
+    let (keys, shown_keys) = match &jwt.keys {
+        JwtKeySource::Jwks {
+            url,
+            refresh_cooldown,
+            max_age,
+        } => (
+            JwtKeys::Jwks(Box::new(JwksStore::new(
+                url.clone(),
+                key_timeout,
+                *refresh_cooldown,
+                *max_age,
+                metrics.clone(),
+            ))),
             url.clone(),
-            args.auth_key_timeout,
-            args.jwks_refresh_cooldown,
-            args.jwks_max_age,
-            metrics.clone(),
-        ))),
-        (None, Some(path)) => {
+        ),
+        JwtKeySource::Pem { path, algorithm } => {
             let shown = path.display().to_string();
             let pem = std::fs::read(path).map_err(|source| AuthConfigError::ReadKey {
                 path: shown.clone(),
                 source,
             })?;
-            let alg = match &args.jwt_algorithm {
+            let alg = match algorithm {
                 Some(name) => Some(
                     name.parse()
                         .map_err(|_| AuthConfigError::Algorithm(name.clone()))?,
@@ -521,14 +516,14 @@ fn jwt_verifier(
                 None => None,
             };
             let key = VerifyingKey::from_pem(&pem, alg).map_err(|e| AuthConfigError::Key {
-                path: shown,
+                path: shown.clone(),
                 reason: e.to_string(),
             })?;
-            JwtKeys::Pem(Arc::new(key))
+            (JwtKeys::Pem(Arc::new(key)), shown)
         }
-        (None, None) => return Err(AuthConfigError::NoJwtKey),
+        JwtKeySource::Missing => return Err(AuthConfigError::NoJwtKey),
     };
-    if let Some(cookie) = &args.jwt_cookie {
+    if let Some(cookie) = &jwt.cookie {
         if cookie.is_empty()
             || !cookie
                 .bytes()
@@ -537,30 +532,26 @@ fn jwt_verifier(
             return Err(AuthConfigError::Cookie(cookie.clone()));
         }
     }
-    if args.jwt_issuer.is_none() {
+    if jwt.issuer.is_none() {
         tracing::warn!(
             "--auth jwt without --jwt-issuer: any issuer signing with these keys is accepted"
         );
     }
-    if args.jwt_audiences.is_empty() && args.jwt_client_ids.is_empty() {
+    if jwt.audiences.is_empty() && jwt.client_ids.is_empty() {
         tracing::warn!("--auth jwt without --jwt-audience or --jwt-client-id: tokens for any audience are accepted");
     }
     tracing::info!(
-        keys = args
-            .jwks_url
-            .as_deref()
-            .or(args.jwt_public_key.as_ref().and_then(|p| p.to_str()))
-            .unwrap_or_default(),
-        issuer = args.jwt_issuer.as_deref().unwrap_or("(any)"),
-        cookie = args.jwt_cookie.as_deref().unwrap_or("(none)"),
+        keys = shown_keys,
+        issuer = jwt.issuer.as_deref().unwrap_or("(any)"),
+        cookie = jwt.cookie.as_deref().unwrap_or("(none)"),
         "identity: verified bearer tokens"
     );
     Ok(JwtVerifier {
         keys,
-        issuer: args.jwt_issuer.clone(),
-        audiences: args.jwt_audiences.clone(),
-        client_ids: args.jwt_client_ids.clone(),
-        cookie: args.jwt_cookie.clone(),
+        issuer: jwt.issuer.clone(),
+        audiences: jwt.audiences.clone(),
+        client_ids: jwt.client_ids.clone(),
+        cookie: jwt.cookie.clone(),
         leeway,
     })
 }

@@ -21,18 +21,19 @@ use chamberlain_actors::{
 };
 
 use super::opencode;
+use crate::admin::repos::Library;
 use crate::admin::{Admin, AdminToken};
 use crate::cli::ServeArgs;
 use crate::connections::UserConnections;
 use crate::data_dir::DataDir;
 use crate::gateway::{Gateway, GatewayConfig, ShutdownSignal, WsConfig};
 use crate::identity::access_tokens::AccessTokens;
+use crate::identity::settings::AuthSettings;
 use crate::identity::Authenticator;
 use crate::kubernetes::Connected;
 use crate::metrics::Metrics;
 use crate::relay::usage::UsageBook;
 use crate::relay::Relay;
-use crate::repos::Library;
 
 /// What the listeners serve, and what start-up and shutdown need besides.
 pub struct Assembled {
@@ -58,10 +59,11 @@ pub async fn assemble(args: &ServeArgs, relay_addr: SocketAddr) -> anyhow::Resul
     let data_dir = DataDir::create(&args.data_dir)?;
     // With pods, the cluster is reached first: it keeps what replicas share.
     let cluster = crate::kubernetes::connect(args).await?;
-    let auth = Authenticator::from_args(
-        &args.auth,
+    let auth_settings = args.auth.settings();
+    let auth = Authenticator::new(
+        &auth_settings,
         metrics.auth.clone(),
-        access_tokens(args, &data_dir, cluster.as_ref()).await?,
+        access_tokens(&auth_settings, args, &data_dir, cluster.as_ref()).await?,
     )?;
     let users = users(&data_dir);
     let helper = std::env::current_exe()
@@ -187,11 +189,12 @@ pub async fn assemble(args: &ServeArgs, relay_addr: SocketAddr) -> anyhow::Resul
 
 /// Personal access tokens: in `state/`, or with pods shared through the cluster.
 async fn access_tokens(
+    auth: &AuthSettings,
     args: &ServeArgs,
     data_dir: &DataDir,
     cluster: Option<&Connected>,
 ) -> anyhow::Result<Arc<AccessTokens>> {
-    let realm = crate::identity::realm(&args.auth);
+    let realm = auth.realm();
     let max_days = u64::from(args.auth.access_token_max_days);
     Ok(match cluster {
         Some(cluster) => crate::kubernetes::access_tokens(cluster, &realm, max_days).await?,

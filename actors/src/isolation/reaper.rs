@@ -69,16 +69,26 @@ pub struct Ended {
 /// others are signalled). The one way a uid's processes are ended: at start-up (leftovers of
 /// an earlier run), before a start, and when an instance has stopped. Forks nothing when
 /// the uid has no process. Blocking: run it off the actor thread.
+///
+/// A round whose signalling fails (no room to fork the signalling helper, say, while the
+/// user's own processes fill the limit) is retried until the deadline: the error is
+/// returned only when processes are left.
 pub fn end_uid(uid: u32, within: Duration) -> io::Result<Ended> {
     let deadline = Instant::now() + within;
     let found = processes_of(uid).len();
     let mut left = found;
+    let mut failure = None;
     while left > 0 && Instant::now() < deadline {
-        signal_uid(uid, Signal::SIGKILL)?;
+        if let Err(e) = signal_uid(uid, Signal::SIGKILL) {
+            failure = Some(e);
+        }
         std::thread::sleep(ROUND);
         left = processes_of(uid).len();
     }
-    Ok(Ended { found, left })
+    match failure {
+        Some(e) if left > 0 => Err(e),
+        _ => Ok(Ended { found, left }),
+    }
 }
 
 /// Pids of live (non-zombie) processes whose real uid is `uid`, from `/proc`.
