@@ -364,10 +364,20 @@ async fn opencodes_own_web_ui_works_through_the_gateway() {
 
     // A terminal from the UI (the /terminal command): a typed command's output reaches the
     // page through the gateway's websocket bridge, and the command really ran.
+    // Enter only once the command list offers the terminal first: an Enter that comes
+    // before the list has caught up with the typing (a loaded machine) picks another
+    // command or none, and no terminal opens.
     browser.execute(RECORD_WEBSOCKETS, json!([])).await;
     browser.click_css(PROMPT).await;
-    browser.type_css(PROMPT, "/").await;
-    browser.type_css(PROMPT, "terminal\n").await;
+    browser.type_css(PROMPT, "/terminal").await;
+    browser
+        .wait_until(
+            "the terminal first in the command list",
+            "var o = document.querySelector('[data-suggestion-id], [data-slash-id]');
+             return !!o && (o.getAttribute('data-suggestion-id') || o.getAttribute('data-slash-id')) === 'terminal.toggle';",
+        )
+        .await;
+    browser.type_css(PROMPT, "\u{E007}").await;
     browser.find("[aria-label='Terminal input']").await;
     browser
         .wait_until("the terminal's prompt", "return window.__wsText.length > 0")
