@@ -197,7 +197,7 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         // Whatever left the group (a helper that made a session of its own) still carries
-        // the marker; the group itself goes when `process` is dropped, after this.
+        // the marker; the group itself goes when `_process` is dropped, after this.
         kill_marked(|marker| marker == self.marker);
     }
 }
