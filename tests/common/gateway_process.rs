@@ -216,6 +216,11 @@ impl GatewayProcess {
 
 impl Drop for GatewayProcess {
     fn drop(&mut self) {
+        // A failing test shows what the gateway said (the harness prints a failed test's
+        // output, and only a failed test's).
+        if std::thread::panicking() {
+            eprintln!("--- the gateway's log ---\n{}", self.log());
+        }
         if self
             .signal_and_wait(nix::sys::signal::Signal::SIGTERM, PATIENCE)
             .is_err()
