@@ -36,7 +36,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
-use procs::{Gateway, Upstream};
+use procs::{upstream, Gateway, Upstream};
 
 struct Options {
     upstream: String,
@@ -280,7 +280,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     } else {
         (bins.opencode()?, &["--pure"][..], "/global/health")
     };
-    let direct = Upstream::start(&upstream_bin, upstream_args, "bench")?;
+    let direct = upstream(&upstream_bin, upstream_args, "bench")?;
     let gw = Gateway::start(&bins.gateway, &upstream_bin, upstream_args)?;
     let auth = direct.authorization();
     let direct_load = load(direct.addr, get(path, &[("Authorization", &auth)]), &opts).await?;
@@ -304,7 +304,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     drop(direct);
 
     // 2 and 3 use the fake: it timestamps its events and reports its own start time.
-    let direct = Upstream::start(&bins.fake, &[], "bench")?;
+    let direct = upstream(&bins.fake, &[], "bench")?;
     let gw = Gateway::start(&bins.gateway, &bins.fake, &[])?;
     http::fetch(
         gw.public,

@@ -1,13 +1,30 @@
-//! The processes a benchmark runs: the gateway, and an upstream started directly.
+//! The processes a benchmark runs: the gateway, and an upstream started directly. How they
+//! are started is shared with the end-to-end tests (`tests/common/`); what is here is only
+//! what the benchmark chooses.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
+
+#[path = "../../tests/common/direct_opencode.rs"]
+mod direct_opencode;
+// The tests use more of it than a benchmark does.
+#[allow(dead_code)]
+#[path = "../../tests/common/gateway_process.rs"]
+mod gateway_process;
+#[path = "../../tests/common/process_group.rs"]
+mod process_group;
+
+pub use direct_opencode::DirectOpenCode as Upstream;
+use gateway_process::{serve_command, GatewayProcess, UidBlock, PATIENCE};
+
+/// The benchmark's gateways take uids apart from the tests' (a benchmark may run beside a
+/// test run, and a gateway ends every process of its uids).
+const UIDS: UidBlock = UidBlock {
+    variable: "CHAMBERLAIN_BENCH_UID_BASE",
+    default: 400_000,
+};
 
 pub struct Binaries {
     pub gateway: PathBuf,
@@ -49,149 +66,56 @@ impl Binaries {
     }
 }
 
-/// Reads a child's output lines on a thread, sending those that match `pick` back.
-fn watch<R: std::io::Read + Send + 'static>(
-    reader: R,
-    pick: impl Fn(&str) -> Option<String> + Send + 'static,
-) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines().map_while(Result::ok) {
-            if let Some(found) = pick(&line) {
-                let _ = tx.send(found);
-            }
-        }
-    });
-    rx
-}
-
-fn wait_line(rx: &mpsc::Receiver<String>, what: &str) -> anyhow::Result<String> {
-    rx.recv_timeout(Duration::from_secs(60))
-        .with_context(|| format!("{what} did not start"))
-}
-
-pub struct Upstream {
-    child: Child,
-    pub addr: SocketAddr,
-    password: String,
-    _home: tempfile::TempDir,
-}
-
-impl Upstream {
-    /// `program serve --hostname 127.0.0.1 --port 0 args…` with a password, as the gateway
-    /// would start it.
-    pub fn start(program: &Path, args: &[&str], password: &str) -> anyhow::Result<Upstream> {
-        let home = tempfile::tempdir()?;
-        let mut child = Command::new(program)
-            .args(["serve", "--hostname", "127.0.0.1", "--port", "0"])
-            .args(args)
-            .current_dir(home.path())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", home.path())
-            .env("OPENCODE_SERVER_PASSWORD", password)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("start {}", program.display()))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let rx = watch(stdout, |line| {
-            line.split("listening on http://")
-                .nth(1)
-                .map(|s| s.trim().trim_end_matches('/').to_owned())
-        });
-        let addr = wait_line(&rx, "upstream")?.parse()?;
-        Ok(Upstream {
-            child,
-            addr,
-            password: password.to_owned(),
-            _home: home,
-        })
-    }
-
-    pub fn authorization(&self) -> String {
-        use base64::Engine as _;
-        let token =
-            base64::engine::general_purpose::STANDARD.encode(format!("opencode:{}", self.password));
-        format!("Basic {token}")
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// An upstream (`program serve`) started directly with `password`, as the gateway would.
+pub fn upstream(program: &Path, args: &[&str], password: &str) -> anyhow::Result<Upstream> {
+    Upstream::start(program, args, password, PATIENCE).map_err(anyhow::Error::msg)
 }
 
 pub struct Gateway {
-    child: Child,
+    /// First, so that the gateway has ended before its data directory is removed.
+    _process: GatewayProcess,
     pub public: SocketAddr,
     _data: tempfile::TempDir,
 }
 
 impl Gateway {
+    /// The gateway in front of `opencode` (started with `opencode_args`), with room for
+    /// every simulated user and `BENCH_GATEWAY_ARGS` added.
     pub fn start(
         gateway: &Path,
         opencode: &Path,
         opencode_args: &[&str],
     ) -> anyhow::Result<Gateway> {
         let data = tempfile::tempdir()?;
-        let mut cmd = Command::new(gateway);
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data.path())
-        .arg("--opencode-bin")
-        .arg(opencode)
-        .args(["--max-instances", "64", "--max-concurrent-starts", "4"])
-        .args(["--log", "warn,chamberlain::server=info"])
-        .args(
-            std::env::var("BENCH_GATEWAY_ARGS")
-                .unwrap_or_default()
-                .split_whitespace(),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        for arg in opencode_args {
-            cmd.arg(format!("--opencode-arg={arg}"));
-        }
-        let mut child = cmd.spawn().context("start chamberlain")?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let rx = watch(stderr, |line| {
-            line.split("public=http://")
-                .nth(1)
-                .and_then(|rest| rest.split_whitespace().next())
-                .map(str::to_owned)
-        });
-        let public = wait_line(&rx, "gateway")?.parse()?;
+        let mut args: Vec<String> = [
+            "--max-instances",
+            "64",
+            "--max-concurrent-starts",
+            "4",
+            "--log",
+            "warn,chamberlain::server=info",
+        ]
+        .map(str::to_owned)
+        .into();
+        let extra = std::env::var("BENCH_GATEWAY_ARGS").unwrap_or_default();
+        args.extend(extra.split_whitespace().map(str::to_owned));
+        args.extend(opencode_args.iter().map(|a| format!("--opencode-arg={a}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (command, _) = serve_command(gateway, opencode, data.path(), &args, &UIDS);
+        let mut process = GatewayProcess::spawn(command).context("start chamberlain")?;
+        let listening = process
+            .wait_listening(PATIENCE)
+            .map_err(anyhow::Error::msg)?;
+        let public = listening
+            .public
+            .strip_prefix("http://")
+            .unwrap_or(&listening.public)
+            .parse()
+            .with_context(|| format!("the gateway's address {}", listening.public))?;
         Ok(Gateway {
-            child,
+            _process: process,
             public,
             _data: data,
         })
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        // SIGTERM: the gateway stops its instances before it exits.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        for _ in 0..300 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::Gateway;
+use crate::support::{poll_until, Gateway};
 use crate::webdriver::{Browser, Driver};
 
 /// Signs `user` in with the dev login form's cookie and lands on `next`.
@@ -316,16 +316,16 @@ async fn opencodes_own_web_ui_works_through_the_gateway() {
         "{session}"
     );
     assert_eq!(session["title"], "Workspace", "{session}");
+    // OpenCode renders the prompt, then enables it.
+    browser.wait_interactable(PROMPT).await;
+    browser.wait_painted().await;
     let dir = artifacts();
-    actix_web::rt::time::sleep(Duration::from_secs(1)).await;
     let png = browser.screenshot().await;
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
     std::fs::write(dir.join("opencode-ui.png"), &png).unwrap();
 
     // A prompt typed into OpenCode's UI reaches the session (no model is reachable here;
     // the message exists as soon as it is sent).
-    // OpenCode renders the prompt, then enables it.
-    browser.wait_interactable(PROMPT).await;
     browser.click_css(PROMPT).await;
     browser
         .type_css(PROMPT, "hello from the browser test")
@@ -334,35 +334,28 @@ async fn opencodes_own_web_ui_works_through_the_gateway() {
         .wait_until("the typed prompt", "return document.querySelector(\"[aria-label='Prompt']\").textContent.indexOf('hello from the browser test') >= 0")
         .await;
     // The UI may still be loading its providers when Enter first arrives; press it again
-    // until the message is in the session.
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    // until the message is in the session (Enter on the emptied prompt does nothing).
     let path = format!("/session/{id}/message");
-    loop {
+    let sent = poll_until(Duration::from_secs(90), async || {
         browser.type_css(PROMPT, "\u{E007}").await;
-        let mut sent = false;
-        for _ in 0..6 {
-            if gw
-                .get("alice", &path)
-                .await
-                .text()
-                .contains("hello from the browser test")
-            {
-                sent = true;
-                break;
+        poll_until(Duration::from_secs(3), async || {
+            let messages = gw.get("alice", &path).await.text();
+            if messages.contains("hello from the browser test") {
+                Ok(())
+            } else {
+                Err(())
             }
-            actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-        }
-        if sent {
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            std::fs::write(
-                dir.join("opencode-no-session.png"),
-                browser.screenshot().await,
-            )
-            .unwrap();
-            panic!("the prompt never reached the session (screenshot saved)");
-        }
+        })
+        .await
+    })
+    .await;
+    if sent.is_err() {
+        std::fs::write(
+            dir.join("opencode-no-session.png"),
+            browser.screenshot().await,
+        )
+        .unwrap();
+        panic!("the prompt never reached the session (screenshot saved)");
     }
 
     browser
@@ -371,10 +364,20 @@ async fn opencodes_own_web_ui_works_through_the_gateway() {
 
     // A terminal from the UI (the /terminal command): a typed command's output reaches the
     // page through the gateway's websocket bridge, and the command really ran.
+    // Enter only once the command list offers the terminal first: an Enter that comes
+    // before the list has caught up with the typing (a loaded machine) picks another
+    // command or none, and no terminal opens.
     browser.execute(RECORD_WEBSOCKETS, json!([])).await;
     browser.click_css(PROMPT).await;
-    browser.type_css(PROMPT, "/").await;
-    browser.type_css(PROMPT, "terminal\n").await;
+    browser.type_css(PROMPT, "/terminal").await;
+    browser
+        .wait_until(
+            "the terminal first in the command list",
+            "var o = document.querySelector('[data-suggestion-id], [data-slash-id]');
+             return !!o && (o.getAttribute('data-suggestion-id') || o.getAttribute('data-slash-id')) === 'terminal.toggle';",
+        )
+        .await;
+    browser.type_css(PROMPT, "\u{E007}").await;
     browser.find("[aria-label='Terminal input']").await;
     browser
         .wait_until("the terminal's prompt", "return window.__wsText.length > 0")
@@ -397,7 +400,7 @@ async fn opencodes_own_web_ui_works_through_the_gateway() {
         std::fs::read_to_string(proof).unwrap().trim(),
         "chamberlain-ui-42"
     );
-    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    browser.wait_painted().await;
     std::fs::write(
         dir.join("opencode-terminal.png"),
         browser.screenshot().await,
@@ -463,7 +466,7 @@ async fn a_clone_opens_in_opencode_with_its_file_tree() {
             "return Array.from(document.querySelectorAll('[role=tab]')).some(function (t) { return t.textContent.trim() === 'README.md'; })",
         )
         .await;
-    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    browser.wait_painted().await;
     std::fs::write(
         artifacts().join("opencode-file-tree.png"),
         browser.screenshot().await,

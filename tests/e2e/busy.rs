@@ -3,13 +3,13 @@
 //! and is stopped once the work is done and the idle timeout has passed.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use awc::http::{Method, StatusCode};
 use bytes::Bytes;
 
 use crate::mock_model::MockModel;
-use crate::support::Gateway;
+use crate::support::{eventually, poll_until, Gateway, PATIENCE};
 
 /// A new session of `user` in the directory `query` names (or OpenCode's own), sent a prompt
 /// that the agent works on after the request has been answered.
@@ -78,9 +78,11 @@ async fn an_agent_at_work_keeps_its_instance_until_the_work_is_done() {
 
         // No client from here on (the admin API is not a client of the instance).
         let done = round as u32 + 1;
-        let deadline = Instant::now() + Duration::from_secs(120);
         let mut saw_busy = false;
-        while model.counts.finished.load(Ordering::SeqCst) < done {
+        poll_until(2 * PATIENCE, async || {
+            if model.counts.finished.load(Ordering::SeqCst) >= done {
+                return Ok(());
+            }
             let me = gw.user("alice").await.expect("alice in /stats");
             assert_eq!(
                 me["state"],
@@ -89,13 +91,10 @@ async fn an_agent_at_work_keeps_its_instance_until_the_work_is_done() {
                 gw.log()
             );
             saw_busy |= me["busySessions"].as_u64().unwrap_or(0) > 0;
-            assert!(
-                Instant::now() < deadline,
-                "the reply never finished: {me}\n{}",
-                gw.log()
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(250)).await;
-        }
+            Err(me)
+        })
+        .await
+        .unwrap_or_else(|me| panic!("the reply never finished: {me}\n{}", gw.log()));
         assert!(saw_busy, "busySessions never showed the work");
         assert!(model.counts.started.load(Ordering::SeqCst) >= done);
 
@@ -141,11 +140,15 @@ async fn a_full_gateway_does_not_evict_an_agent_at_work() {
 
     // Well past --evict-min-idle without a client of hers (8 pieces, 500 ms apart, since her
     // prompt), bob wants the one place.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while model.counts.pieces.load(Ordering::SeqCst) < 8 {
-        assert!(Instant::now() < deadline, "the model never streamed");
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the model streamed 8 pieces",
+        PATIENCE,
+        async || match model.counts.pieces.load(Ordering::SeqCst) {
+            8.. => Ok(()),
+            pieces => Err(format!("{pieces} pieces")),
+        },
+    )
+    .await;
     assert_eq!(
         model.counts.finished.load(Ordering::SeqCst),
         0,
@@ -161,16 +164,17 @@ async fn a_full_gateway_does_not_evict_an_agent_at_work() {
     assert_eq!(gw.state("alice").await, "ready");
 
     // Her work done and idle long enough, bob gets the place.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while model.counts.finished.load(Ordering::SeqCst) < 1 {
-        assert!(Instant::now() < deadline, "the reply never finished");
-        actix_web::rt::time::sleep(Duration::from_millis(250)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually("the reply finished", 2 * PATIENCE, async || {
+        match model.counts.finished.load(Ordering::SeqCst) {
+            0 => Err("not yet"),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    poll_until(PATIENCE, async || {
         let bob = gw.get("bob", "/session").await;
         if bob.status == StatusCode::OK {
-            break;
+            return Ok(());
         }
         assert_eq!(
             bob.status,
@@ -178,7 +182,8 @@ async fn a_full_gateway_does_not_evict_an_agent_at_work() {
             "{}",
             bob.text()
         );
-        assert!(Instant::now() < deadline, "bob never got in\n{}", gw.log());
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    }
+        Err(())
+    })
+    .await
+    .unwrap_or_else(|()| panic!("bob never got in\n{}", gw.log()));
 }

@@ -9,29 +9,16 @@
 //! by hand). Events from the middle of a turn are printed; the answer is read back from the
 //! session.
 
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use awc::http::{Method, StatusCode};
 use bytes::Bytes;
 
 use crate::mock_model::MockModel;
+use crate::process_group::ProcessGroup;
 use crate::relay::gateway_with_org_key;
-use crate::support::real_opencode;
-
-/// A CLI run in a process group of its own, killed with it if the test ends first.
-struct Run {
-    child: Child,
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
-        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
+use crate::support::{poll_until, real_opencode};
 
 /// Runs `opencode run --attach <url> -p <password> <words>` with a home of its own and
 /// returns (exit code, stdout, stderr); fails the test after `deadline`.
@@ -44,36 +31,35 @@ async fn attach_and_run(
     let home = tempfile::tempdir().unwrap();
     let out = home.path().join("out");
     let err = home.path().join("err");
-    let child = Command::new(real_opencode())
-        .args(["run", "--format", "json", "--attach", url, "-p", password])
-        .args(words)
-        .current_dir(home.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .env("XDG_CONFIG_HOME", home.path().join(".config"))
-        .env("XDG_DATA_HOME", home.path().join(".local/share"))
-        .env("XDG_CACHE_HOME", home.path().join(".cache"))
-        .env("XDG_STATE_HOME", home.path().join(".local/state"))
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let mut run = Run { child };
-    let until = Instant::now() + deadline;
-    let code = loop {
-        if let Some(status) = run.child.try_wait().unwrap() {
-            break status.code().unwrap_or(-1);
-        }
-        assert!(
-            Instant::now() < until,
+    // A process group of its own: killed with everything it started if the test ends first.
+    let mut run = ProcessGroup::spawn(
+        Command::new(real_opencode())
+            .args(["run", "--format", "json", "--attach", url, "-p", password])
+            .args(words)
+            .current_dir(home.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("XDG_CONFIG_HOME", home.path().join(".config"))
+            .env("XDG_DATA_HOME", home.path().join(".local/share"))
+            .env("XDG_CACHE_HOME", home.path().join(".cache"))
+            .env("XDG_STATE_HOME", home.path().join(".local/state"))
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap()),
+    )
+    .unwrap();
+    let code = poll_until(deadline, async || match run.child().try_wait().unwrap() {
+        Some(status) => Ok(status.code().unwrap_or(-1)),
+        None => Err(()),
+    })
+    .await
+    .unwrap_or_else(|()| {
+        panic!(
             "opencode run did not end within {deadline:?}: {}",
             std::fs::read_to_string(&err).unwrap_or_default()
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    };
+        )
+    });
     (
         code,
         std::fs::read_to_string(&out).unwrap_or_default(),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use awc::http::{Method, StatusCode};
 use nix::sys::signal::Signal;
 
-use crate::support::{alive, as_u64, metric, wait_gone, Gateway};
+use crate::support::{alive, as_u64, eventually, metric, poll_until, wait_gone, Gateway, PATIENCE};
 
 /// Crashes 300 ms after listening; each restart waits out a doubling backoff.
 #[actix_web::test]
@@ -292,19 +292,15 @@ async fn max_instances_refuses_then_evicts_the_idle_instance() {
     assert!(body["error"].as_str().unwrap_or_default().contains("limit"));
     assert_eq!(gw.state("alice").await, "ready");
 
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    eventually("bob got in", PATIENCE, async || {
         let resp = gw.get("bob", "/small").await;
         if resp.status == StatusCode::OK {
-            break;
+            Ok(())
+        } else {
+            Err(resp.text())
         }
-        assert!(
-            Instant::now() < deadline,
-            "bob never got in: {}",
-            resp.text()
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
     let alice = gw.wait_state("alice", "stopped").await;
     assert!(alice["message"]
         .as_str()
@@ -337,18 +333,20 @@ async fn concurrent_starts_are_limited() {
         "1",
         "--opencode-arg=--fake-start-delay-ms=1500",
     ]);
+    // Until it sees one queued and one starting, or too late for that: both ready.
     let watcher = async {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        poll_until(PATIENCE, async || {
             let stats = gw.stats().await;
             if stats["byState"]["queued"] == 1 && stats["byState"]["starting"] == 1 {
-                return true;
+                Ok(true)
+            } else if stats["byState"]["ready"] == 2 {
+                Ok(false)
+            } else {
+                Err(())
             }
-            if stats["byState"]["ready"] == 2 || Instant::now() > deadline {
-                return false;
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
+        .unwrap_or(false)
     };
     let (a, b, seen_queued) =
         futures_util::future::join3(gw.get("alice", "/env"), gw.get("bob", "/env"), watcher).await;

@@ -8,12 +8,19 @@ mod browser;
 mod busy;
 mod cli;
 mod console;
+// The processes tests and benchmarks (bench/src/procs.rs) start alike.
+#[path = "../common/direct_opencode.rs"]
+mod direct_opencode;
+#[path = "../common/gateway_process.rs"]
+mod gateway_process;
 mod identity;
 mod input;
 mod isolation;
 mod kubernetes;
 mod lifecycle;
 mod mock_model;
+#[path = "../common/process_group.rs"]
+mod process_group;
 mod proxy;
 mod real_opencode;
 mod relay;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::support::{as_u64, vm_hwm, Gateway};
+use crate::support::{as_u64, eventually, vm_hwm, Gateway, PATIENCE};
 
 fn header_values(echo: &Value, name: &str) -> Vec<String> {
     echo["headers"]
@@ -253,16 +253,15 @@ async fn upstream_errors_have_their_own_status_codes() {
 
     let stop = gw.post("alice", "/fake/stop-listening").await;
     assert_eq!(stop.status, StatusCode::OK);
-    let mut refused = None;
-    for _ in 0..100 {
+    let refused = eventually("a closed upstream port gives 502", PATIENCE, async || {
         let resp = gw.get("alice", "/small").await;
         if resp.status == StatusCode::BAD_GATEWAY {
-            refused = Some(resp);
-            break;
+            Ok(resp)
+        } else {
+            Err(resp.status)
         }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    let refused = refused.expect("a closed upstream port gives 502");
+    })
+    .await;
     assert!(refused.json()["error"]
         .as_str()
         .unwrap()

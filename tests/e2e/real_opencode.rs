@@ -1,16 +1,13 @@
 //! The gateway in front of the real, pinned OpenCode.
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt as _;
-use std::process::{Child, Command, Stdio};
-
 use awc::http::StatusCode;
 
 use awc::ws::{CloseCode, Message};
 
+use crate::direct_opencode::DirectOpenCode;
 use crate::support::{
-    as_u64, client, create_pty, metric, read_terminal, read_until_close, real_opencode, send,
-    Gateway,
+    as_u64, client, create_pty, eventually, metric, poll_until, read_terminal, read_until_close,
+    real_opencode, send, Gateway, PATIENCE,
 };
 
 #[actix_web::test]
@@ -71,14 +68,16 @@ async fn stopping_an_instance_ends_its_terminals() {
         .await;
     assert_eq!(pty.status, StatusCode::OK, "{}", pty.text());
     let shell = as_u64(&pty.json()["pid"]) as u32;
-    let mut below = Vec::new();
-    for _ in 0..200 {
-        below = children_of(shell);
+    let below = poll_until(PATIENCE, async || {
+        let below = children_of(shell);
         if below.len() >= 2 {
-            break;
+            Ok(below)
+        } else {
+            Err(below)
         }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|below| below);
     assert_eq!(below.len(), 2, "the terminal's two sleeps are running");
     let stop = gw
         .admin_request(awc::http::Method::POST, "/instances/alice/stop")
@@ -120,59 +119,16 @@ async fn events_arrive_through_the_proxy() {
     events.read_until(&["session.created", &id]).await;
 }
 
-struct Direct {
-    child: Child,
-    port: u16,
-    _home: tempfile::TempDir,
-}
-
-impl Drop for Direct {
-    fn drop(&mut self) {
-        // Its own process group: whatever it started goes with it.
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        let _ = self.child.wait();
-    }
-}
-
 /// The same OpenCode started directly, to compare what the gateway serves with the original.
-fn direct_opencode() -> Direct {
-    let home = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(home.path().join("ws")).unwrap();
-    let mut child = Command::new(real_opencode())
-        .args(["serve", "--hostname", "127.0.0.1", "--port", "0", "--pure"])
-        .current_dir(home.path().join("ws"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home.path())
-        .env("OPENCODE_SERVER_PASSWORD", "direct")
-        .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let port = loop {
-        let line = lines.next().expect("start line").unwrap();
-        if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
-            break rest.trim().trim_end_matches('/').parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Direct {
-        child,
-        port,
-        _home: home,
-    }
+fn direct_opencode() -> DirectOpenCode {
+    DirectOpenCode::start(&real_opencode(), &["--pure"], "direct", PATIENCE)
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn direct_get(direct: &Direct, path: &str) -> (StatusCode, bytes::Bytes) {
+async fn direct_get(direct: &DirectOpenCode, path: &str) -> (StatusCode, bytes::Bytes) {
     let mut resp = client()
-        .get(format!("http://127.0.0.1:{}{path}", direct.port))
-        .basic_auth("opencode", "direct")
+        .get(format!("http://{}{path}", direct.addr))
+        .insert_header(("authorization", direct.authorization()))
         .send()
         .await
         .unwrap();
@@ -295,14 +251,15 @@ async fn a_terminal_works_through_the_gateway() {
     // Closing the client closes the gateway's connection to OpenCode.
     send(&mut socket, Message::Close(None)).await;
     read_until_close(&mut socket).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while during.iter().all(|p| connections_to(port).contains(p)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the bridge's connection stayed open"
-        );
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually("the bridge's connection closed", PATIENCE, async || {
+        let open = connections_to(port);
+        if during.iter().all(|p| open.contains(p)) {
+            Err(format!("connections from {open:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 }
 
 /// Local ports of ESTABLISHED TCP connections to 127.0.0.1:`port`. `/proc/net/tcp` can skip

@@ -9,7 +9,7 @@ use awc::http::{Method, StatusCode};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::support::{Gateway, Response};
+use crate::support::{poll_until, Gateway, Response, PATIENCE};
 
 fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -173,14 +173,16 @@ async fn both_users_see_the_library_and_a_clone_is_private_and_complete() {
     assert!(!workspace(&gw, "bob").join("template").exists());
 
     // Sizes arrive in the background.
-    let mut sized = Value::Null;
-    for _ in 0..200 {
-        sized = gw.get("alice", "/-/api/repos/notes").await.json();
+    let sized = poll_until(PATIENCE, async || {
+        let sized = gw.get("alice", "/-/api/repos/notes").await.json();
         if sized["sizeBytes"].is_number() {
-            break;
+            Ok(sized)
+        } else {
+            Err(sized)
         }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|sized| sized);
     assert_eq!(sized["sizeBytes"], 5 + 11);
 }
 
@@ -403,19 +405,21 @@ async fn three_hundred_repositories_list_at_once_while_sizes_are_computed() {
         "sizes were computed inline"
     );
 
-    let mut sizes = Value::Null;
-    for _ in 0..400 {
-        sizes = gw.get("alice", "/-/api/repos").await.json();
+    let sizes = poll_until(PATIENCE, async || {
+        let sizes = gw.get("alice", "/-/api/repos").await.json();
         if sizes
             .as_array()
             .unwrap()
             .iter()
             .all(|r| r["sizeBytes"].is_number())
         {
-            break;
+            Ok(sizes)
+        } else {
+            Err(sizes)
         }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    })
+    .await
+    .unwrap_or_else(|sizes| sizes);
     let huge = sizes
         .as_array()
         .unwrap()

@@ -1,19 +1,58 @@
 //! Starting a real `chamberlain` process for a test and talking to it as a client would.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use awc::error::SendRequestError;
 use awc::http::header::HeaderMap;
 use awc::http::{Method, StatusCode};
 use bytes::Bytes;
 use serde_json::Value;
 
+pub use crate::gateway_process::PATIENCE;
+use crate::gateway_process::{field, serve_command, GatewayProcess, UidBlock};
+
 pub const FAKE: &str = env!("CARGO_BIN_EXE_fake-opencode");
 const GATEWAY: &str = env!("CARGO_BIN_EXE_chamberlain");
+
+/// The uids of this run's gateways. Two runs on one host (two checkouts) set
+/// `CHAMBERLAIN_TEST_UID_BASE` apart; benchmarks take theirs elsewhere.
+pub const UIDS: UidBlock = UidBlock {
+    variable: "CHAMBERLAIN_TEST_UID_BASE",
+    default: 300_000,
+};
+
+/// How often a wait looks again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Asks `probe` until it answers `Ok`, a moment apart, for up to `within`; then gives the last
+/// `Err` it answered (what it saw instead). A bound, not a timing: a machine loaded with
+/// other builds makes everything slow, so `within` is generous ([`PATIENCE`] or more).
+pub async fn poll_until<T, E>(
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, E>,
+) -> Result<T, E> {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(found) => return Ok(found),
+            Err(seen) if Instant::now() >= deadline => return Err(seen),
+            Err(_) => actix_web::rt::time::sleep(POLL).await,
+        }
+    }
+}
+
+/// [`poll_until`], failing the test with `what` was awaited and what was seen last.
+pub async fn eventually<T, E: std::fmt::Display>(
+    what: &str,
+    within: Duration,
+    probe: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    poll_until(within, probe).await.unwrap_or_else(|seen| {
+        panic!("still waiting after {within:?} for: {what}; last seen: {seen}")
+    })
+}
 
 /// The pinned real OpenCode: `CHAMBERLAIN_TEST_OPENCODE`, else the repository's
 /// `node_modules/.bin/opencode` (installed by `npm ci`). Missing is a test failure, not a skip.
@@ -60,7 +99,8 @@ impl Response {
 }
 
 pub struct Gateway {
-    child: Option<Child>,
+    /// First, so that the gateway has ended before its data directory is removed.
+    process: GatewayProcess,
     pub pid: u32,
     pub base: String,
     /// The TCP admin listener's base URL (`none` when it is off).
@@ -68,7 +108,6 @@ pub struct Gateway {
     /// The operator token of the TCP admin listener.
     pub admin_token: Option<String>,
     pub data: tempfile::TempDir,
-    log: Arc<Mutex<String>>,
     pub client: awc::Client,
     /// How it was started, for [`Gateway::restart`].
     started: Started,
@@ -77,7 +116,7 @@ pub struct Gateway {
 #[derive(Clone)]
 struct Started {
     opencode: PathBuf,
-    /// Its arguments, with the uid range it was given.
+    /// Its arguments, with those the start added (listeners, uid range).
     args: Vec<String>,
     env: Vec<(String, String)>,
     run_as: Option<u32>,
@@ -141,80 +180,73 @@ impl Gateway {
     /// The same gateway again, on the same data directory, once this one has exited.
     pub fn restart(mut self) -> Gateway {
         assert!(
-            self.child
-                .as_mut()
-                .is_none_or(|c| c.try_wait().ok().flatten().is_some()),
+            self.process.has_exited(),
             "restart after the gateway has exited"
         );
-        self.child = None;
-        let started = self.started.clone();
-        let data = std::mem::replace(&mut self.data, tempfile::tempdir().expect("temp dir"));
+        let Gateway { data, started, .. } = self;
         Gateway::spawn_in(data, started)
     }
 
     fn spawn_in(data: tempfile::TempDir, mut started: Started) -> Gateway {
         let args: Vec<&str> = started.args.iter().map(String::as_str).collect();
-        let env: Vec<(&str, &str)> = started
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let (child, log, lines, uid_range) =
-            spawn_gateway(&started.opencode, data.path(), &args, &env, started.run_as);
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        started.args = args;
-        started.args.extend(uid_range);
-        let args: Vec<&str> = started.args.iter().map(String::as_str).collect();
-        let pid = child.id();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let (base, admin) = loop {
-            match lines.recv_timeout(Duration::from_millis(100)) {
-                Ok(addrs) => break addrs,
-                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
-                Err(_) => panic!(
-                    "gateway did not start; log:\n{}",
-                    log.lock().map(|l| l.clone()).unwrap_or_default()
-                ),
-            }
-        };
+        let (mut command, added) = serve_command(
+            Path::new(GATEWAY),
+            &started.opencode,
+            data.path(),
+            &args,
+            &UIDS,
+        );
+        command
+            .args(["--log", "info,chamberlain=debug,chamberlain_actors=debug"])
+            .envs(started.env.iter().map(|(k, v)| (k, v)));
+        if let Some(uid) = started.run_as {
+            use std::os::unix::process::CommandExt;
+            // std drops root's supplementary groups when it sets the uid.
+            command.uid(uid).gid(uid);
+        }
+        let mut process = GatewayProcess::spawn(command).expect("start chamberlain");
+        let listening = process
+            .wait_listening(PATIENCE)
+            .unwrap_or_else(|e| panic!("{e}"));
         // Generated at every start, or the one the test named.
         let token_file = args
             .iter()
             .position(|a| *a == "--admin-token-file")
-            .map(|i| PathBuf::from(args[i + 1]))
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
             .unwrap_or_else(|| data.path().join("state/admin-token"));
         let admin_token = std::fs::read_to_string(token_file)
             .ok()
             .map(|t| t.trim().to_owned());
+        started.args.extend(added);
         Gateway {
-            child: Some(child),
-            pid,
-            base,
-            admin,
+            pid: process.pid(),
+            process,
+            base: listening.public,
+            admin: listening.admin,
             admin_token,
             data,
-            log,
             client: client(),
             started,
         }
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.process.log()
     }
 
     /// Waits until a line of the log satisfies `found`: the log is read by a thread of its
     /// own, a moment behind the gateway (and after the gateway's answer).
     pub async fn wait_log(&self, what: &str, found: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.log().lines().any(&found) {
-            assert!(
-                Instant::now() < deadline,
-                "the log never said {what}:\n{}",
-                self.log()
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(&format!("a log line: {what}"), PATIENCE, async || {
+            let log = self.log();
+            if log.lines().any(&found) {
+                Ok(())
+            } else {
+                Err(format!("the log:\n{log}"))
+            }
+        })
+        .await
     }
 
     /// [`Gateway::wait_log`] for a line containing `text`.
@@ -234,21 +266,33 @@ impl Gateway {
         headers: &[(&str, &str)],
         body: Option<Bytes>,
     ) -> Response {
-        // A connection per request: reusing a kept-alive one the gateway had just closed
-        // failed requests with "connector has been disconnected" on a loaded machine (seen
-        // after a refused PUT whose body the gateway did not read).
-        let mut req = self.client.request(method, self.url(path)).force_close();
-        if let Some(user) = user {
-            req = req.insert_header(("x-chamberlain-dev-user", user));
-        }
-        for (k, v) in headers {
-            req = req.append_header((*k, *v));
-        }
-        let sent = match body {
-            Some(b) => req.send_body(b).await,
-            None => req.send().await,
+        let build = || {
+            // A connection per request: reusing a kept-alive one the gateway had just closed
+            // failed requests with "connector has been disconnected" on a loaded machine
+            // (seen after a refused PUT whose body the gateway did not read).
+            let mut req = self
+                .client
+                .request(method.clone(), self.url(path))
+                .force_close();
+            if let Some(user) = user {
+                req = req.insert_header(("x-chamberlain-dev-user", user));
+            }
+            for (k, v) in headers {
+                req = req.append_header((*k, *v));
+            }
+            req
         };
-        let mut resp = sent.unwrap_or_else(|e| panic!("{path}: request failed: {e}"));
+        let mut resp = match body {
+            Some(b) => build()
+                .send_body(b)
+                .await
+                .unwrap_or_else(|e| panic!("{path}: request failed: {e}")),
+            None if method.is_safe() => resend(path, async || build().send().await).await,
+            None => build()
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{path}: request failed: {e}")),
+        };
         let body = resp
             .body()
             .limit(256 * 1024 * 1024)
@@ -299,17 +343,24 @@ impl Gateway {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Response {
-        let mut req = self
-            .client
-            .request(method, format!("{}{path}", self.admin))
-            .force_close();
-        for (k, v) in headers {
-            req = req.insert_header((*k, *v));
-        }
-        let mut resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("admin {path}: {e}"));
+        let build = || {
+            let mut req = self
+                .client
+                .request(method.clone(), format!("{}{path}", self.admin))
+                .force_close();
+            for (k, v) in headers {
+                req = req.insert_header((*k, *v));
+            }
+            req
+        };
+        let mut resp = if method.is_safe() {
+            resend(&format!("admin {path}"), async || build().send().await).await
+        } else {
+            build()
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("admin {path}: {e}"))
+        };
         let body = resp
             .body()
             .limit(16 * 1024 * 1024)
@@ -348,20 +399,13 @@ impl Gateway {
     /// Polls `/stats` until `check` holds for the user's entry (an upper bound, not a timing
     /// assertion: it only fails when the state is never reached).
     pub async fn wait_user(&self, user: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(entry) = self.user(user).await {
-                if check(&entry) {
-                    return entry;
-                }
-                if Instant::now() > deadline {
-                    panic!("{user}: never {what}; last: {entry}\nlog:\n{}", self.log());
-                }
-            } else if Instant::now() > deadline {
-                panic!("{user}: never {what}; no such user\nlog:\n{}", self.log());
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll_until(PATIENCE, async || match self.user(user).await {
+            Some(entry) if check(&entry) => Ok(entry),
+            Some(entry) => Err(format!("last: {entry}")),
+            None => Err("no such user".to_owned()),
+        })
+        .await
+        .unwrap_or_else(|seen| panic!("{user}: never {what}; {seen}\nlog:\n{}", self.log()))
     }
 
     pub async fn wait_state(&self, user: &str, state: &str) -> Value {
@@ -374,37 +418,25 @@ impl Gateway {
         self.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
     }
 
+    /// Sends `signal` (unless it has exited already) and waits for the gateway to exit.
     pub fn signal_and_wait(&mut self, signal: nix::sys::signal::Signal) -> ExitStatus {
-        let mut child = self.child.take().expect("gateway still running");
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("gateway did not exit after {signal}; log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process
+            .signal_and_wait(signal, PATIENCE)
+            .unwrap_or_else(|e| panic!("after {signal}: {e}"))
     }
 
     /// Waits (bounded) until the log shows at least `n` spawned processes; returns them.
     pub async fn wait_spawned(&self, n: usize) -> Vec<u32> {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
+        poll_until(PATIENCE, async || {
             let pids = self.spawned_pids();
             if pids.len() >= n {
-                return pids;
+                Ok(pids)
+            } else {
+                Err(pids)
             }
-            assert!(
-                Instant::now() < deadline,
-                "never spawned {n} processes:\n{}",
-                self.log()
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never spawned {n} processes:\n{}", self.log()))
     }
 
     /// Pids of OpenCode processes the gateway spawned, from its log.
@@ -418,145 +450,40 @@ impl Gateway {
     }
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.terminate()));
-        }
-    }
-}
-
-fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    let start = line.find(name)? + name.len();
-    line[start..].split_whitespace().next()
-}
-
-/// The child, its log, its addresses once known, and the uid range it was given (if the
-/// arguments named none).
-type Spawned = (
-    Child,
-    Arc<Mutex<String>>,
-    mpsc::Receiver<(String, String)>,
-    Vec<String>,
-);
-
-fn spawn_gateway(
-    opencode: &Path,
-    data: &Path,
-    args: &[&str],
-    env: &[(&str, &str)],
-    run_as: Option<u32>,
-) -> Spawned {
-    let mut cmd = Command::new(GATEWAY);
-    // Gateways of concurrent tests share this host, and a gateway ends every process of the
-    // uids it gives out: each gets uids of its own.
-    let mut added = Vec::new();
-    if !args.contains(&"--uid-range") {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        // Two test runs on one host (two checkouts) must not share uids either.
-        let base: u32 = std::env::var("CHAMBERLAIN_TEST_UID_BASE")
-            .ok()
-            .and_then(|b| b.parse().ok())
-            .unwrap_or(300_000);
-        let first = base + n * 100;
-        added = vec!["--uid-range".to_owned(), format!("{first}-{}", first + 99)];
-    }
-    if let Some(uid) = run_as {
-        use std::os::unix::process::CommandExt;
-        // std drops root's supplementary groups when it sets the uid.
-        cmd.uid(uid).gid(uid);
-    }
-    serve_on_free_ports(&mut cmd, args);
-    cmd.arg("--data-dir")
-        .arg(data)
-        .arg("--opencode-bin")
-        .arg(opencode)
-        .args(["--log", "info,chamberlain=debug,chamberlain_actors=debug"])
-        .args(&added)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start chamberlain");
-    let stderr = child.stderr.take().expect("stderr");
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = mpsc::channel();
-    let sink = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("chamberlain listening") {
-                if let (Some(public), Some(admin)) =
-                    (field(&line, "public="), field(&line, "admin="))
-                {
-                    let _ = tx.send((public.to_owned(), admin.to_owned()));
-                }
-            }
-            if let Ok(mut log) = sink.lock() {
-                log.push_str(&line);
-                log.push('\n');
-            }
-        }
-    });
-    (child, log, rx, added)
+/// Sends a request that may be sent again (a safe method, no body) until the gateway
+/// answers it, for up to [`PATIENCE`]: a connection that ends before any answer (refused,
+/// reset, closed on a loaded machine) is not the answer a test is waiting for. Any other
+/// failure fails the test at once.
+async fn resend(
+    what: &str,
+    mut send: impl AsyncFnMut() -> Result<awc::ClientResponse, SendRequestError>,
+) -> awc::ClientResponse {
+    poll_until(PATIENCE, async || match send().await {
+        Ok(resp) => Ok(resp),
+        Err(e @ (SendRequestError::Connect(_) | SendRequestError::Send(_))) => Err(e),
+        Err(e) => panic!("{what}: request failed: {e}"),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{what}: request failed for {PATIENCE:?}: {e}"))
 }
 
 /// Runs `chamberlain serve` with `args` (plus loopback listeners on free ports, a fresh data
 /// directory and the fake OpenCode, where `args` do not say otherwise) until it exits, which
-/// it must do within a minute; returns its status and what it printed on stderr.
+/// it must do within [`PATIENCE`]; returns its status and what it printed on stderr.
 pub fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
-    let data = tempfile::tempdir().unwrap();
-    let mut cmd = Command::new(GATEWAY);
-    serve_on_free_ports(&mut cmd, args);
-    let mut child = cmd
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["--opencode-bin", FAKE])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut err = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
-        err
-    });
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chamberlain {args:?} did not exit");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (status, reader.join().unwrap_or_default())
-}
-
-/// `serve`, with loopback listeners on free ports unless `args` name their own.
-fn serve_on_free_ports(cmd: &mut Command, args: &[&str]) {
-    cmd.arg("serve");
-    for (flag, value) in [
-        ("--listen", "127.0.0.1:0"),
-        ("--admin-listen", "127.0.0.1:0"),
-    ] {
-        if !args.contains(&flag) {
-            cmd.args([flag, value]);
-        }
-    }
-    // The test host's /etc is shared by every gateway of the run (and `auto` names uids in a
-    // container's), a gateway refused at start included: only the tests of that feature
-    // turn it on.
-    if !args.iter().any(|a| a.starts_with("--system-accounts")) {
-        cmd.arg("--system-accounts=off");
-    }
+    let data = tempfile::tempdir().expect("temp dir");
+    let (command, _) = serve_command(
+        Path::new(GATEWAY),
+        Path::new(FAKE),
+        data.path(),
+        args,
+        &UIDS,
+    );
+    let mut process = GatewayProcess::spawn(command).expect("start chamberlain");
+    let status = process
+        .wait_exit(PATIENCE)
+        .unwrap_or_else(|e| panic!("chamberlain {args:?}: {e}"));
+    (status, process.finished_log())
 }
 
 /// Live processes whose real uid is `uid`.
@@ -607,14 +534,9 @@ pub fn vm_hwm(pid: u32) -> u64 {
 
 /// Waits (bounded) for `pid` to be gone.
 pub async fn wait_gone(pid: u32) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while alive(pid) {
-        if Instant::now() > deadline {
-            return false;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
-    true
+    poll_until(PATIENCE, async || if alive(pid) { Err(()) } else { Ok(()) })
+        .await
+        .is_ok()
 }
 
 pub fn as_u64(v: &Value) -> u64 {
@@ -648,12 +570,13 @@ impl Stream {
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
 
-    /// The next chunk as text, `None` at the end; fails if nothing arrives within 60 s.
+    /// The next chunk as text, `None` at the end; fails if nothing arrives within
+    /// [`PATIENCE`].
     pub async fn next_chunk(&mut self) -> Option<String> {
         use futures_util::StreamExt;
-        actix_web::rt::time::timeout(Duration::from_secs(60), self.response.next())
+        actix_web::rt::time::timeout(PATIENCE, self.response.next())
             .await
-            .expect("no chunk within 60s")
+            .unwrap_or_else(|_| panic!("no chunk within {PATIENCE:?}"))
             .map(|c| String::from_utf8_lossy(&c.expect("chunk")).into_owned())
     }
 
@@ -682,15 +605,18 @@ impl Stream {
 impl Gateway {
     /// Opens a streaming GET as `user` with extra `headers`.
     pub async fn stream(&self, user: &str, path: &str, headers: &[(&str, &str)]) -> Stream {
-        let mut req = self
-            .client
-            .get(self.url(path))
-            .force_close()
-            .insert_header(("x-chamberlain-dev-user", user));
-        for (k, v) in headers {
-            req = req.insert_header((*k, *v));
-        }
-        let response = req.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
+        let response = resend(path, async || {
+            let mut req = self
+                .client
+                .get(self.url(path))
+                .force_close()
+                .insert_header(("x-chamberlain-dev-user", user));
+            for (k, v) in headers {
+                req = req.insert_header((*k, *v));
+            }
+            req.send().await
+        })
+        .await;
         Stream { response }
     }
 }
@@ -699,22 +625,34 @@ impl Gateway {
 pub type Socket = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
 
 impl Gateway {
-    /// Opens a websocket through the gateway as `user` (no user: no identity).
+    /// Opens a websocket through the gateway as `user` (no user: no identity). A handshake
+    /// whose connection ends before any answer is tried again, as [`resend`] does.
     pub async fn ws(
         &self,
         user: Option<&str>,
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<(awc::ClientResponse, Socket), awc::error::WsClientError> {
+        use awc::error::WsClientError;
         let url = format!("{}{path}", self.base.replacen("http://", "ws://", 1));
-        let mut req = self.client.ws(url).max_frame_size(64 << 20);
-        if let Some(user) = user {
-            req = req.header("x-chamberlain-dev-user", user);
-        }
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        req.connect().await
+        let connect = async || {
+            let mut req = self.client.ws(url.as_str()).max_frame_size(64 << 20);
+            if let Some(user) = user {
+                req = req.header("x-chamberlain-dev-user", user);
+            }
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            req.connect().await
+        };
+        let answered = poll_until(PATIENCE, async || match connect().await {
+            Err(WsClientError::SendRequest(
+                e @ (SendRequestError::Connect(_) | SendRequestError::Send(_)),
+            )) => Err(WsClientError::SendRequest(e)),
+            answered => Ok(answered),
+        })
+        .await;
+        answered.unwrap_or_else(Err)
     }
 
     /// The HTTP status a refused websocket handshake got.
@@ -732,12 +670,12 @@ impl Gateway {
     }
 }
 
-/// The next frame, failing the test if none arrives within 30 s.
+/// The next frame, failing the test if none arrives within [`PATIENCE`].
 pub async fn next_frame(socket: &mut Socket) -> Option<awc::ws::Frame> {
     use futures_util::StreamExt;
-    actix_web::rt::time::timeout(Duration::from_secs(30), socket.next())
+    actix_web::rt::time::timeout(PATIENCE, socket.next())
         .await
-        .expect("no websocket frame within 30s")
+        .unwrap_or_else(|_| panic!("no websocket frame within {PATIENCE:?}"))
         .map(|f| f.expect("websocket frame"))
 }
 

@@ -4,17 +4,19 @@
 
 use std::io::Write as _;
 use std::net::TcpListener;
-use std::os::unix::process::CommandExt as _;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use base64::Engine;
 use serde_json::{json, Value};
 
+use crate::process_group::ProcessGroup;
+use crate::support::{eventually, poll_until, PATIENCE};
+
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 pub struct Driver {
-    process: Child,
+    _process: ProcessGroup,
     /// The value of [`MARKER`] in the environment of chromedriver and all it starts.
     marker: String,
     base: String,
@@ -108,40 +110,37 @@ impl Driver {
     /// when a test fails or panics.
     pub async fn start() -> Driver {
         ensure_browser();
+        end_browsers_of_ended_runs();
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let marker = format!("{}-{port}", std::process::id());
-        let process = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .env(MARKER, &marker)
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver starts");
+        let process = ProcessGroup::spawn(
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .env(MARKER, &marker)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .expect("chromedriver starts");
         let driver = Driver {
-            process,
+            _process: process,
             marker,
             base: format!("http://127.0.0.1:{port}"),
             client: awc::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .finish(),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(v) = driver.call("GET", "/status", None).await {
-                if v["ready"] == true {
-                    return driver;
-                }
+        eventually("chromedriver ready", PATIENCE, async || {
+            match driver.call("GET", "/status", None).await {
+                Ok(v) if v["ready"] == true => Ok(()),
+                Ok(v) => Err(v.to_string()),
+                Err(e) => Err(e),
             }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not become ready"
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-        }
+        })
+        .await;
+        driver
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
@@ -197,32 +196,46 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        use nix::sys::signal::{kill, killpg, Signal};
-        use nix::unistd::Pid;
-        let group = Pid::from_raw(self.process.id() as i32);
-        let _ = killpg(group, Signal::SIGKILL);
         // Whatever left the group (a helper that made a session of its own) still carries
-        // the marker.
-        let needle = format!("{MARKER}={}", self.marker);
-        for pid in marked(&needle) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let _ = self.process.wait();
+        // the marker; the group itself goes when `_process` is dropped, after this.
+        kill_marked(|marker| marker == self.marker);
     }
 }
 
-/// Processes whose environment holds `needle` (`NAME=value`).
-fn marked(needle: &str) -> Vec<i32> {
+/// Ends what a test run that is gone (killed before its drivers were dropped) left running:
+/// its marker names its process id.
+fn end_browsers_of_ended_runs() {
+    kill_marked(|marker| {
+        marker
+            .split_once('-')
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    });
+}
+
+/// Kills every process whose environment holds [`MARKER`] with a value `chosen` accepts.
+fn kill_marked(chosen: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+        return;
     };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == needle.as_bytes()))
-        })
-        .collect()
+    let prefix = format!("{MARKER}=");
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let ours = env.split(|&b| b == 0).any(|var| {
+            std::str::from_utf8(var)
+                .ok()
+                .and_then(|var| var.strip_prefix(&prefix))
+                .is_some_and(&chosen)
+        });
+        if ours {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
 }
 
 impl Browser<'_> {
@@ -274,19 +287,11 @@ impl Browser<'_> {
         .collect()
     }
 
-    /// Waits (up to 30 s) for an element; fails the test otherwise.
+    /// Waits (up to [`PATIENCE`]) for an element; fails the test otherwise.
     pub async fn find(&self, css: &str) -> Element {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(e) = self.find_now(css).await {
-                return e;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no element {css:?} on {}",
-                self.url().await
-            );
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        match poll_until(PATIENCE, async || self.find_now(css).await.ok_or(())).await {
+            Ok(e) => e,
+            Err(()) => panic!("no element {css:?} on {}", self.url().await),
         }
     }
 
@@ -304,19 +309,20 @@ impl Browser<'_> {
             .await
     }
 
-    /// Waits (up to 60 s) until `script` (a function body) returns true.
+    /// Waits (up to [`PATIENCE`]) until `script` (a function body) returns true.
     pub async fn wait_until(&self, what: &str, script: &str) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.execute(script, json!([])).await == Value::Bool(true) {
-                return;
+        let seen = poll_until(PATIENCE, async || {
+            match self.execute(script, json!([])).await {
+                Value::Bool(true) => Ok(()),
+                other => Err(other),
             }
-            assert!(
-                Instant::now() < deadline,
-                "never: {what} (at {})",
+        })
+        .await;
+        if let Err(last) = seen {
+            panic!(
+                "never: {what} (at {}; the script said {last})",
                 self.url().await
             );
-            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -328,27 +334,26 @@ impl Browser<'_> {
 
     /// Finds `css` and does `action` (`click`, `value`) to it, again if the page re-rendered
     /// it in between (a stale element) or has not made it usable yet (not interactable):
-    /// pages built by frameworks replace and enable nodes at will. Up to 60 s.
+    /// pages built by frameworks replace and enable nodes at will. Up to [`PATIENCE`].
     async fn on_css(&self, css: &str, action: &str, body: Value) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            let e = self.find(css).await;
-            match self
-                .call(
-                    "POST",
-                    &format!("/element/{}/{action}", e.0),
-                    Some(body.clone()),
-                )
-                .await
-            {
-                Ok(_) => return,
-                Err(err) if err.contains("stale element") || err.contains("not interactable") => {
-                    actix_web::rt::time::sleep(Duration::from_millis(100)).await
+        eventually(
+            &format!("{action} {css}: it kept going stale or was never interactable"),
+            PATIENCE,
+            async || {
+                let e = self.find(css).await;
+                let path = format!("/element/{}/{action}", e.0);
+                match self.call("POST", &path, Some(body.clone())).await {
+                    Ok(_) => Ok(()),
+                    Err(err)
+                        if err.contains("stale element") || err.contains("not interactable") =>
+                    {
+                        Err(err)
+                    }
+                    Err(err) => panic!("{action} {css}: {err}"),
                 }
-                Err(err) => panic!("{action} {css}: {err}"),
-            }
-        }
-        panic!("{css} kept going stale or was never interactable");
+            },
+        )
+        .await
     }
 
     pub async fn click_css(&self, css: &str) {
@@ -409,6 +414,16 @@ impl Browser<'_> {
         )
         .await
         .unwrap_or_else(|e| panic!("async script failed: {e}"))
+    }
+
+    /// Waits until the page has drawn two more frames: what it was just given (a terminal's
+    /// output, an opened tab) is on the screen for a screenshot.
+    pub async fn wait_painted(&self) {
+        self.execute_async(
+            "var done = arguments[arguments.length - 1];
+             requestAnimationFrame(function () { requestAnimationFrame(function () { done(true); }); });",
+        )
+        .await;
     }
 
     pub async fn resize(&self, width: u32, height: u32) {

@@ -9,10 +9,25 @@ use awc::ws::{CloseCode, CloseReason, Frame, Message};
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::support::{metric, next_frame, read_until_close, send, vm_hwm, Gateway};
+use crate::support::{
+    eventually, metric, next_frame, read_until_close, send, vm_hwm, Gateway, PATIENCE,
+};
 
 async fn fake_ws_stats(gw: &Gateway, user: &str) -> Value {
     gw.get(user, "/ws/stats").await.json()
+}
+
+/// Waits until the fake OpenCode's websocket stats for alice have `key` at `value`.
+async fn wait_fake_ws(gw: &Gateway, what: &str, key: &str, value: u64) {
+    eventually(what, PATIENCE, async || {
+        let stats = fake_ws_stats(gw, "alice").await;
+        if stats[key] == value {
+            Ok(())
+        } else {
+            Err(stats)
+        }
+    })
+    .await
 }
 
 #[actix_web::test]
@@ -162,14 +177,7 @@ async fn close_codes_propagate_both_ways() {
     .await;
     let (reason, _) = read_until_close(&mut socket).await;
     assert_eq!(reason.map(|r| r.code), Some(CloseCode::Other(4001)));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fake_ws_stats(&gw, "alice").await["lastClose"] != 4001 {
-        assert!(
-            Instant::now() < deadline,
-            "the close code never reached OpenCode"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_fake_ws(&gw, "the close code reached OpenCode", "lastClose", 4001).await;
 
     // Upstream-initiated.
     let (_, mut socket) = gw.ws(Some("alice"), "/ws", &[]).await.expect("websocket");
@@ -208,18 +216,18 @@ async fn a_client_that_stops_reading_is_closed_at_the_cap() {
         .await
         .expect("websocket");
     // Not reading: wait until the gateway gives up on this client.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metric(
-        &gw.metrics().await,
-        "chamberlain_websocket_closes_total{code=\"1013\",by=\"gateway\"}",
-    ) < 1.0
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the slow client was never closed"
+    eventually("the slow client closed", PATIENCE, async || {
+        let closes = metric(
+            &gw.metrics().await,
+            "chamberlain_websocket_closes_total{code=\"1013\",by=\"gateway\"}",
         );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+        if closes < 1.0 {
+            Err(closes)
+        } else {
+            Ok(())
+        }
+    })
+    .await;
     let (reason, data) = read_until_close(&mut socket).await;
     assert_eq!(reason.map(|r| r.code), Some(CloseCode::Again));
     assert!(
@@ -232,11 +240,7 @@ async fn a_client_that_stops_reading_is_closed_at_the_cap() {
         "gateway peak memory grew by {} MiB",
         grown >> 20
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fake_ws_stats(&gw, "alice").await["open"] != 0 {
-        assert!(Instant::now() < deadline, "the upstream socket stayed open");
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_fake_ws(&gw, "the upstream socket closed", "open", 0).await;
 }
 
 #[actix_web::test]
@@ -330,14 +334,7 @@ async fn clients_that_stop_answering_pings_are_disconnected() {
     }
     let (reason, _) = read_until_close(&mut silent).await;
     assert_eq!(reason.map(|r| r.code), Some(CloseCode::Away));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while fake_ws_stats(&gw, "alice").await["open"] != 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the silent client's upstream socket stayed open"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_fake_ws(&gw, "the silent client's upstream socket closed", "open", 1).await;
 }
 
 /// Client messages are activity, and so is output flowing to an open socket (a build in a
@@ -392,8 +389,8 @@ async fn gateway_shutdown_closes_sockets_cleanly() {
     let mut gw = Gateway::fake(&[]);
     assert_eq!(gw.get("alice", "/small").await.status, StatusCode::OK);
     let (_, mut socket) = gw.ws(Some("alice"), "/ws", &[]).await.expect("websocket");
+    // The close frame waits in the socket while `terminate` holds this thread.
     let reader = actix_web::rt::spawn(async move { read_until_close(&mut socket).await });
-    actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     let status = gw.terminate();
     assert!(status.success());
     let (reason, _) = reader.await.unwrap();

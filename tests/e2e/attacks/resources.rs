@@ -1,13 +1,10 @@
 //! Class 4 and 5: one user starving the others or the gateway, and gateways on one host
 //! ending each other's users.
 
-use std::time::{Duration, Instant};
-
 use awc::http::StatusCode;
 
 use super::root_gateway;
-use crate::support::Gateway;
-use crate::support::Terminal;
+use crate::support::{eventually, Gateway, Terminal, PATIENCE};
 
 #[actix_web::test]
 async fn dev_shm_is_closed_and_users_go_first_when_memory_runs_out() {
@@ -56,12 +53,8 @@ fn refused(args: &[&str]) -> String {
 #[actix_web::test]
 async fn two_gateways_cannot_share_uids() {
     assert!(nix::unistd::Uid::effective().is_root(), "uids need root");
-    let base: u32 = std::env::var("CHAMBERLAIN_TEST_UID_BASE")
-        .ok()
-        .and_then(|b| b.parse().ok())
-        .unwrap_or(300_000);
     // Far above the ranges other tests take (100 each).
-    let first = base + 90_000;
+    let first = crate::support::UIDS.base() + 90_000;
     let range = format!("{first}-{}", first + 99);
     let gw = Gateway::fake(&["--isolation", "uid", "--uid-range", &range]);
     let resp = gw.get("alice", "/session").await;
@@ -185,11 +178,10 @@ async fn one_user_holding_many_sockets_leaves_room_for_the_others() {
 
     // A closed socket gives its room back.
     drop(held.pop());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually("the closed socket's room back", PATIENCE, async || {
         let again = gw.get("alice", "/session").await;
         if again.status == StatusCode::OK {
-            break;
+            return Ok(());
         }
         assert_eq!(
             again.status,
@@ -197,12 +189,9 @@ async fn one_user_holding_many_sockets_leaves_room_for_the_others() {
             "{}",
             again.text()
         );
-        assert!(
-            Instant::now() < deadline,
-            "the closed socket's room never came back"
-        );
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+        Err(again.text())
+    })
+    .await;
 }
 
 #[actix_web::test]

@@ -16,7 +16,7 @@ use awc::http::{Method, StatusCode};
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::support::{as_u64, unix_request, Gateway, Terminal};
+use crate::support::{as_u64, poll_until, unix_request, Gateway, Terminal, PATIENCE};
 
 fn gateway(extra: &[&str]) -> Gateway {
     super::root_gateway("both", extra)
@@ -220,19 +220,21 @@ async fn the_admin_socket_serves_root_only() {
 async fn start_via_socket(gw: &Gateway, socket: &std::path::Path, user: &str) -> Value {
     let resp = gw.get(user, "/session").await;
     assert_eq!(resp.status, StatusCode::OK, "{user}: {}", resp.text());
-    for _ in 0..600 {
+    poll_until(PATIENCE, async || {
         let (status, body) = unix_request(socket, "GET", "/stats").unwrap();
         assert_eq!(status, 200, "{body}");
         let stats: Value = serde_json::from_str(&body).unwrap();
-        if let Some(entry) = stats["users"].as_array().and_then(|u| {
-            u.iter()
-                .find(|u| u["userId"] == user && u["state"] == "ready")
-        }) {
-            return entry.clone();
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    panic!("{user} never ready\n{}", gw.log());
+        stats["users"]
+            .as_array()
+            .and_then(|u| {
+                u.iter()
+                    .find(|u| u["userId"] == user && u["state"] == "ready")
+            })
+            .cloned()
+            .ok_or(())
+    })
+    .await
+    .unwrap_or_else(|()| panic!("{user} never ready\n{}", gw.log()))
 }
 
 #[actix_web::test]
