@@ -1,20 +1,32 @@
 //! The few HTML pages the gateway itself serves, embedded in the binary from `static/`.
+//! Every page begins with `static/head.html` (doctype, charset, viewport, icon), joined at
+//! compile time; the page's own file starts at its title.
 
-const STARTING: &str = include_str!("../static/starting.html");
-const UNAUTHORIZED: &str = include_str!("../static/unauthorized.html");
-const LOGIN: &str = include_str!("../static/login.html");
-const SIGNED_OUT: &str = include_str!("../static/signed_out.html");
-const ERROR: &str = include_str!("../static/error.html");
+/// A page of `static/`, after the common start of its head.
+macro_rules! page {
+    ($name:literal) => {
+        concat!(
+            include_str!("../static/head.html"),
+            include_str!(concat!("../static/", $name, ".html"))
+        )
+    };
+}
+
+const STARTING: &str = page!("starting");
+const UNAUTHORIZED: &str = page!("unauthorized");
+const LOGIN: &str = page!("login");
+const SIGNED_OUT: &str = page!("signed_out");
+const ERROR: &str = page!("error");
 /// The design tokens and base styles every page links first (`/-/static/base.css`; also on
 /// the admin listener for the console). Served to anyone, signed in or not.
 pub const BASE_CSS: &str = include_str!("../static/base.css");
-pub const PORTAL: &str = include_str!("../static/portal.html");
+pub const PORTAL: &str = page!("portal");
 pub const PORTAL_CSS: &str = include_str!("../static/portal.css");
 pub const PORTAL_JS: &str = include_str!("../static/portal.js");
-pub const ADMIN: &str = include_str!("../static/admin.html");
+pub const ADMIN: &str = page!("admin");
 pub const ADMIN_JS: &str = include_str!("../static/admin.js");
 pub const ADMIN_CSS: &str = include_str!("../static/admin.css");
-pub const TOKENS: &str = include_str!("../static/tokens.html");
+pub const TOKENS: &str = page!("tokens");
 pub const TOKENS_JS: &str = include_str!("../static/tokens.js");
 /// A copy of OpenCode's own `/site.webmanifest` (1.18.33). Browsers fetch a page's manifest
 /// without cookies, so a signed-in person's OpenCode page would get a 401 for it (and a
@@ -175,6 +187,17 @@ mod tests {
                     .then_some(name)
             })
             .collect()
+    }
+
+    #[test]
+    fn every_page_begins_with_the_common_head_and_has_a_title() {
+        let head = include_str!("../static/head.html");
+        for (name, page, _) in all_pages() {
+            assert!(page.starts_with(head), "{name}");
+            let title = page.find("<title>").expect("a title");
+            assert!(title < page.find("</head>").expect("a head"), "{name}");
+            assert_eq!(page.matches("<!doctype html>").count(), 1, "{name}");
+        }
     }
 
     #[test]

@@ -118,7 +118,11 @@ impl Homes {
         leftovers: Leftovers,
     ) -> Result<(Workspace, Option<UserIds>), ProvisionError> {
         let ids = self.isolation.ids(key)?;
-        if let (Leftovers::End, Some(ids)) = (leftovers, ids) {
+        // A task of the gateway's running as the user (a workspace listing, a clone) is no
+        // leftover: the start lets the uid be rather than end it mid-work. Whatever an
+        // earlier run left ended when this gateway started, and ends at the next stop.
+        let tasks_running = self.running.get(key).is_some_and(|n| *n > 0);
+        if let (Leftovers::End, Some(ids), false) = (leftovers, ids, tasks_running) {
             end_leftovers(key, ids.uid)?;
         }
         let ws = self.users.initialize(key, ids.map(|i| (i.uid, i.gid)))?;

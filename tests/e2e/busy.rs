@@ -112,7 +112,9 @@ async fn an_agent_at_work_keeps_its_instance_until_the_work_is_done() {
 
 #[actix_web::test]
 async fn a_full_gateway_does_not_evict_an_agent_at_work() {
-    let model = MockModel::start(24, Duration::from_millis(500));
+    // 30 s of work: on a loaded machine the test may see the 8th piece late, and the work
+    // must still be under way then.
+    let model = MockModel::start(60, Duration::from_millis(500));
     let gw = Gateway::real(&[
         "--max-instances",
         "1",
