@@ -5,9 +5,12 @@
 //! Only activity caused by a person counts: proxied requests and client websocket messages.
 //! Server-push streams (`/event`) never touch it, so a forgotten browser tab cannot keep an
 //! instance alive. A request that is still running counts as activity for as long as it runs,
-//! so a long prompt is not culled halfway.
+//! so a long prompt is not culled halfway. So does an agent the instance last saw at work:
+//! the idle timer and the eviction read the same answer, and a slow or failed question to
+//! OpenCode (a loaded machine) does not let the time since it was asked make a busy instance
+//! look idle.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +20,7 @@ use crate::clock;
 pub struct Activity {
     last_mono_ms: AtomicU64,
     in_flight: AtomicU32,
+    at_work: AtomicBool,
 }
 
 impl Default for Activity {
@@ -30,6 +34,7 @@ impl Activity {
         Self {
             last_mono_ms: AtomicU64::new(clock::mono_ms()),
             in_flight: AtomicU32::new(0),
+            at_work: AtomicBool::new(false),
         }
     }
 
@@ -47,9 +52,18 @@ impl Activity {
         ActivityGuard(Arc::clone(self))
     }
 
-    /// How long the instance has been without client activity; zero while requests run.
+    /// Whether an agent works in the instance, as its owner last found out. While it does,
+    /// the instance is not idle; when the work ends, idleness counts from the last answer.
+    pub fn set_at_work(&self, at_work: bool) {
+        if self.at_work.swap(at_work, Ordering::Relaxed) != at_work {
+            self.touch();
+        }
+    }
+
+    /// How long the instance has been without client activity; zero while requests run or an
+    /// agent is at work.
     pub fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
+        if self.in_flight.load(Ordering::Relaxed) > 0 || self.at_work.load(Ordering::Relaxed) {
             return Duration::ZERO;
         }
         let last = self.last_mono_ms.load(Ordering::Relaxed);
@@ -90,6 +104,18 @@ mod tests {
         assert_eq!(activity.in_flight(), 1);
         drop(guard);
         assert_eq!(activity.in_flight(), 0);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(activity.idle_for() >= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn an_agent_at_work_keeps_the_instance_active_until_it_is_done() {
+        let activity = Activity::new();
+        activity.set_at_work(true);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(activity.idle_for(), Duration::ZERO);
+        activity.set_at_work(false);
+        assert!(activity.idle_for() < Duration::from_millis(20));
         std::thread::sleep(Duration::from_millis(20));
         assert!(activity.idle_for() >= Duration::from_millis(20));
     }

@@ -260,6 +260,10 @@ impl UserInstance {
                 0
             },
         };
+        // The registry's eviction reads this too: an agent at work is not idle, whatever
+        // the time since the last answer about it.
+        self.activity
+            .set_at_work(status.busy_sessions > 0 && !self.busy_overdue);
         let previous = self.status.send_replace(status);
         if previous.state != state {
             tracing::info!(
@@ -662,7 +666,10 @@ impl UserInstance {
         if !matches!(self.phase, Phase::Ready { .. }) {
             return;
         }
-        if self.activity.idle_for() >= self.cfg().idle_timeout {
+        // An agent last seen at work keeps `idle_for` at zero: ask again to learn that it
+        // ended (or overran --busy-timeout).
+        let at_work = self.busy > 0 && !self.busy_overdue;
+        if at_work || self.activity.idle_for() >= self.cfg().idle_timeout {
             self.cull_if_idle = true;
             self.ask_busy(ctx);
         }
@@ -716,6 +723,7 @@ impl UserInstance {
             } else if !self.busy_overdue {
                 self.busy_overdue = true;
                 tracing::warn!(user = %self.user.user_id, busy, busy_for_s = since.elapsed().as_secs(), "sessions busy for longer than --busy-timeout no longer keep the instance running");
+                self.publish();
             }
         }
         if busy != was {

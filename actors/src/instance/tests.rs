@@ -777,6 +777,36 @@ async fn not_knowing_whether_an_agent_works_is_not_idle() {
 }
 
 #[actix::test]
+async fn an_agent_last_seen_at_work_is_not_idle_while_the_question_fails() {
+    // The registry evicts by `idle_for`. On a loaded machine the question to OpenCode fails
+    // or answers late; the time since the last answer must not make a busy instance idle.
+    let h = harness(InstanceConfig {
+        health_interval: Duration::from_millis(20),
+        ..cfg()
+    });
+    *h.world.busy.borrow_mut() = Some(Ok(1));
+    h.ready(1).await;
+    let mut rx = h.status.clone();
+    tokio::time::timeout(DEADLINE, rx.wait_for(|s| s.busy_sessions == 1))
+        .await
+        .expect("busySessions published")
+        .expect("alive");
+    *h.world.busy.borrow_mut() = Some(Err("asking OpenCode what is running: timeout".into()));
+    let asked = h.world.count("busy");
+    h.saw("busy", asked + 5).await;
+    assert_eq!(h.activity.idle_for(), Duration::ZERO);
+    // The work ends: idle from then on.
+    *h.world.busy.borrow_mut() = Some(Ok(0));
+    tokio::time::timeout(DEADLINE, rx.wait_for(|s| s.busy_sessions == 0))
+        .await
+        .expect("the end of the work published")
+        .expect("alive");
+    let asked = h.world.count("busy");
+    h.saw("busy", asked + 3).await;
+    assert!(h.activity.idle_for() > Duration::ZERO);
+}
+
+#[actix::test]
 async fn work_longer_than_the_busy_timeout_no_longer_counts() {
     let h = harness(InstanceConfig {
         idle_timeout: Duration::from_millis(200),
