@@ -1,6 +1,8 @@
 //! `chamberlain-bench`: what the gateway costs compared with talking to OpenCode directly.
 //!
-//! 1. Small GETs: requests/s and p50/p99 latency, direct vs through the gateway.
+//! 1. Small GETs: requests/s and p50/p99 latency, direct vs through the gateway, and through
+//!    nginx `proxy_pass` in the same run when nginx is installed (`nginx.rs`), and through
+//!    the least proxy actix-web and awc make (`floor.rs`), the stack's own cost.
 //! 2. Event-stream delivery latency (upstream timestamp → client), direct vs gateway.
 //! 3. Start overhead: time from a user's first request to its answer, minus the upstream's
 //!    own start time as it reports it.
@@ -23,8 +25,10 @@
 //! The load generator is a minimal HTTP/1.1 keep-alive client on one thread so that it costs
 //! as little CPU as possible on small machines.
 
+mod floor;
 mod http;
 mod identity;
+mod nginx;
 mod procs;
 mod relay;
 mod repos;
@@ -226,6 +230,30 @@ fn report_load(name: &str, direct: &Load, gateway: &Load) -> Value {
     })
 }
 
+fn compare_nginx(direct: &Load, nginx: &Load, gateway: &Load) -> Value {
+    let ratio = gateway.rps / nginx.rps;
+    println!(
+        "{:<28} nginx {:>10.0} req/s  p50 {:>6} µs  p99 {:>6} µs  ({:.0}% of direct; the gateway serves {:.2}× nginx)",
+        "",
+        nginx.rps,
+        nginx.p50_us,
+        nginx.p99_us,
+        nginx.rps / direct.rps * 100.0,
+        ratio
+    );
+    json!({
+        "rps": nginx.rps,
+        "p50Us": nginx.p50_us,
+        "p99Us": nginx.p99_us,
+        "requests": nginx.requests,
+        "gatewayOverNginx": ratio,
+        "addedP99Us": {
+            "nginx": nginx.p99_us as i64 - direct.p99_us as i64,
+            "gateway": gateway.p99_us as i64 - direct.p99_us as i64,
+        },
+    })
+}
+
 /// The one option of an in-process bench: `flag N`, or `default`.
 fn count_option(
     mut argv: impl Iterator<Item = String>,
@@ -293,6 +321,22 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     )
     .await
     .context("first request through the gateway")?;
+    let nginx_load = match nginx::find() {
+        Some(program) => {
+            let nginx = nginx::Nginx::start(&program, direct.addr, &auth)?;
+            println!("nginx: {} in front of the same upstream", nginx.version);
+            Some(load(nginx.addr, get(path, &[]), &opts).await?)
+        }
+        None => {
+            println!("nginx: not installed (apt-get install nginx-light, or set NGINX_BIN); no comparison");
+            None
+        }
+    };
+    let floor_load = {
+        let floor =
+            floor::Floor::start(direct.addr, &auth, chamberlain::server::default_workers())?;
+        load(floor.addr, get(path, &[]), &opts).await?
+    };
     let gateway_load = load(
         gw.public,
         get(path, &[("X-Chamberlain-Dev-User", "bench")]),
@@ -300,6 +344,23 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     )
     .await?;
     results["smallGet"] = report_load(&format!("GET {path}"), &direct_load, &gateway_load);
+    if let Some(nginx) = nginx_load {
+        results["smallGet"]["nginx"] = compare_nginx(&direct_load, &nginx, &gateway_load);
+    }
+    println!(
+        "{:<28} floor {:>10.0} req/s  p50 {:>6} µs  p99 {:>6} µs  (actix-web + awc alone; the gateway serves {:.2}× it)",
+        "",
+        floor_load.rps,
+        floor_load.p50_us,
+        floor_load.p99_us,
+        gateway_load.rps / floor_load.rps
+    );
+    results["smallGet"]["floor"] = json!({
+        "rps": floor_load.rps,
+        "p50Us": floor_load.p50_us,
+        "p99Us": floor_load.p99_us,
+        "gatewayOverFloor": gateway_load.rps / floor_load.rps,
+    });
     drop(gw);
     drop(direct);
 

@@ -18,6 +18,7 @@ mod process_group;
 
 pub use direct_opencode::DirectOpenCode as Upstream;
 use gateway_process::{serve_command, GatewayProcess, UidBlock, PATIENCE};
+pub use process_group::ProcessGroup;
 
 /// The benchmark's gateways take uids apart from the tests' (a benchmark may run beside a
 /// test run, and a gateway ends every process of its uids).
