@@ -671,8 +671,8 @@ pub struct ServeArgs {
     )]
     pub allowed_origins: Vec<String>,
 
-    /// HTTP worker threads for the public listener (default: the CPUs available to the
-    /// process, cgroup quotas included).
+    /// HTTP worker threads for the public listener (default: half the CPUs available to the
+    /// process, cgroup quotas included, at least one).
     #[arg(help_heading = "Listeners", long, env = "CHAMBERLAIN_WORKERS", value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: Option<u32>,
 

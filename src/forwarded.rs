@@ -134,32 +134,17 @@ impl TrustedProxies {
     pub fn view(&self, req: &HttpRequest) -> View {
         let peer = req.peer_addr().map(|a| canonical(a.ip()));
         let trusted = peer.is_some_and(|ip| self.trusts(ip));
-        let header = |name: &str| {
-            req.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                // A proxy chain appends: the first value is what the client sent.
-                .and_then(|v| v.split(',').next())
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let own_host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
-        let (host, scheme, prior_for) = if trusted {
+        let host = self.host_of(req, trusted).map(str::to_owned);
+        let (scheme, prior_for) = if trusted {
             (
-                header("x-forwarded-host").or(own_host),
-                header("x-forwarded-proto").unwrap_or_else(|| "http".to_owned()),
+                first_value(req, "x-forwarded-proto").unwrap_or("http"),
                 req.headers()
                     .get("x-forwarded-for")
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned),
             )
         } else {
-            (own_host, "http".to_owned(), None)
+            ("http", None)
         };
         let forwarded_for = match (prior_for, peer) {
             (Some(prior), Some(peer)) => Some(format!("{prior}, {peer}")),
@@ -172,6 +157,39 @@ impl TrustedProxies {
             forwarded_for,
         }
     }
+
+    /// The host of [`View`], borrowed: the Host check runs on every request, and needs
+    /// nothing else.
+    pub fn host<'r>(&self, req: &'r HttpRequest) -> Option<&'r str> {
+        let trusted = req
+            .peer_addr()
+            .is_some_and(|a| self.trusts(canonical(a.ip())));
+        self.host_of(req, trusted)
+    }
+
+    fn host_of<'r>(&self, req: &'r HttpRequest, trusted: bool) -> Option<&'r str> {
+        let own = || {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+        };
+        match trusted {
+            true => first_value(req, "x-forwarded-host").or_else(own),
+            false => own(),
+        }
+    }
+}
+
+/// The first value of a forwarded header: a proxy chain appends, so it is what the client
+/// sent.
+fn first_value<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 impl std::fmt::Display for TrustedProxies {

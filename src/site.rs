@@ -18,6 +18,7 @@
 //!
 //! Forwarded headers are read through [`TrustedProxies`] only.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
@@ -149,16 +150,15 @@ impl Site {
             return false;
         };
         match self.rule {
-            HostRule::Listed => self.public.iter().any(|p| p.host == name),
-            HostRule::Loopback => LOOPBACK_NAMES.contains(&name.as_str()),
+            HostRule::Listed => self.public.iter().any(|p| p.host == *name),
+            HostRule::Loopback => LOOPBACK_NAMES.contains(&&*name),
             HostRule::Any => true,
         }
     }
 
     /// Refuses a request whose host is not the gateway's own.
     pub fn check_host(&self, req: &HttpRequest) -> Result<(), GatewayError> {
-        let host = self.view(req).host;
-        match host.as_deref() {
+        match self.proxies.host(req) {
             Some(host) if self.host_allowed(host) => Ok(()),
             // Browsers always send Host; an HTTP/1.0 tool without it cannot be a rebound page.
             None if self.rule != HostRule::Listed => Ok(()),
@@ -197,7 +197,7 @@ impl Site {
 }
 
 /// The name part of a `Host` value, lower case (`[::1]:8080` → `[::1]`), if it is well formed.
-fn host_name(host: &str) -> Option<String> {
+fn host_name(host: &str) -> Option<Cow<'_, str>> {
     let host = host.trim();
     let (name, port) = if host.starts_with('[') {
         let end = host.find(']')?;
@@ -226,7 +226,10 @@ fn host_name(host: &str) -> Option<String> {
                     .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
         }
     };
-    (port_ok && name_ok).then(|| name.to_ascii_lowercase())
+    (port_ok && name_ok).then(|| match name.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => Cow::Owned(name.to_ascii_lowercase()),
+        false => Cow::Borrowed(name),
+    })
 }
 
 /// Paths answered whatever the host: load balancers' and orchestrators' health checks

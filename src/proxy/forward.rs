@@ -17,9 +17,10 @@ use crate::connections::ConnectionGuard;
 use crate::errors::GatewayError;
 use crate::metrics::HttpMetrics;
 use crate::upstream::headers::{self, RequestFilter};
+use crate::upstream::InstanceClient;
 
 pub struct Forward<'a> {
-    pub client: &'a awc::Client,
+    pub client: &'a InstanceClient,
     pub upstream: &'a Upstream,
     pub filter: RequestFilter<'a>,
     pub timeout: Duration,
@@ -48,15 +49,11 @@ fn answers_with_event_stream(headers: &header::HeaderMap) -> bool {
 
 impl Forward<'_> {
     fn request(&self, req: &HttpRequest) -> awc::ClientRequest {
-        let path = req
-            .uri()
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
-        let url = format!("http://{}{}", self.upstream.addr, path);
+        let uri = self.client.uri(req.uri().path_and_query());
         let mut request = self
             .client
-            .request(req.method().clone(), url)
+            .client
+            .request(req.method().clone(), uri)
             .timeout(self.timeout);
         headers::for_upstream(
             req,

@@ -119,7 +119,7 @@ async fn proxy(
     if kind == Kind::Socket {
         return crate::websocket::Bridge {
             gateway,
-            client: &client,
+            client: &client.client,
             upstream: &upstream,
             activity: &handle.activity,
             user: &identity.user_id,

@@ -17,6 +17,7 @@ use anyhow::{bail, Context};
 use crate::admin;
 use crate::cli::ServeArgs;
 use assemble::assemble;
+pub use servers::default_workers;
 use servers::{format_addrs, Bound};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {

@@ -62,10 +62,7 @@ pub fn public(
     let gateway = parts.gateway.clone();
     let (admin_state, library) = (parts.admin.clone(), parts.library.clone());
     let upstream_timeout = args.upstream_timeout;
-    let workers = args.workers.map_or_else(
-        || std::thread::available_parallelism().map_or(1, |n| n.get()),
-        |n| n as usize,
-    );
+    let workers = args.workers.map_or_else(default_workers, |n| n as usize);
     let server = HttpServer::new(move || {
         let http_metrics = gateway.metrics.clone();
         let site = std::sync::Arc::clone(&gateway.cfg.site);
@@ -87,6 +84,15 @@ pub fn public(
     .listen(listener)
     .with_context(|| format!("cannot serve on {}", args.listen))?;
     Ok(server.run())
+}
+
+/// The public listener's worker threads without `--workers`: half the CPUs available to the
+/// process (cgroup quotas included), at least one. The gateway shares the machine with its
+/// users' OpenCodes; on 2 cores one worker proxied as many requests as two, with a third of
+/// the p99 (a second busy thread waits a scheduler tick whenever the cores are taken; see
+/// bench/RESULTS.md). One worker proxies tens of thousands of requests a second.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
 }
 
 /// The admin API over TCP (the operator token; never users' processes).

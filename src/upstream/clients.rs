@@ -10,12 +10,38 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use actix_web::http::uri::{Authority, PathAndQuery, Scheme};
+use actix_web::http::Uri;
 use chamberlain_actors::Upstream;
 
 pub struct UpstreamClients {
     timeout: Duration,
     /// Keyed by the instance's per-start credentials, which are unique to one start.
-    clients: Rc<RefCell<HashMap<Rc<str>, awc::Client>>>,
+    clients: Rc<RefCell<HashMap<Rc<str>, InstanceClient>>>,
+}
+
+/// The client of one start of an instance, and its address as a URI authority (made once:
+/// a request's URI is put together from parts, not formatted and parsed again).
+#[derive(Clone)]
+pub struct InstanceClient {
+    pub client: awc::Client,
+    authority: Authority,
+}
+
+impl InstanceClient {
+    /// The instance's URI for a request's path and query.
+    pub fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Uri {
+        let mut parts = actix_web::http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(
+            path_and_query
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        );
+        // Scheme, authority and path are all present: this cannot fail.
+        Uri::from_parts(parts).unwrap_or_default()
+    }
 }
 
 impl UpstreamClients {
@@ -27,12 +53,16 @@ impl UpstreamClients {
     }
 
     /// The client for this start of the instance, created on first use.
-    pub fn get(&self, upstream: &Upstream) -> awc::Client {
+    pub fn get(&self, upstream: &Upstream) -> InstanceClient {
         let key: &str = &upstream.authorization;
         if let Some(client) = self.clients.borrow().get(key) {
             return client.clone();
         }
-        let client = client(self.timeout);
+        let client = InstanceClient {
+            client: client(self.timeout),
+            authority: Authority::try_from(upstream.addr.to_string().as_str())
+                .unwrap_or_else(|_| Authority::from_static("127.0.0.1")),
+        };
         let key: Rc<str> = Rc::from(key);
         self.clients
             .borrow_mut()
@@ -97,5 +127,17 @@ mod tests {
             actix_web::rt::task::yield_now().await;
         }
         assert_eq!(clients.len(), 1);
+    }
+
+    #[actix_web::test]
+    async fn uris_are_the_instances_address_and_the_requests_path() {
+        let clients = UpstreamClients::new(Duration::from_secs(5));
+        let client = clients.get(&upstream("a", &CancellationToken::new()));
+        let pq = PathAndQuery::from_static("/session/x?directory=%2Fh");
+        assert_eq!(
+            client.uri(Some(&pq)).to_string(),
+            "http://127.0.0.1:9/session/x?directory=%2Fh"
+        );
+        assert_eq!(client.uri(None).to_string(), "http://127.0.0.1:9/");
     }
 }

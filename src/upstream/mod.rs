@@ -5,4 +5,4 @@
 mod clients;
 pub mod headers;
 
-pub use clients::UpstreamClients;
+pub use clients::{InstanceClient, UpstreamClients};

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::outbox::Outbox;
 use crate::connections::ConnectionGuard;
-use crate::metrics::{SocketGauge, WsMetrics};
+use crate::metrics::{Direction, SocketGauge, WsMetrics};
 
 /// How long a close may take to reach OpenCode before the bridge gives up on it.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -321,7 +321,7 @@ impl<S: Sink<WsMessage> + Unpin + 'static> SocketBridge<S> {
         self.last_heard = Instant::now();
         let data = |len: usize, this: &mut Self| {
             this.activity.touch();
-            this.metrics.bytes("client_to_upstream", len);
+            this.metrics.bytes(Direction::ClientToUpstream, len);
         };
         match frame {
             Frame::Text(bytes) => {
@@ -375,7 +375,7 @@ impl<S: Sink<WsMessage> + Unpin + 'static> SocketBridge<S> {
 
     fn on_upstream(&mut self, frame: Frame, ctx: &mut Context<Self>) {
         let data = |len: usize, this: &mut Self| {
-            this.metrics.bytes("upstream_to_client", len);
+            this.metrics.bytes(Direction::UpstreamToClient, len);
             this.on_output();
         };
         match frame {
