@@ -58,11 +58,18 @@ pub const BASIC_AUTH_USER: &str = "opencode";
 const MAX_LINE: usize = 4096;
 const STDERR_TAIL_LINES: usize = 20;
 
+/// Bun's name for the RAM size JavaScriptCore's heap heuristics assume.
+pub const GC_RAM_VAR: &str = "BUN_JSC_forceRAMSize";
+
 #[derive(Clone, Debug)]
 pub struct LaunchConfig {
     pub program: PathBuf,
     pub extra_args: Vec<String>,
     pub env_allow: Vec<String>,
+    /// The memory OpenCode's garbage collector plans for (`BUN_JSC_forceRAMSize`), if not the
+    /// machine's: with the machine's, each of many instances grows its heap as if it were
+    /// alone on the host.
+    pub gc_ram: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +156,9 @@ impl Launcher {
             ("OPENCODE_DISABLE_AUTOUPDATE", "1".into()),
         ];
         env.extend(fixed.into_iter().map(|(k, v)| (k.into(), v)));
+        if let Some(bytes) = self.cfg.gc_ram {
+            env.push((GC_RAM_VAR.into(), bytes.to_string().into()));
+        }
         env.extend(spec.extra_env.iter().map(|(k, v)| (k.into(), v.into())));
         env
     }
@@ -382,6 +392,7 @@ mod tests {
                 program: "opencode".into(),
                 extra_args: vec!["--pure".into()],
                 env_allow: vec!["PATH".into()],
+                gc_ram: Some(1 << 30),
             },
             inherited: vec![("PATH".into(), "/usr/bin".into())],
         };
@@ -407,8 +418,9 @@ mod tests {
         );
         assert_eq!(get("OPENCODE_SERVER_PASSWORD").as_deref(), Some("pw"));
         assert_eq!(get("GIT_AUTHOR_NAME").as_deref(), Some("Al"));
-        // PATH, ten fixed variables, one extra: nothing else.
-        assert_eq!(env.len(), 12);
+        assert_eq!(get("BUN_JSC_forceRAMSize").as_deref(), Some("1073741824"));
+        // PATH, ten fixed variables, the GC's RAM, one extra: nothing else.
+        assert_eq!(env.len(), 13);
         assert_eq!(
             launcher.arguments(),
             ["serve", "--hostname", "127.0.0.1", "--port", "0", "--pure"]

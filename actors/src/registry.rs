@@ -466,6 +466,7 @@ mod tests {
                 program,
                 extra_args: vec![],
                 env_allow: vec!["PATH".into()],
+                gc_ram: None,
             }),
             homes: Arc::new(crate::provision::Homes::new(
                 crate::workspace::UsersRoot::new(&users),

@@ -100,6 +100,7 @@ pub async fn assemble(args: &ServeArgs, relay_addr: SocketAddr) -> anyhow::Resul
                     program: program.clone(),
                     extra_args: args.opencode_args.clone(),
                     env_allow: env_allow(args),
+                    gc_ram: args.opencode_gc_ram.0,
                 }),
                 homes: Arc::clone(&homes),
                 account: account_name(),
