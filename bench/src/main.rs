@@ -175,6 +175,71 @@ async fn start_overhead(gw: &Gateway, starts: usize) -> anyhow::Result<Value> {
     }))
 }
 
+/// `starts` first requests through the gateway, each for a new user of the real OpenCode,
+/// split by the gateway's log (its "OpenCode is listening" line: when, and `spawn_ms` since
+/// the spawn) into the gateway's part before the spawn (preparing the home as the user,
+/// isolation, the spawn itself), OpenCode's own start, and the first answer after it listens
+/// (OpenCode answering its first request, plus the proxying).
+async fn real_starts(gw: &Gateway, starts: usize) -> anyhow::Result<Value> {
+    let (mut totals, mut before, mut own, mut after) = (vec![], vec![], vec![], vec![]);
+    for i in 0..starts {
+        let user = format!("opencode-start{i}");
+        let req = get(
+            "/global/health",
+            &[("X-Chamberlain-Dev-User", &user), ("Connection", "close")],
+        );
+        let sent = now_us();
+        http::fetch(gw.public, &req).await?;
+        let answered = now_us();
+        let needle = format!("user={user} ");
+        let log = gw.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("OpenCode is listening") && l.contains(&needle))
+            .with_context(|| format!("no start line for {user} in the gateway's log"))?;
+        let listening = line
+            .split_whitespace()
+            .next()
+            .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_micros() as u64)
+            .with_context(|| format!("no time on {line:?}"))?;
+        let spawn_us = line
+            .split("spawn_ms=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .with_context(|| format!("no spawn_ms on {line:?}"))?
+            * 1000;
+        totals.push(answered.saturating_sub(sent));
+        before.push(listening.saturating_sub(spawn_us).saturating_sub(sent));
+        own.push(spawn_us);
+        after.push(answered.saturating_sub(listening));
+    }
+    for v in [&mut totals, &mut before, &mut own, &mut after] {
+        v.sort_unstable();
+    }
+    let ms = |v: &[u64], p| percentile(v, p) as f64 / 1000.0;
+    println!(
+        "{:<28} first answer p50 {:.0} ms: the gateway before the spawn p50 {:.1} ms, p99 {:.1} ms; OpenCode's own start p50 {:.0} ms; its first answer after it listens p50 {:.1} ms, p99 {:.1} ms",
+        "start, real OpenCode",
+        ms(&totals, 50.0),
+        ms(&before, 50.0),
+        ms(&before, 99.0),
+        ms(&own, 50.0),
+        ms(&after, 50.0),
+        ms(&after, 99.0)
+    );
+    Ok(json!({
+        "starts": starts,
+        "totalP50Ms": ms(&totals, 50.0),
+        "gatewayBeforeSpawnP50Ms": ms(&before, 50.0),
+        "gatewayBeforeSpawnP99Ms": ms(&before, 99.0),
+        "opencodeStartP50Ms": ms(&own, 50.0),
+        "firstAnswerAfterListeningP50Ms": ms(&after, 50.0),
+        "firstAnswerAfterListeningP99Ms": ms(&after, 99.0),
+    }))
+}
+
 async fn websocket(direct: &Upstream, gw: &Gateway, count: usize) -> anyhow::Result<Value> {
     let auth = direct.authorization();
     let mut d = ws::connect(direct.addr, "/ws", &[("Authorization", &auth)]).await?;
@@ -344,6 +409,7 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     )
     .await?;
     results["smallGet"] = report_load(&format!("GET {path}"), &direct_load, &gateway_load);
+
     if let Some(nginx) = nginx_load {
         results["smallGet"]["nginx"] = compare_nginx(&direct_load, &nginx, &gateway_load);
     }
@@ -361,6 +427,10 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         "p99Us": floor_load.p99_us,
         "gatewayOverFloor": gateway_load.rps / floor_load.rps,
     });
+    // Last with this gateway: the new instances keep working for a while after they start.
+    if opts.upstream == "opencode" {
+        results["realStarts"] = real_starts(&gw, opts.starts.min(10)).await?;
+    }
     drop(gw);
     drop(direct);
 

@@ -74,12 +74,17 @@ pub fn upstream(program: &Path, args: &[&str], password: &str) -> anyhow::Result
 
 pub struct Gateway {
     /// First, so that the gateway has ended before its data directory is removed.
-    _process: GatewayProcess,
+    process: GatewayProcess,
     pub public: SocketAddr,
     _data: tempfile::TempDir,
 }
 
 impl Gateway {
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
     /// The gateway in front of `opencode` (started with `opencode_args`), with room for
     /// every simulated user and `BENCH_GATEWAY_ARGS` added.
     pub fn start(
@@ -94,7 +99,8 @@ impl Gateway {
             "--max-concurrent-starts",
             "4",
             "--log",
-            "warn,chamberlain::server=info",
+            // The instances' start lines carry OpenCode's own start time (`spawn_ms`).
+            "warn,chamberlain::server=info,chamberlain_actors::instance=info",
         ]
         .map(str::to_owned)
         .into();
@@ -114,7 +120,7 @@ impl Gateway {
             .parse()
             .with_context(|| format!("the gateway's address {}", listening.public))?;
         Ok(Gateway {
-            _process: process,
+            process,
             public,
             _data: data,
         })
