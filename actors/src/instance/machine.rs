@@ -262,8 +262,7 @@ impl UserInstance {
         };
         // The registry's eviction reads this too: an agent at work is not idle, whatever
         // the time since the last answer about it.
-        self.activity
-            .set_at_work(status.busy_sessions > 0 && !self.busy_overdue);
+        self.activity.set_at_work(self.agent_at_work());
         let previous = self.status.send_replace(status);
         if previous.state != state {
             tracing::info!(
@@ -660,6 +659,12 @@ impl UserInstance {
         }
     }
 
+    /// Whether the last answer found an agent at work that still counts (within
+    /// --busy-timeout), in a ready instance.
+    fn agent_at_work(&self) -> bool {
+        matches!(self.phase, Phase::Ready { .. }) && self.busy > 0 && !self.busy_overdue
+    }
+
     /// No client for the idle timeout: ask OpenCode whether an agent is at work before
     /// stopping (work in progress is activity).
     fn on_idle_tick(&mut self, ctx: &mut Context<Self>) {
@@ -668,8 +673,7 @@ impl UserInstance {
         }
         // An agent last seen at work keeps `idle_for` at zero: ask again to learn that it
         // ended (or overran --busy-timeout).
-        let at_work = self.busy > 0 && !self.busy_overdue;
-        if at_work || self.activity.idle_for() >= self.cfg().idle_timeout {
+        if self.agent_at_work() || self.activity.idle_for() >= self.cfg().idle_timeout {
             self.cull_if_idle = true;
             self.ask_busy(ctx);
         }
