@@ -182,6 +182,7 @@ pub async fn backend(
         memory: k8s.k8s_memory.clone(),
         opencode: opencode.to_path_buf(),
         opencode_args: args.opencode_args.clone(),
+        gc_ram: args.opencode_gc_ram.0,
         chamberlain,
         uid: k8s.k8s_uid,
         port: POD_PORT,

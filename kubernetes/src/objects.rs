@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use serde_json::{json, Value};
 
+use chamberlain_actors::launcher::GC_RAM_VAR;
+
 use crate::names::{self, UserNames};
 use crate::settings::{Amount, Settings};
 
@@ -135,6 +137,9 @@ pub fn pod(settings: &Settings, start: &Start<'_>) -> Pod {
         plain("CHAMBERLAIN_OPENCODE_PORT", &settings.port.to_string()),
         from_secret("OPENCODE_SERVER_PASSWORD", KEY_PASSWORD),
     ];
+    if let Some(bytes) = settings.gc_ram {
+        env.push(plain(GC_RAM_VAR, &bytes.to_string()));
+    }
     for (name, _) in start.org_env {
         env.push(from_secret(name, &format!("{ENV_KEY_PREFIX}{name}")));
     }
@@ -252,6 +257,7 @@ mod tests {
             memory: Amount::parse("768Mi").unwrap(),
             opencode: "/opt/opencode/bin/opencode".into(),
             opencode_args: vec!["--pure".into()],
+            gc_ram: Some(1 << 30),
             chamberlain: "/usr/local/bin/chamberlain".into(),
             uid: 1000,
             port: 4096,
@@ -337,6 +343,8 @@ mod tests {
             (by_ref.name.as_str(), by_ref.key.as_str()),
             (names.secret("0a1b2c3d").as_str(), "password")
         );
+        let gc_ram = env.iter().find(|e| e.name == GC_RAM_VAR).unwrap();
+        assert_eq!(gc_ram.value.as_deref(), Some("1073741824"));
         let labels = pod.metadata.labels.as_ref().unwrap();
         assert_eq!(labels[names::LABEL_USER], names.digest);
         assert_eq!(labels[names::LABEL_COMPONENT], "opencode");

@@ -69,6 +69,8 @@ pub struct Settings {
     /// OpenCode in the image, and the arguments after `serve`'s own.
     pub opencode: PathBuf,
     pub opencode_args: Vec<String>,
+    /// What OpenCode's garbage collector plans for (`--opencode-gc-ram`), if anything.
+    pub gc_ram: Option<u64>,
     /// The gateway's executable in the image: the readiness probe and the home's layout.
     pub chamberlain: PathBuf,
     /// The uid and gid users' pods run as (never root).
