@@ -7,8 +7,10 @@
 # Starts the pinned OpenCode (node_modules/.bin/opencode, `npm install` first) directly with a
 # home of its own and a stand-in model (mock_model.py), sends ten prompts in new sessions one
 # after the other (each reply 2000 chunks, about 100 KB), and prints the time they took, the
-# CPU OpenCode used, its peak RSS (VmHWM) and its RSS 15 s later. Everything it starts is
-# ended when it exits. See bench/RESULTS.md for what was measured with it.
+# CPU OpenCode used, its peak RSS (VmHWM) and its RSS 15 s later. Before the prompts it
+# measures an instance as a person who has it open leaves it: the web UI loaded, a session
+# and a terminal created, 15 s to settle (RSS of OpenCode and the terminal's shell). Everything
+# it starts is ended when it exits. See bench/RESULTS.md for what was measured with it.
 set -euo pipefail
 label=${1:?usage: run.sh LABEL [VAR=VALUE ...]}
 shift
@@ -42,6 +44,19 @@ addr=$(grep -o '127.0.0.1:[0-9]*' "$work/opencode.log" | head -1)
 api() { curl -sf -u opencode:bench -H 'content-type: application/json' "$@"; }
 api "http://$addr/global/health" > /dev/null
 
+# Every process of the instance: OpenCode and what it started (the terminal's shell).
+tree_rss() {
+    local total=0 p
+    for p in $(pgrep -P "$1") ; do total=$((total + $(tree_rss "$p"))); done
+    echo $((total + $(awk '/^Rss/ {print $2}' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0)))
+}
+curl -sf -u opencode:bench "http://$addr/" > /dev/null
+api -X POST -d '{}' "http://$addr/session" > /dev/null
+api -X POST -d '{}' "http://$addr/pty" > /dev/null
+sleep 15
+open=$(tree_rss "$pid")
+shells=$(pgrep -P "$pid" | wc -l)
+
 ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
 cpu0=$(ticks); t0=$(date +%s%N)
 full=0
@@ -56,5 +71,5 @@ peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 sleep 15
 after=$(awk '/^Rss/ {print $2}' "/proc/$pid/smaps_rollup")
 hz=$(getconf CLK_TCK)
-echo "$label: 10 replies in $(( (t1 - t0) / 1000000 )) ms, CPU $(( (cpu1 - cpu0) * 1000 / hz )) ms," \
+echo "$label: open $((open / 1024)) MB ($shells child processes); 10 replies in $(( (t1 - t0) / 1000000 )) ms, CPU $(( (cpu1 - cpu0) * 1000 / hz )) ms," \
     "peak RSS $((peak / 1024)) MB, RSS 15 s later $((after / 1024)) MB, full replies $full/10"
