@@ -402,7 +402,16 @@ impl UserInstance {
                 .into_actor(self)
                 .map(|result, act, ctx| act.on_prepared(result, ctx)),
         );
-        self.message = Some("starting OpenCode".to_owned());
+        // The starting page says where the time goes: a quota's measurement can take a
+        // while in a large home; the rest of the preparation is milliseconds locally.
+        self.message = Some(
+            if measure {
+                "measuring your home for the disk quota"
+            } else {
+                "preparing your home"
+            }
+            .to_owned(),
+        );
         self.phase = Phase::Starting {
             _permit: permit,
             process: None,
@@ -463,6 +472,7 @@ impl UserInstance {
                 stopping: CancellationToken::new(),
             });
         }
+        self.message = Some("starting OpenCode".to_owned());
         self.publish();
     }
 

@@ -847,6 +847,41 @@ async fn health_checks_ask_whether_an_agent_works_and_failures_restart() {
     h.reach(InstanceState::Ready).await;
 }
 
+/// Waits until the published message is `expected`.
+async fn says(h: &Harness, expected: &str) {
+    let mut rx = h.status.clone();
+    tokio::time::timeout(
+        DEADLINE,
+        rx.wait_for(|s| s.message.as_deref() == Some(expected)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("never said {expected:?}; says {:?}", h.message()))
+    .expect("instance alive");
+}
+
+#[actix::test]
+async fn the_start_says_which_part_it_is_in() {
+    for (quota, preparing) in [
+        (None, "preparing your home"),
+        (Some(1 << 30), "measuring your home for the disk quota"),
+    ] {
+        let h = harness(InstanceConfig {
+            disk_quota: quota,
+            ..cfg()
+        });
+        h.world.hold_prepare.set(true);
+        h.world.disk_bytes.set(quota.map(|_| 1 << 20));
+        assert!(matches!(h.wake(false).await, WakeReply::Pending));
+        h.saw("prepare", 1).await;
+        says(&h, preparing).await;
+        h.world.release.notify_one();
+        h.saw("launch 1", 1).await;
+        says(&h, "starting OpenCode").await;
+        h.world.listen(1);
+        h.reach(InstanceState::Ready).await;
+    }
+}
+
 #[actix::test]
 async fn progress_of_the_current_start_is_shown_and_an_earlier_ones_ignored() {
     let h = harness(cfg());
