@@ -117,7 +117,10 @@ impl Homes {
         profile: &Profile,
         leftovers: Leftovers,
     ) -> Result<(Workspace, Option<UserIds>), ProvisionError> {
+        // Where a start's own time goes, for whoever asks why one was slow (debug).
+        let began = std::time::Instant::now();
         let ids = self.isolation.ids(key)?;
+        let ids_done = began.elapsed();
         // A task of the gateway's running as the user (a workspace listing, a clone) is no
         // leftover: the start lets the uid be rather than end it mid-work. Whatever an
         // earlier run left ended when this gateway started, and ends at the next stop.
@@ -125,6 +128,7 @@ impl Homes {
         if let (Leftovers::End, Some(ids), false) = (leftovers, ids, tasks_running) {
             end_leftovers(key, ids.uid)?;
         }
+        let leftovers_done = began.elapsed();
         let ws = self.users.initialize(key, ids.map(|i| (i.uid, i.gid)))?;
         if let (Some(ids), Some(range)) = (ids, self.isolation.uid_range()) {
             if let Some(done) = handover::ensure_owned(ws.home(), ids, range)? {
@@ -150,6 +154,13 @@ impl Homes {
                 legacy_auth_target: self.legacy_auth.clone(),
             },
         )?;
+        tracing::debug!(
+            user_key = %key,
+            ids_us = ids_done.as_micros() as u64,
+            leftovers_us = (leftovers_done - ids_done).as_micros() as u64,
+            home_us = (began.elapsed() - leftovers_done).as_micros() as u64,
+            "prepared the home"
+        );
         Ok((ws, ids))
     }
 
