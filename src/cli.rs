@@ -498,8 +498,8 @@ pub struct ServeArgs {
 
     /// How much memory each OpenCode's garbage collector plans for (Bun's
     /// `BUN_JSC_forceRAMSize`; not a cap), or `off` for the whole machine's. An agent's heap
-    /// then peaks lower at no measured cost in time; below 1GiB, agents were measured 45%
-    /// slower (see bench/RESULTS.md).
+    /// then peaks lower at no measured cost in time; 768MiB took 5% more off, 512MiB made
+    /// agents half again as slow (see bench/RESULTS.md).
     #[arg(help_heading = "OpenCode and data", long, env = "CHAMBERLAIN_OPENCODE_GC_RAM", default_value = "1GiB", value_parser = gc_ram)]
     pub opencode_gc_ram: GcRam,
 
