@@ -12,13 +12,14 @@ use crate::errors::GatewayError;
 pub struct UserConnections {
     max: u32,
     /// Users with at least one connection open; an entry goes when its count reaches zero.
-    open: DashMap<String, u32>,
+    /// The guards share the entry's name rather than copy it for every request.
+    open: DashMap<Arc<str>, u32>,
 }
 
 /// One open request or websocket of a user; the count goes down when it is dropped.
 pub struct ConnectionGuard {
     owner: Arc<UserConnections>,
-    user: String,
+    user: Arc<str>,
 }
 
 impl UserConnections {
@@ -33,7 +34,7 @@ impl UserConnections {
     pub fn open(self: &Arc<Self>, user: &str) -> Result<ConnectionGuard, GatewayError> {
         let mut count = match self.open.get_mut(user) {
             Some(count) => count,
-            None => self.open.entry(user.to_owned()).or_insert(0),
+            None => self.open.entry(Arc::from(user)).or_insert(0),
         };
         if *count >= self.max {
             return Err(GatewayError::TooManyConnections(format!(
@@ -45,7 +46,7 @@ impl UserConnections {
         *count += 1;
         Ok(ConnectionGuard {
             owner: Arc::clone(self),
-            user: user.to_owned(),
+            user: Arc::clone(count.key()),
         })
     }
 
@@ -57,7 +58,7 @@ impl UserConnections {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.owner.open.remove_if_mut(&self.user, |_, count| {
+        self.owner.open.remove_if_mut(&*self.user, |_, count| {
             *count = count.saturating_sub(1);
             *count == 0
         });

@@ -8,8 +8,14 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderName};
 use actix_web::HttpRequest;
+
+// Names the `http` crate does not know, made once: looked up by text, each would be parsed
+// and copied to the heap on every request.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// One network, `10.0.0.0/8` or `fd00::/8` (a bare address is a /32 or /128).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,29 +138,34 @@ impl TrustedProxies {
 
     /// What the client asked for, as this connection or a trusted proxy in front of it says.
     pub fn view(&self, req: &HttpRequest) -> View {
+        let parts = self.parts(req);
+        View {
+            host: parts.host.map(str::to_owned),
+            scheme: parts.scheme.to_ascii_lowercase(),
+            forwarded_for: parts.forwarded_for(),
+        }
+    }
+
+    /// [`View`]'s parts, borrowed from the request (for every proxied request's
+    /// `X-Forwarded-*`, which need no copies of them).
+    pub fn parts<'r>(&self, req: &'r HttpRequest) -> ViewParts<'r> {
         let peer = req.peer_addr().map(|a| canonical(a.ip()));
         let trusted = peer.is_some_and(|ip| self.trusts(ip));
-        let host = self.host_of(req, trusted).map(str::to_owned);
         let (scheme, prior_for) = if trusted {
             (
-                first_value(req, "x-forwarded-proto").unwrap_or("http"),
+                first_value(req, X_FORWARDED_PROTO).unwrap_or("http"),
                 req.headers()
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned),
+                    .get(X_FORWARDED_FOR)
+                    .and_then(|v| v.to_str().ok()),
             )
         } else {
             ("http", None)
         };
-        let forwarded_for = match (prior_for, peer) {
-            (Some(prior), Some(peer)) => Some(format!("{prior}, {peer}")),
-            (None, Some(peer)) => Some(peer.to_string()),
-            (prior, None) => prior,
-        };
-        View {
-            host,
-            scheme: scheme.to_ascii_lowercase(),
-            forwarded_for,
+        ViewParts {
+            host: self.host_of(req, trusted),
+            scheme,
+            prior_for,
+            peer,
         }
     }
 
@@ -175,7 +186,7 @@ impl TrustedProxies {
                 .or_else(|| req.uri().authority().map(|a| a.as_str()))
         };
         match trusted {
-            true => first_value(req, "x-forwarded-host").or_else(own),
+            true => first_value(req, X_FORWARDED_HOST).or_else(own),
             false => own(),
         }
     }
@@ -183,7 +194,7 @@ impl TrustedProxies {
 
 /// The first value of a forwarded header: a proxy chain appends, so it is what the client
 /// sent.
-fn first_value<'r>(req: &'r HttpRequest, name: &str) -> Option<&'r str> {
+fn first_value(req: &HttpRequest, name: HeaderName) -> Option<&str> {
     req.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -199,6 +210,27 @@ impl std::fmt::Display for TrustedProxies {
         }
         let list: Vec<String> = self.nets.iter().map(Net::to_string).collect();
         f.write_str(&list.join(","))
+    }
+}
+
+/// [`View`], borrowed from the request.
+pub struct ViewParts<'r> {
+    pub host: Option<&'r str>,
+    /// As sent: `http`, or a trusted proxy's `X-Forwarded-Proto` in any case.
+    pub scheme: &'r str,
+    /// A trusted proxy's `X-Forwarded-For` chain.
+    pub prior_for: Option<&'r str>,
+    pub peer: Option<IpAddr>,
+}
+
+impl ViewParts<'_> {
+    /// The `X-Forwarded-For` chain to pass on: a trusted proxy's, then the peer.
+    pub fn forwarded_for(&self) -> Option<String> {
+        match (self.prior_for, self.peer) {
+            (Some(prior), Some(peer)) => Some(format!("{prior}, {peer}")),
+            (None, Some(peer)) => Some(peer.to_string()),
+            (prior, None) => prior.map(str::to_owned),
+        }
     }
 }
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use actix::Addr;
 use actix_web::{HttpMessage, HttpRequest};
 use chamberlain_actors::{
-    Homes, InstanceHandle, InstanceState, InstanceStatus, Open, Refusal, Registry, Routes,
-    Upstream, UserKey, UserSpec, Wake, WakeReply,
+    Activity, Homes, InstanceHandle, InstanceState, InstanceStatus, Open, Refusal, Registry,
+    Routes, Upstream, UserKey, UserSpec, Wake, WakeReply,
 };
 
 use crate::errors::{GatewayError, RETRY_STARTING};
@@ -81,10 +81,13 @@ pub enum Access {
     Passive,
 }
 
+/// Who a request was from, for the access log.
+pub struct LoggedUser(pub String);
+
 /// Where a request goes.
 pub enum Routed {
-    /// To this instance, ready at this address.
-    Ready(InstanceHandle, Upstream),
+    /// To this instance (its activity, which the request counts in), ready at this address.
+    Ready(Arc<Activity>, Upstream),
     /// Nowhere yet: the instance is starting (or could not start), and the request was a
     /// page load ([`Access::Navigate`]), which does not wait.
     Starting,
@@ -134,7 +137,10 @@ impl Gateway {
                 identity.email.as_deref().unwrap_or(&identity.user_id)
             )));
         }
-        req.extensions_mut().insert(identity.clone());
+        // For the access log, which needs the name only (a whole identity's copy is several
+        // allocations, on every request).
+        req.extensions_mut()
+            .insert(LoggedUser(identity.user_id.clone()));
         Ok(identity)
     }
 
@@ -197,20 +203,30 @@ impl Gateway {
         identity: &Identity,
         access: Access,
     ) -> Result<Routed, GatewayError> {
-        if let Some(handle) = self.peek(identity) {
-            let (ready, state) = {
+        // Read in place: of the handle, a ready route needs its activity only (copying the
+        // whole handle, its actor address included, would allocate on every request).
+        let found = self
+            .routes
+            .get(&identity.user_id)
+            .filter(|handle| handle.addr.connected())
+            .map(|handle| {
                 let status = handle.status.borrow();
-                (ready_upstream(&status), status.state)
-            };
-            if let Some(upstream) = ready {
-                return Ok(Routed::Ready(handle, upstream));
-            }
-            if access == Access::Passive
-                && matches!(state, InstanceState::Queued | InstanceState::Starting)
+                match ready_upstream(&status) {
+                    Some(upstream) => Ok((Arc::clone(&handle.activity), upstream)),
+                    None => Err(status.state),
+                }
+            });
+        match found {
+            Some(Ok((activity, upstream))) => return Ok(Routed::Ready(activity, upstream)),
+            Some(Err(InstanceState::Queued | InstanceState::Starting))
+                if access == Access::Passive =>
             {
-                let upstream = self.wait_ready(&handle).await?;
-                return Ok(Routed::Ready(handle, upstream));
+                if let Some(handle) = self.peek(identity) {
+                    let upstream = self.wait_ready(&handle).await?;
+                    return Ok(Routed::Ready(handle.activity, upstream));
+                }
             }
+            _ => {}
         }
         if access == Access::Passive {
             return Err(GatewayError::Unavailable {
@@ -221,13 +237,13 @@ impl Gateway {
         }
         let (handle, reply) = self.wake(identity, false).await?;
         match (reply, access) {
-            (WakeReply::Ready(upstream), _) => Ok(Routed::Ready(handle, upstream)),
+            (WakeReply::Ready(upstream), _) => Ok(Routed::Ready(handle.activity, upstream)),
             // The starting page shows the start, and a failure, as they happen.
             (_, Access::Navigate) => Ok(Routed::Starting),
             (WakeReply::Failed(message), _) => Err(GatewayError::InstanceFailed(message)),
             (WakeReply::Pending, _) => {
                 let upstream = self.wait_ready(&handle).await?;
-                Ok(Routed::Ready(handle, upstream))
+                Ok(Routed::Ready(handle.activity, upstream))
             }
         }
     }

@@ -3,13 +3,13 @@
 //! in all), so nothing the ALB passes is refused, and a client talking to the gateway
 //! directly cannot send more.
 
-use std::future::{ready, Future};
-use std::pin::Pin;
+use std::future::Future;
 
-use actix_web::body::EitherBody;
+use actix_web::body::{BoxBody, EitherBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderMap;
 use actix_web::ResponseError;
+use futures_util::future::{ready, Either, MapOk, Ready, TryFutureExt};
 
 use crate::errors::GatewayError;
 
@@ -34,24 +34,39 @@ pub fn oversized(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-/// What a `wrap_fn` middleware that may answer by itself returns.
-pub type Answer<B> =
-    Pin<Box<dyn Future<Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>>>>;
+type Answered<B> = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>;
+
+/// What a `wrap_fn` middleware that may answer by itself returns: its own answer, or the
+/// service's (`F`). Not boxed: these run for every request.
+pub type Answer<F, B> =
+    Either<Ready<Answered<B>>, MapOk<F, fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B>>>>;
+
+/// The middleware's own answer instead of the service's.
+pub fn answer<F, B>(req: ServiceRequest, resp: actix_web::HttpResponse) -> Answer<F, B> {
+    Either::Left(ready(Ok(req.into_response(resp).map_into_right_body())))
+}
+
+/// On to the service.
+pub fn pass_on<F, B>(call: F) -> Answer<F, B>
+where
+    F: Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
+{
+    let left: fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B>> =
+        ServiceResponse::map_into_left_body::<BoxBody>;
+    Either::Right(call.map_ok(left))
+}
 
 /// Middleware (for `wrap_fn`): 431 for oversized headers, otherwise on to the service.
-pub fn limit_headers<S, B>(req: ServiceRequest, srv: &S) -> Answer<B>
+pub fn limit_headers<S, B>(req: ServiceRequest, srv: &S) -> Answer<S::Future, B>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    S::Future: 'static,
-    B: 'static,
 {
     if let Some(why) = oversized(req.headers()) {
         tracing::info!(path = req.path(), why, "request refused");
         let resp = GatewayError::HeadersTooLarge(why).error_response();
-        return Box::pin(ready(Ok(req.into_response(resp).map_into_right_body())));
+        return answer(req, resp);
     }
-    let call = srv.call(req);
-    Box::pin(async move { Ok(call.await?.map_into_left_body()) })
+    pass_on(srv.call(req))
 }
 
 #[cfg(test)]

@@ -6,10 +6,14 @@
 //! Which origins are the gateway's own is `site.rs`'s answer (`--public-url`, else the
 //! validated host), never the raw `Host` or a forwarded header from an untrusted peer.
 
-use actix_web::http::{header, Method};
+use actix_web::http::header::{self, HeaderName};
+use actix_web::http::Method;
 use actix_web::HttpRequest;
 
 use crate::errors::GatewayError;
+
+/// A name the `http` crate does not know, made once (see `request.rs`).
+const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
 use crate::site::Site;
 
 /// Accepts requests without `Origin` (non-browser clients) unless the browser says it is
@@ -17,7 +21,7 @@ use crate::site::Site;
 pub fn check(req: &HttpRequest, site: &Site) -> Result<(), GatewayError> {
     let fetch_site = req
         .headers()
-        .get("sec-fetch-site")
+        .get(SEC_FETCH_SITE)
         .and_then(|v| v.to_str().ok());
     if fetch_site.is_some_and(|v| v.trim().eq_ignore_ascii_case("cross-site")) {
         return Err(GatewayError::Forbidden(

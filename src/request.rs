@@ -1,8 +1,13 @@
 //! What kind of request this is, the question every phase of the public listener asks: a
 //! browser loading a page, a client asking for an event stream, a websocket handshake.
 
-use actix_web::http::{header, Method};
+use actix_web::http::header::{self, HeaderName};
+use actix_web::http::Method;
 use actix_web::HttpRequest;
+
+/// Looked up by a `HeaderName` made once: a name given as text is parsed, and a name the
+/// `http` crate does not know is copied to the heap, on every lookup.
+const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
 
 /// A browser loading a page (as opposed to a script fetching data).
 pub fn is_navigation(req: &HttpRequest) -> bool {
@@ -10,7 +15,7 @@ pub fn is_navigation(req: &HttpRequest) -> bool {
         return false;
     }
     let headers = req.headers();
-    if let Some(mode) = headers.get("sec-fetch-mode") {
+    if let Some(mode) = headers.get(SEC_FETCH_MODE) {
         return mode.as_bytes() == b"navigate";
     }
     headers

@@ -28,7 +28,7 @@ use actix_web::HttpRequest;
 use crate::errors::GatewayError;
 use crate::forwarded::{TrustedProxies, View};
 use crate::identity::AuthMode;
-use crate::limits::Answer;
+use crate::limits::{answer, pass_on, Answer};
 
 const LOOPBACK_NAMES: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 
@@ -240,11 +240,9 @@ fn host_exempt(path: &str) -> bool {
 
 /// Middleware (for `wrap_fn`, with the site captured): 421 for a host that is not the
 /// gateway's own, before identity or anything else.
-pub fn check_host<S, B>(site: &Site, req: ServiceRequest, srv: &S) -> Answer<B>
+pub fn check_host<S, B>(site: &Site, req: ServiceRequest, srv: &S) -> Answer<S::Future, B>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    S::Future: 'static,
-    B: 'static,
 {
     if !host_exempt(req.path()) {
         if let Err(e) = site.check_host(req.request()) {
@@ -258,13 +256,10 @@ where
                 "request for a host that is not the gateway's refused (DNS rebinding?)"
             );
             let resp = e.respond(req.request());
-            return Box::pin(std::future::ready(Ok(req
-                .into_response(resp)
-                .map_into_right_body())));
+            return answer(req, resp);
         }
     }
-    let call = srv.call(req);
-    Box::pin(async move { Ok(call.await?.map_into_left_body()) })
+    pass_on(srv.call(req))
 }
 
 #[cfg(test)]

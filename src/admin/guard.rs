@@ -24,7 +24,7 @@ use super::token;
 use super::Admin;
 use crate::errors::GatewayError;
 use crate::forwarded::canonical;
-use crate::limits::Answer;
+use crate::limits::{answer, pass_on, Answer};
 
 /// The local address of a TCP admin connection (the listener's may be `0.0.0.0`).
 #[derive(Clone, Copy, Debug)]
@@ -41,29 +41,21 @@ pub fn record_tcp_local(conn: &dyn Any, ext: &mut Extensions) {
 }
 
 /// Always JSON: the admin listeners serve no pages but the console's own.
-fn refuse<B: 'static>(req: ServiceRequest, error: GatewayError) -> Answer<B> {
-    let resp = error.error_response();
-    Box::pin(std::future::ready(Ok(req
-        .into_response(resp)
-        .map_into_right_body())))
+fn refuse<F, B>(req: ServiceRequest, error: GatewayError) -> Answer<F, B> {
+    answer(req, error.error_response())
 }
 
-fn pass<S, B>(req: ServiceRequest, srv: &S) -> Answer<B>
+fn pass<S, B>(req: ServiceRequest, srv: &S) -> Answer<S::Future, B>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    S::Future: 'static,
-    B: 'static,
 {
-    let call = srv.call(req);
-    Box::pin(async move { Ok(call.await?.map_into_left_body()) })
+    pass_on(srv.call(req))
 }
 
 /// Middleware of the Unix-socket admin listener.
-pub fn unix<S, B>(req: ServiceRequest, srv: &S) -> Answer<B>
+pub fn unix<S, B>(req: ServiceRequest, srv: &S) -> Answer<S::Future, B>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    S::Future: 'static,
-    B: 'static,
 {
     let uid = req.conn_data::<UnixPeer>().and_then(|p| p.0);
     let users_have_uids = req
@@ -99,11 +91,9 @@ fn socket_admits(uid: Option<u32>, gateway_uid: u32, users_have_uids: bool) -> b
 }
 
 /// Middleware of the TCP admin listener.
-pub fn tcp<S, B>(req: ServiceRequest, srv: &S) -> Answer<B>
+pub fn tcp<S, B>(req: ServiceRequest, srv: &S) -> Answer<S::Future, B>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
-    S::Future: 'static,
-    B: 'static,
 {
     if req.method() == Method::GET
         && (req.path() == "/healthz" || super::console::is_public_asset(req.path()))

@@ -16,6 +16,10 @@ use super::token::RawToken;
 use super::{accept, rejected, AuthError, Verified};
 
 pub const HEADER: &str = "x-amzn-oidc-data";
+/// [`HEADER`] as a name made once (looked up by text, it would be parsed and copied to the
+/// heap on every request).
+pub const HEADER_NAME: actix_web::http::header::HeaderName =
+    actix_web::http::header::HeaderName::from_static(HEADER);
 /// Also added by the ALB; never forwarded to OpenCode.
 pub const OTHER_HEADERS: [&str; 2] = ["x-amzn-oidc-accesstoken", "x-amzn-oidc-identity"];
 /// The ALB's session cookie, sharded as `-0`, `-1`, … when large.

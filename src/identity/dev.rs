@@ -2,11 +2,15 @@
 //! or the cookie set by `GET /-/login?user=<name>`. Nothing is verified, which is why the
 //! gateway refuses to serve dev identity on a non-loopback address unless told to.
 
+use actix_web::http::header::HeaderName;
 use actix_web::HttpRequest;
 
 use super::{cookies, AuthError, Credential, Identity};
 
 pub const HEADER: &str = "x-chamberlain-dev-user";
+/// [`HEADER`] as a name made once: looked up by text, an unknown name is parsed and copied
+/// to the heap on every request.
+const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 pub const COOKIE: &str = "chamberlain_dev_user";
 pub const LOGIN_PATH: &str = "/-/login";
 const MAX_NAME: usize = 64;
@@ -38,7 +42,7 @@ pub fn validate_name(name: &str) -> Result<(), String> {
 }
 
 pub fn identify(req: &HttpRequest) -> Result<Identity, AuthError> {
-    let (name, credential) = if let Some(value) = req.headers().get(HEADER) {
+    let (name, credential) = if let Some(value) = req.headers().get(HEADER_NAME) {
         let name = value
             .to_str()
             .map_err(|_| AuthError::Malformed(format!("{HEADER} is not valid text")))?;

@@ -345,7 +345,7 @@ impl Authenticator {
         };
         match &self.mode {
             Mode::Alb(_) => {
-                let mut values = headers.get_all(alb::HEADER);
+                let mut values = headers.get_all(alb::HEADER_NAME);
                 let first = values.next().ok_or(AuthError::Missing)?;
                 if values.next().is_some() {
                     return Err(AuthError::Rejected(format!(

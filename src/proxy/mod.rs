@@ -110,8 +110,8 @@ async fn proxy(
     // Every request and websocket holds descriptors of the gateway's until it ends.
     let connection = gateway.connections.open(&identity.user_id)?;
     // Wake and wait.
-    let (handle, upstream) = match gateway.upstream(&identity, kind.access()).await? {
-        Routed::Ready(handle, upstream) => (handle, upstream),
+    let (activity, upstream) = match gateway.upstream(&identity, kind.access()).await? {
+        Routed::Ready(activity, upstream) => (activity, upstream),
         Routed::Starting => return Ok(starting_page()),
     };
     // Forward, and relay the answer.
@@ -121,7 +121,7 @@ async fn proxy(
             gateway,
             client: &client.client,
             upstream: &upstream,
-            activity: &handle.activity,
+            activity: &activity,
             user: &identity.user_id,
             connection,
         }
@@ -136,7 +136,7 @@ async fn proxy(
         timeout: gateway.cfg.upstream_timeout,
         sse_keepalive: gateway.cfg.sse_keepalive,
         metrics: &gateway.metrics,
-        activity: (!passive).then(|| handle.activity.begin()),
+        activity: (!passive).then(|| activity.begin()),
         connection,
     }
     .send(req, payload)

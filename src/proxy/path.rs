@@ -15,14 +15,13 @@ pub fn not_normal(path: &str) -> Option<&'static str> {
     if path.contains('\\') {
         return Some("the path contains a backslash");
     }
-    let inner = &path[1..];
     // The last segment may be empty (a trailing slash); no other may be.
-    let segments: Vec<&str> = inner.split('/').collect();
-    for (i, segment) in segments.iter().enumerate() {
-        if segment.is_empty() && i + 1 < segments.len() {
+    let mut segments = path[1..].split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if segment.is_empty() && segments.peek().is_some() {
             return Some("the path contains an empty segment (//)");
         }
-        if matches!(*segment, "." | "..") {
+        if matches!(segment, "." | "..") {
             return Some("the path contains a . or .. segment");
         }
     }

@@ -28,6 +28,9 @@ use self::meter::{Meter, RequestCheck};
 use self::metrics::LlmMetrics;
 use self::usage::UsageBook;
 
+/// Made once: looked up by text, an unknown name is parsed and copied on every call.
+const X_API_KEY: header::HeaderName = header::HeaderName::from_static("x-api-key");
+
 /// Largest request body relayed (a long conversation with its tools and files).
 pub const MAX_REQUEST: usize = 32 << 20;
 
@@ -109,7 +112,7 @@ fn presented_token(req: &HttpRequest) -> Option<&str> {
         return Some(bearer.trim());
     }
     headers
-        .get("x-api-key")
+        .get(X_API_KEY)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
 }

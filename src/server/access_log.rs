@@ -5,7 +5,7 @@ use std::time::Instant;
 use actix_web::dev::Service;
 use actix_web::HttpMessage;
 
-use crate::identity::Identity;
+use crate::gateway::LoggedUser;
 use crate::metrics::HttpMetrics;
 
 /// Logs each request once it is answered and counts it by status class.
@@ -40,9 +40,7 @@ where
         let req = response.request();
         let (method, path) = (req.method(), req.path());
         let extensions = req.extensions();
-        let user = extensions
-            .get::<Identity>()
-            .map_or("", |i| i.user_id.as_str());
+        let user = extensions.get::<LoggedUser>().map_or("", |u| u.0.as_str());
         // To the microsecond: more digits are noise.
         let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
         if status >= 400 {

@@ -1,10 +1,12 @@
 //! Which headers cross to an instance and back, for proxied requests and websocket
 //! handshakes alike.
 
+use std::net::IpAddr;
+
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::HttpRequest;
 
-use crate::forwarded::TrustedProxies;
+use crate::forwarded::{TrustedProxies, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::gateway::Gateway;
 use crate::identity::cookies::{self, CookieNames};
 
@@ -111,6 +113,7 @@ pub fn copy_request_headers(src: &HeaderMap, dst: &mut HeaderMap, filter: &Reque
 /// Copies OpenCode's response headers for the client, every value of repeated headers
 /// (`Set-Cookie`) included.
 pub fn copy_response_headers(src: &HeaderMap, dst: &mut HeaderMap) {
+    dst.reserve(src.len());
     let listed = connection_listed(src);
     for (name, value) in src.iter() {
         // OpenCode's Basic challenge is about the gateway's own credentials; passed on, it
@@ -123,16 +126,25 @@ pub fn copy_response_headers(src: &HeaderMap, dst: &mut HeaderMap) {
 
 /// `X-Forwarded-For`, `-Proto` and `-Host` for OpenCode, extending what a trusted proxy in
 /// front of the gateway set, and replacing what anyone else wrote.
+/// Runs for every proxied request: each value is made with one copy at most.
 pub fn add_forwarded(req: &HttpRequest, dst: &mut HeaderMap, proxies: &TrustedProxies) {
-    let view = proxies.view(req);
+    let parts = proxies.parts(req);
+    let forwarded_for = match (parts.prior_for, parts.peer) {
+        (None, Some(peer)) => ip_value(peer),
+        _ => parts
+            .forwarded_for()
+            .and_then(|v| HeaderValue::try_from(v).ok()),
+    };
     let pairs = [
-        ("x-forwarded-for", view.forwarded_for),
-        ("x-forwarded-proto", Some(view.scheme)),
-        ("x-forwarded-host", view.host),
+        (X_FORWARDED_FOR, forwarded_for),
+        (X_FORWARDED_PROTO, scheme_value(parts.scheme)),
+        (
+            X_FORWARDED_HOST,
+            parts.host.and_then(|h| HeaderValue::from_str(h).ok()),
+        ),
     ];
     for (name, value) in pairs {
-        let name = HeaderName::from_static(name);
-        match value.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        match value {
             Some(value) => {
                 dst.insert(name, value);
             }
@@ -141,6 +153,27 @@ pub fn add_forwarded(req: &HttpRequest, dst: &mut HeaderMap, proxies: &TrustedPr
             }
         }
     }
+}
+
+/// An address as a header value, written on the stack rather than into a `String` first.
+fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write;
+    // An address is at most 39 characters as Rust writes it (45 in the longest notation).
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{ip}").ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(&buf[..len]).ok()
+}
+
+/// `http` and `https` (the only schemes a proxy in front sends) without a copy.
+fn scheme_value(scheme: &str) -> Option<HeaderValue> {
+    for known in ["http", "https"] {
+        if scheme.eq_ignore_ascii_case(known) {
+            return Some(HeaderValue::from_static(known));
+        }
+    }
+    HeaderValue::from_str(&scheme.to_ascii_lowercase()).ok()
 }
 
 #[cfg(test)]
@@ -266,5 +299,25 @@ mod tests {
         add_forwarded(&req, &mut dst, &TrustedProxies::default());
         assert_eq!(dst.get("x-forwarded-for").unwrap(), "10.1.2.3");
         assert_eq!(dst.get("x-forwarded-host").unwrap(), "10.0.0.9:8080");
+    }
+
+    #[test]
+    fn addresses_and_schemes_are_written_as_text_would_be() {
+        for ip in [
+            "10.1.2.3",
+            "255.255.255.255",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "1111:2222:3333:4444:5555:6666:255.255.255.255",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
+        }
+        assert_eq!(scheme_value("HTTPS").unwrap(), "https");
+        assert_eq!(scheme_value("http").unwrap(), "http");
+        assert_eq!(scheme_value("Wss").unwrap(), "wss");
+        assert!(scheme_value("bad\nvalue").is_none());
+        assert!(scheme_value("bad\u{7f}").is_none());
     }
 }
