@@ -18,6 +18,9 @@
 //! 7. Model relay: time to the first streamed token, direct vs through the relay
 //!    (`chamberlain-bench relay`, in process; see `relay.rs`).
 //!
+//! `chamberlain-bench floor UPSTREAM AUTHORIZATION` serves the floor proxy alone until it is
+//! killed, for measuring it as a process of its own (`bench/proxy-cost/run.sh`).
+//!
 //! Build first: `cargo build --release --bins` (the gateway and the fake OpenCode), then
 //! `cargo run --release -p chamberlain-bench -- [--upstream fake|opencode] [--seconds N]
 //! [--connections N]`. With `--upstream opencode` the real OpenCode from
@@ -343,6 +346,22 @@ fn main() -> anyhow::Result<()> {
     }
     if first.as_deref() == Some("relay") {
         return relay::run(count_option(argv, "--requests", 1000)?);
+    }
+    if first.as_deref() == Some("floor") {
+        let (Some(upstream), Some(authorization), None) = (argv.next(), argv.next(), argv.next())
+        else {
+            bail!("usage: chamberlain-bench floor UPSTREAM-ADDRESS AUTHORIZATION");
+        };
+        let upstream = upstream.parse().context("UPSTREAM-ADDRESS")?;
+        let floor = floor::Floor::start(
+            upstream,
+            &authorization,
+            chamberlain::server::default_workers(),
+        )?;
+        println!("floor listening on {}", floor.addr);
+        loop {
+            std::thread::park();
+        }
     }
     if first.as_deref() == Some("identity") {
         return identity::run(count_option(argv, "--iterations", 200_000)?);
