@@ -11,10 +11,10 @@ use actix_web::http::Method;
 use actix_web::HttpRequest;
 
 use crate::errors::GatewayError;
+use crate::site::Site;
 
 /// A name the `http` crate does not know, made once (see `request.rs`).
 const SEC_FETCH_SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
-use crate::site::Site;
 
 /// Accepts requests without `Origin` (non-browser clients) unless the browser says it is
 /// cross-site (`Sec-Fetch-Site`), from the gateway's own origins and from allowed ones.

@@ -125,8 +125,8 @@ pub fn copy_response_headers(src: &HeaderMap, dst: &mut HeaderMap) {
 }
 
 /// `X-Forwarded-For`, `-Proto` and `-Host` for OpenCode, extending what a trusted proxy in
-/// front of the gateway set, and replacing what anyone else wrote.
-/// Runs for every proxied request: each value is made with one copy at most.
+/// front of the gateway set, and replacing what anyone else wrote. Runs for every proxied
+/// request: each value is made with one copy at most.
 pub fn add_forwarded(req: &HttpRequest, dst: &mut HeaderMap, proxies: &TrustedProxies) {
     let parts = proxies.parts(req);
     let forwarded_for = match (parts.prior_for, parts.peer) {
