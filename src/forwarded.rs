@@ -8,7 +8,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use actix_web::http::header::{self, HeaderName};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::HttpRequest;
 
 // Names the `http` crate does not know, made once: looked up by text, each would be parsed
@@ -142,7 +142,6 @@ impl TrustedProxies {
         View {
             host: parts.host.map(str::to_owned),
             scheme: parts.scheme.to_ascii_lowercase(),
-            forwarded_for: parts.forwarded_for(),
         }
     }
 
@@ -224,14 +223,26 @@ pub struct ViewParts<'r> {
 }
 
 impl ViewParts<'_> {
-    /// The `X-Forwarded-For` chain to pass on: a trusted proxy's, then the peer.
-    pub fn forwarded_for(&self) -> Option<String> {
+    /// The `X-Forwarded-For` chain to pass on: a trusted proxy's, then the peer. A direct
+    /// client's (every request without a proxy in front) is written without a heap copy.
+    pub fn forwarded_for(&self) -> Option<HeaderValue> {
         match (self.prior_for, self.peer) {
-            (Some(prior), Some(peer)) => Some(format!("{prior}, {peer}")),
-            (None, Some(peer)) => Some(peer.to_string()),
-            (prior, None) => prior.map(str::to_owned),
+            (None, Some(peer)) => ip_value(peer),
+            (Some(prior), Some(peer)) => HeaderValue::try_from(format!("{prior}, {peer}")).ok(),
+            (prior, None) => prior.and_then(|p| HeaderValue::from_str(p).ok()),
         }
     }
+}
+
+/// An address as a header value, written on the stack rather than into a `String` first.
+fn ip_value(ip: IpAddr) -> Option<HeaderValue> {
+    use std::io::Write;
+    // An address is at most 39 characters as Rust writes it (45 in the longest notation).
+    let mut buf = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{ip}").ok()?;
+    let len = usize::try_from(cursor.position()).ok()?;
+    HeaderValue::from_bytes(&buf[..len]).ok()
 }
 
 /// A request as the client made it.
@@ -241,8 +252,6 @@ pub struct View {
     pub host: Option<String>,
     /// `http`, or what a trusted proxy says (`https` behind a TLS-terminating one).
     pub scheme: String,
-    /// The `X-Forwarded-For` chain to pass on: a trusted proxy's, then the peer.
-    pub forwarded_for: Option<String>,
 }
 
 #[cfg(test)]
@@ -301,16 +310,34 @@ mod tests {
     #[test]
     fn forwarded_headers_count_only_from_trusted_peers() {
         let trusted = TrustedProxies::parse("10.0.0.0/8").unwrap();
-        let view = trusted.view(&forged("10.1.2.3:5000"));
+        let req = forged("10.1.2.3:5000");
+        let view = trusted.view(&req);
         assert_eq!(view.host.as_deref(), Some("evil.example"));
         assert_eq!(view.scheme, "https");
-        assert_eq!(view.forwarded_for.as_deref(), Some("203.0.113.9, 10.1.2.3"));
+        let chain = trusted.parts(&req).forwarded_for();
+        assert_eq!(chain.unwrap(), "203.0.113.9, 10.1.2.3");
 
         for proxies in [TrustedProxies::default(), trusted] {
-            let view = proxies.view(&forged("127.0.0.1:5000"));
+            let req = forged("127.0.0.1:5000");
+            let view = proxies.view(&req);
             assert_eq!(view.host.as_deref(), Some("127.0.0.1:8080"));
             assert_eq!(view.scheme, "http");
-            assert_eq!(view.forwarded_for.as_deref(), Some("127.0.0.1"));
+            assert_eq!(proxies.parts(&req).forwarded_for().unwrap(), "127.0.0.1");
+        }
+    }
+
+    #[test]
+    fn addresses_are_written_as_text_would_be() {
+        for ip in [
+            "10.1.2.3",
+            "255.255.255.255",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "1111:2222:3333:4444:5555:6666:255.255.255.255",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip).unwrap(), ip.to_string().as_str());
         }
     }
 }
