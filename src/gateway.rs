@@ -93,6 +93,13 @@ pub enum Routed {
     Starting,
 }
 
+/// What the route cache says of a user's instance, for [`Gateway::upstream`].
+enum Found {
+    Ready(Arc<Activity>, Upstream),
+    /// Queued or starting, and the request waits for it (passive access only).
+    Starting(InstanceHandle),
+}
+
 impl Gateway {
     /// Refuses new work and closes every bridged websocket (1001, going away).
     pub fn begin_shutdown(&self) {
@@ -209,24 +216,24 @@ impl Gateway {
             .routes
             .get(&identity.user_id)
             .filter(|handle| handle.addr.connected())
-            .map(|handle| {
-                let status = handle.status.borrow();
-                match ready_upstream(&status) {
-                    Some(upstream) => Ok((Arc::clone(&handle.activity), upstream)),
-                    None => Err(status.state),
-                }
+            .and_then(|handle| {
+                let state = {
+                    let status = handle.status.borrow();
+                    if let Some(upstream) = ready_upstream(&status) {
+                        return Some(Found::Ready(Arc::clone(&handle.activity), upstream));
+                    }
+                    status.state
+                };
+                let starting = matches!(state, InstanceState::Queued | InstanceState::Starting);
+                (starting && access == Access::Passive).then(|| Found::Starting(handle.clone()))
             });
         match found {
-            Some(Ok((activity, upstream))) => return Ok(Routed::Ready(activity, upstream)),
-            Some(Err(InstanceState::Queued | InstanceState::Starting))
-                if access == Access::Passive =>
-            {
-                if let Some(handle) = self.peek(identity) {
-                    let upstream = self.wait_ready(&handle).await?;
-                    return Ok(Routed::Ready(handle.activity, upstream));
-                }
+            Some(Found::Ready(activity, upstream)) => return Ok(Routed::Ready(activity, upstream)),
+            Some(Found::Starting(handle)) => {
+                let upstream = self.wait_ready(&handle).await?;
+                return Ok(Routed::Ready(handle.activity, upstream));
             }
-            _ => {}
+            None => {}
         }
         if access == Access::Passive {
             return Err(GatewayError::Unavailable {
