@@ -108,13 +108,13 @@ struct Load {
     requests: usize,
 }
 
-async fn load(addr: SocketAddr, request: Vec<u8>, opts: &Options) -> anyhow::Result<Load> {
+async fn load(addr: SocketAddr, request: &[u8], opts: &Options) -> anyhow::Result<Load> {
     // Warm the connection pools on both sides first.
-    http::hammer(addr, &request, 4, Duration::from_millis(500)).await?;
+    http::hammer(addr, request, 4, Duration::from_millis(500)).await?;
     let started = Instant::now();
     let mut latencies = http::hammer(
         addr,
-        &request,
+        request,
         opts.connections,
         Duration::from_secs(opts.seconds),
     )
@@ -395,6 +395,11 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let direct = upstream(&upstream_bin, upstream_args, "bench")?;
     let gw = Gateway::start(&bins.gateway, &upstream_bin, upstream_args)?;
     let auth = direct.authorization();
+    // The same request through every path: with the upstream's credentials, as the user
+    // (dev identity), and bare (nginx and the floor add the credentials themselves).
+    let direct_get = get(path, &[("Authorization", &auth)]);
+    let gateway_get = get(path, &[("X-Chamberlain-Dev-User", "bench")]);
+    let proxy_get = get(path, &[]);
     http::fetch(
         gw.public,
         &get(
@@ -408,17 +413,15 @@ async fn run(opts: Options) -> anyhow::Result<()> {
         // OpenCode's JIT serves a third more once warm: warm the directly started instance
         // and the user's own one alike, or whichever is measured first pays for it.
         let warm = Duration::from_secs(opts.seconds);
-        let direct_get = get(path, &[("Authorization", &auth)]);
         http::hammer(direct.addr, &direct_get, opts.connections, warm).await?;
-        let gateway_get = get(path, &[("X-Chamberlain-Dev-User", "bench")]);
         http::hammer(gw.public, &gateway_get, opts.connections, warm).await?;
     }
-    let direct_load = load(direct.addr, get(path, &[("Authorization", &auth)]), &opts).await?;
+    let direct_load = load(direct.addr, &direct_get, &opts).await?;
     let nginx_load = match nginx::find() {
         Some(program) => {
             let nginx = nginx::Nginx::start(&program, direct.addr, &auth)?;
             println!("nginx: {} in front of the same upstream", nginx.version);
-            Some(load(nginx.addr, get(path, &[]), &opts).await?)
+            Some(load(nginx.addr, &proxy_get, &opts).await?)
         }
         None => {
             println!("nginx: not installed (apt-get install nginx-light, or set NGINX_BIN); no comparison");
@@ -428,14 +431,9 @@ async fn run(opts: Options) -> anyhow::Result<()> {
     let floor_load = {
         let floor =
             floor::Floor::start(direct.addr, &auth, chamberlain::server::default_workers())?;
-        load(floor.addr, get(path, &[]), &opts).await?
+        load(floor.addr, &proxy_get, &opts).await?
     };
-    let gateway_load = load(
-        gw.public,
-        get(path, &[("X-Chamberlain-Dev-User", "bench")]),
-        &opts,
-    )
-    .await?;
+    let gateway_load = load(gw.public, &gateway_get, &opts).await?;
     results["smallGet"] = report_load(&format!("GET {path}"), &direct_load, &gateway_load);
 
     if let Some(nginx) = nginx_load {
