@@ -9,7 +9,7 @@ use actix_web::body::{BodyStream, BoxBody, MessageBody, SizedStream};
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use awc::error::SendRequestError;
+use awc::error::{ConnectError, SendRequestError};
 use chamberlain_actors::{ActivityGuard, Upstream};
 
 use super::streams::{Held, SseRelay};
@@ -100,15 +100,22 @@ impl Forward<'_> {
                 }
             };
             match result {
-                Err(SendRequestError::Send(_) | SendRequestError::Response(_))
-                    if retryable && attempt == 1 =>
-                {
+                // A reset shows as a failed send or read; a close as the end of the stream
+                // before an answer, which awc reports as `Connect(Disconnected)`.
+                Err(
+                    SendRequestError::Send(_)
+                    | SendRequestError::Response(_)
+                    | SendRequestError::Connect(ConnectError::Disconnected),
+                ) if retryable && attempt == 1 => {
                     tracing::debug!(path = req.path(), "reused connection failed; retrying");
                 }
                 other => break other,
             }
         };
         let response = response.map_err(|e| match e {
+            SendRequestError::Connect(ConnectError::Disconnected) => GatewayError::Upstream(
+                "OpenCode closed the connection without answering".to_owned(),
+            ),
             SendRequestError::Connect(e) => GatewayError::UpstreamConnect(e.to_string()),
             SendRequestError::Timeout => GatewayError::UpstreamTimeout(self.timeout),
             other => GatewayError::Upstream(other.to_string()),
@@ -166,5 +173,210 @@ impl Forward<'_> {
         let mut out = HttpResponse::with_body(status, body);
         *out.headers_mut() = out_headers;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use actix_web::test::TestRequest;
+    use actix_web::FromRequest;
+    use chamberlain_actors::InstanceMetrics;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::connections::UserConnections;
+    use crate::forwarded::TrustedProxies;
+    use crate::identity::cookies::CookieNames;
+    use crate::metrics::Metrics;
+    use crate::upstream::UpstreamClients;
+
+    /// How the upstream ends a kept-alive connection on its second request, unanswered:
+    /// the race a reused connection loses when OpenCode closes it just as the gateway sends.
+    #[derive(Clone, Copy, Debug)]
+    enum Ending {
+        /// Reads the request, then closes (the client reads end of file).
+        Close,
+        /// Resets the connection without reading (the client's read fails).
+        Reset,
+    }
+
+    /// Reads one request head; `false` at end of file.
+    async fn read_head(stream: &mut TcpStream) -> bool {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut byte).await {
+                Ok(1) => head.push(byte[0]),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Answers each connection's first request with the connection's number, then ends the
+    /// connection on its next request as `ending` says. Counts connections.
+    async fn upstream(ending: Ending) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        actix_web::rt::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let number = count.fetch_add(1, Ordering::SeqCst) + 1;
+                actix_web::rt::spawn(async move {
+                    if !read_head(&mut stream).await {
+                        return;
+                    }
+                    let body = number.to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    match ending {
+                        Ending::Close => {
+                            read_head(&mut stream).await;
+                        }
+                        Ending::Reset => {
+                            // Waits for the request's bytes, leaves them unread: closing
+                            // then sends a reset.
+                            let _ = stream.peek(&mut [0u8; 1]).await;
+                            let _ =
+                                socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    struct Setup {
+        clients: UpstreamClients,
+        upstream: Upstream,
+        metrics: Metrics,
+        connections: Arc<UserConnections>,
+        cookies: CookieNames,
+        proxies: TrustedProxies,
+    }
+
+    impl Setup {
+        fn new(addr: SocketAddr) -> Setup {
+            Setup {
+                clients: UpstreamClients::new(Duration::from_secs(10)),
+                upstream: Upstream {
+                    addr,
+                    authorization: Arc::from("Basic b3BlbmNvZGU6dGVzdA=="),
+                    generation: 1,
+                    stopping: CancellationToken::new(),
+                },
+                metrics: Metrics::new(&InstanceMetrics::default()),
+                connections: UserConnections::new(16),
+                cookies: CookieNames::default(),
+                proxies: TrustedProxies::none(),
+            }
+        }
+
+        /// Forwards `req` (with `body`) and reads the whole answer.
+        async fn forward(
+            &self,
+            req: TestRequest,
+            body: &'static [u8],
+        ) -> Result<(StatusCode, web::Bytes), GatewayError> {
+            let (req, mut payload) = req
+                .peer_addr("127.0.0.1:40000".parse().unwrap())
+                .set_payload(body)
+                .to_http_parts();
+            let payload = web::Payload::from_request(&req, &mut payload)
+                .await
+                .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            let client = self.clients.get(&self.upstream);
+            let forward = Forward {
+                client: &client,
+                upstream: &self.upstream,
+                filter: RequestFilter {
+                    identity_headers: &[],
+                    identity_cookies: &self.cookies,
+                    passive: false,
+                    proxies: &self.proxies,
+                },
+                timeout: Duration::from_secs(10),
+                sse_keepalive: Duration::from_secs(30),
+                metrics: &self.metrics.http,
+                activity: None,
+                connection: self.connections.open("someone")?,
+            };
+            let response = forward.send(&req, payload).await?;
+            let status = response.status();
+            let body = actix_web::body::to_bytes(response.into_body())
+                .await
+                .map_err(|e| GatewayError::Internal(e.to_string()))?;
+            Ok((status, body))
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_safe_request_on_a_connection_the_instance_just_closed_is_sent_again() {
+        for ending in [Ending::Close, Ending::Reset] {
+            let (addr, accepted) = upstream(ending).await;
+            let setup = Setup::new(addr);
+            let first = setup.forward(TestRequest::get().uri("/a"), b"").await;
+            assert_eq!(first.unwrap(), (StatusCode::OK, web::Bytes::from("1")));
+            // On the kept-alive connection, which the instance ends unanswered: sent again on
+            // a new one.
+            let second = setup.forward(TestRequest::get().uri("/b"), b"").await;
+            let second = second.unwrap_or_else(|e| panic!("{ending:?}: {e}"));
+            assert_eq!(
+                second,
+                (StatusCode::OK, web::Bytes::from("2")),
+                "{ending:?}"
+            );
+            assert_eq!(accepted.load(Ordering::SeqCst), 2, "{ending:?}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_request_with_a_body_is_never_sent_twice() {
+        for ending in [Ending::Close, Ending::Reset] {
+            let (addr, accepted) = upstream(ending).await;
+            let setup = Setup::new(addr);
+            let first = setup.forward(TestRequest::get().uri("/a"), b"").await;
+            assert_eq!(first.unwrap().0, StatusCode::OK);
+            let post = TestRequest::post()
+                .uri("/b")
+                .insert_header((header::CONTENT_LENGTH, "4"));
+            let result = setup.forward(post, b"body").await;
+            let err = result.expect_err(&format!("{ending:?}"));
+            assert!(
+                matches!(err, GatewayError::Upstream(_)),
+                "{ending:?}: {err}"
+            );
+            assert_eq!(accepted.load(Ordering::SeqCst), 1, "{ending:?}");
+        }
+    }
+
+    #[actix_web::test]
+    async fn a_clients_expectation_is_met_by_the_gateway_not_passed_on() {
+        let get = TestRequest::get()
+            .uri("/a")
+            .insert_header((header::EXPECT, "100-continue"));
+        let post = TestRequest::post()
+            .uri("/b")
+            .insert_header((header::EXPECT, "100-continue"))
+            .insert_header((header::CONTENT_LENGTH, "4"));
+        // Each the first request of an upstream: its connection answers one.
+        for (req, body) in [(get, &b""[..]), (post, &b"body"[..])] {
+            let (addr, _) = upstream(Ending::Close).await;
+            let answer = Setup::new(addr).forward(req, body).await;
+            assert_eq!(answer.unwrap(), (StatusCode::OK, web::Bytes::from("1")));
+        }
     }
 }

@@ -21,6 +21,10 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "content-length",
     "host",
+    // Met by the gateway itself (actix-web sends `100 Continue` when the body is read), as
+    // nginx does; passed on, awc refuses a bodiless request that carries it and holds a
+    // body back until OpenCode answers one.
+    "expect",
     // Never read, and never passed on as the client wrote it: OpenCode gets
     // `X-Forwarded-*` from `add_forwarded` only.
     "forwarded",
@@ -198,6 +202,7 @@ mod tests {
             ("x-secret-hop", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
+            ("expect", "100-continue"),
             ("host", "gateway"),
             ("content-length", "3"),
             ("authorization", "Bearer user-token"),
@@ -215,6 +220,7 @@ mod tests {
             "x-secret-hop",
             "keep-alive",
             "te",
+            "expect",
             "host",
             "content-length",
             "authorization",
