@@ -13,7 +13,7 @@ use chamberlain_actors::{
 };
 
 use crate::errors::{GatewayError, RETRY_STARTING};
-use crate::identity::{AuthError, Authenticator, Identity};
+use crate::identity::{AuthError, Authenticator, Identity, Person};
 use crate::metrics::{HttpMetrics, WsMetrics};
 use tokio_util::sync::CancellationToken;
 
@@ -82,7 +82,7 @@ pub enum Access {
 }
 
 /// Who a request was from, for the access log.
-pub struct LoggedUser(pub String);
+pub struct LoggedUser(pub Arc<Person>);
 
 /// Where a request goes.
 pub enum Routed {
@@ -147,7 +147,7 @@ impl Gateway {
         // For the access log, which needs the name only (a whole identity's copy is several
         // allocations, on every request).
         req.extensions_mut()
-            .insert(LoggedUser(identity.user_id.clone()));
+            .insert(LoggedUser(Arc::clone(identity.person())));
         Ok(identity)
     }
 

@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{Credential, Identity};
+use super::{Credential, Identity, Person};
 use crate::shared::{SharedChange, SharedDocuments};
 
 /// What every token starts with, so the gateway (and secret scanners) can tell one from a
@@ -215,14 +215,14 @@ impl AccessTokens {
         if stored.expires_at <= now_secs() {
             return None;
         }
-        Some(Identity {
+        let person = Person {
             user_id: stored.user_id.clone(),
             email: stored.email.clone(),
             name: stored.display_name.clone(),
             email_verified: stored.email_verified,
             groups: stored.groups.clone(),
-            credential: Credential::AccessToken { basic },
-        })
+        };
+        Some(Identity::new(person, Credential::AccessToken { basic }))
     }
 
     /// Makes a token for `owner`, named `name`, living `days` days. Blocking (writes the file).
@@ -455,14 +455,14 @@ mod tests {
     use super::*;
 
     fn ana() -> Identity {
-        Identity {
+        let person = Person {
             user_id: "ana".into(),
             email: Some("ana@example.com".into()),
             name: Some("Ana".into()),
             email_verified: Some(true),
             groups: vec!["staff".into()],
-            credential: Credential::Cookie,
-        }
+        };
+        Identity::new(person, Credential::Cookie)
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 
-use super::Identity;
+use super::Person;
 
 pub type TokenKey = [u8; 32];
 
@@ -17,7 +17,7 @@ pub struct VerifiedCache {
 }
 
 struct Entry {
-    identity: Arc<Identity>,
+    person: Arc<Person>,
     /// Seconds since the epoch after which the entry is no longer used.
     valid_until: u64,
 }
@@ -34,10 +34,10 @@ impl VerifiedCache {
         Sha256::digest(token.as_bytes()).into()
     }
 
-    pub fn get(&self, key: &TokenKey, now: u64) -> Option<Arc<Identity>> {
+    pub fn get(&self, key: &TokenKey, now: u64) -> Option<Arc<Person>> {
         let hit = self.entries.get(key)?;
         if now <= hit.valid_until {
-            return Some(hit.identity.clone());
+            return Some(Arc::clone(&hit.person));
         }
         drop(hit);
         self.entries.remove_if(key, |_, e| now > e.valid_until);
@@ -46,7 +46,7 @@ impl VerifiedCache {
 
     /// Remembers a verified token. When full, expired entries go first; if every entry is
     /// still valid the cache starts over, which costs each holder one more verification.
-    pub fn insert(&self, key: TokenKey, identity: Arc<Identity>, valid_until: u64, now: u64) {
+    pub fn insert(&self, key: TokenKey, person: Arc<Person>, valid_until: u64, now: u64) {
         if self.entries.len() >= self.capacity {
             self.entries.retain(|_, e| now <= e.valid_until);
             if self.entries.len() >= self.capacity {
@@ -60,7 +60,7 @@ impl VerifiedCache {
         self.entries.insert(
             key,
             Entry {
-                identity,
+                person,
                 valid_until,
             },
         );
@@ -75,14 +75,13 @@ impl VerifiedCache {
 mod tests {
     use super::*;
 
-    fn id(n: &str) -> Arc<Identity> {
-        Arc::new(Identity {
+    fn id(n: &str) -> Arc<Person> {
+        Arc::new(Person {
             user_id: n.to_owned(),
             email: None,
             name: None,
             email_verified: None,
             groups: Vec::new(),
-            credential: crate::identity::Credential::Cookie,
         })
     }
 

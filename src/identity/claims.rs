@@ -6,7 +6,7 @@
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use super::{Credential, Identity};
+use super::Person;
 
 /// Longest `sub` accepted; Cognito's are 36-character UUIDs.
 const MAX_SUBJECT: usize = 256;
@@ -119,9 +119,9 @@ impl Claims {
         }
     }
 
-    /// The identity these claims name. `name` falls back to Cognito's `username` (userinfo)
+    /// The person these claims name. `name` falls back to Cognito's `username` (userinfo)
     /// or `cognito:username` (ID tokens), then to the email address.
-    pub fn identity(&self) -> Result<Identity, ClaimsError> {
+    pub fn person(&self) -> Result<Person, ClaimsError> {
         let sub = match self.map.get("sub") {
             None | Some(Value::Null) => return Err(ClaimsError::NoSubject),
             Some(Value::String(s)) => s.as_str(),
@@ -136,15 +136,12 @@ impl Claims {
             .find_map(|claim| self.string(claim))
             .map(str::to_owned)
             .or_else(|| email.clone());
-        Ok(Identity {
+        Ok(Person {
             user_id: sub.to_owned(),
             email,
             name,
             email_verified: self.map.get("email_verified").and_then(boolean),
             groups: self.groups(),
-            // The authenticator says how the token came; until then assume the kind that
-            // gets every check.
-            credential: Credential::Cookie,
         })
     }
 }
@@ -220,7 +217,7 @@ mod tests {
             "exp": 1_900_000_000,
             "iss": "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_x"
         }));
-        let id = c.identity().unwrap();
+        let id = c.person().unwrap();
         assert_eq!(id.user_id, "2f1c7d0e-1111-4a4a-9b9b-0123456789ab");
         assert_eq!(id.email.as_deref(), Some("ana@example.com"));
         assert_eq!(id.name.as_deref(), Some("ana"));
@@ -230,22 +227,22 @@ mod tests {
     #[test]
     fn names_fall_back_and_odd_types_count_as_absent() {
         let c = claims(json!({"sub": "s", "cognito:username": "cu", "email": 5}));
-        let id = c.identity().unwrap();
+        let id = c.person().unwrap();
         assert_eq!(id.name.as_deref(), Some("cu"));
         assert_eq!(id.email, None);
         let c = claims(json!({"sub": "s", "email": "e@x", "name": ""}));
-        assert_eq!(c.identity().unwrap().name.as_deref(), Some("e@x"));
+        assert_eq!(c.person().unwrap().name.as_deref(), Some("e@x"));
     }
 
     #[test]
     fn subject_is_required_and_sane() {
         assert_eq!(
-            claims(json!({"email": "x"})).identity().unwrap_err(),
+            claims(json!({"email": "x"})).person().unwrap_err(),
             ClaimsError::NoSubject
         );
         for bad in [json!(""), json!(7), json!("a\nb"), json!("x".repeat(257))] {
             assert_eq!(
-                claims(json!({ "sub": bad })).identity().unwrap_err(),
+                claims(json!({ "sub": bad })).person().unwrap_err(),
                 ClaimsError::BadSubject
             );
         }
@@ -305,7 +302,7 @@ mod tests {
                                   json_like in "\\{(\"[a-z_:]{1,8}\": ?(\"[^\"]{0,10}\"|[0-9.e-]{1,12}|true|null|\\[\\]), ?){0,6}\\}") {
             for input in [bytes.as_slice(), json_like.as_bytes()] {
                 if let Ok(c) = Claims::parse(input) {
-                    let _ = c.identity();
+                    let _ = c.person();
                     let _ = c.check_time(1_000, 30, Some(5));
                     let _ = c.check_audience(&["a".into()], &["b".into()]);
                     let _ = c.check_issuer("i");

@@ -5,7 +5,7 @@
 use actix_web::http::header::HeaderName;
 use actix_web::HttpRequest;
 
-use super::{cookies, AuthError, Credential, Identity};
+use super::{cookies, AuthError, Credential, Identity, Person};
 
 pub const HEADER: &str = "x-chamberlain-dev-user";
 /// [`HEADER`] as a name made once: looked up by text, an unknown name is parsed and copied
@@ -46,7 +46,7 @@ pub fn identify(req: &HttpRequest) -> Result<Identity, AuthError> {
         let name = value
             .to_str()
             .map_err(|_| AuthError::Malformed(format!("{HEADER} is not valid text")))?;
-        (name.to_owned(), Credential::Header)
+        (name, Credential::Header)
     } else {
         let cookie = req
             .headers()
@@ -54,23 +54,23 @@ pub fn identify(req: &HttpRequest) -> Result<Identity, AuthError> {
             .filter_map(|v| v.to_str().ok())
             .find_map(|h| cookies::find(h, COOKIE));
         match cookie {
-            Some(name) => (name.to_owned(), Credential::Cookie),
+            Some(name) => (name, Credential::Cookie),
             None => return Err(AuthError::Missing),
         }
     };
-    validate_name(&name).map_err(AuthError::Malformed)?;
-    Ok(identity_for(&name, credential))
+    validate_name(name).map_err(AuthError::Malformed)?;
+    Ok(identity_for(name, credential))
 }
 
 pub fn identity_for(name: &str, credential: Credential) -> Identity {
-    Identity {
+    let person = Person {
         user_id: name.to_owned(),
         email: Some(format!("{name}@localhost")),
         name: Some(name.to_owned()),
         email_verified: None,
         groups: Vec::new(),
-        credential,
-    }
+    };
+    Identity::new(person, credential)
 }
 
 #[cfg(test)]

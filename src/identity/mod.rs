@@ -40,7 +40,7 @@ use settings::{AuthSettings, JwtKeySource, JwtSettings, Way};
 
 /// A verified user: the `UserContext` of the API without its directory fields.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Identity {
+pub struct Person {
     /// Stable subject (`sub`, or the dev name): the registry key and the source of the home
     /// directory name.
     pub user_id: String,
@@ -50,9 +50,43 @@ pub struct Identity {
     /// Groups the identity provider puts the user in (`cognito:groups` or `groups`), for
     /// `--allowed-groups` and `--admin-groups`.
     pub groups: Vec<String>,
-    /// How the request presented it (set per request; a cached identity is another
-    /// request's).
+}
+
+/// Who made a request: the person, shared (a verified token's is cached, and every request
+/// it identifies holds the same one instead of a copy of its strings and groups), and how
+/// this request presented them. Reads as a [`Person`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    person: Arc<Person>,
+    /// How the request presented it.
     pub credential: Credential,
+}
+
+impl Identity {
+    pub fn new(person: Person, credential: Credential) -> Identity {
+        Identity::shared(Arc::new(person), credential)
+    }
+
+    pub fn shared(person: Arc<Person>, credential: Credential) -> Identity {
+        Identity { person, credential }
+    }
+
+    /// The same person, presented another way.
+    pub fn with_credential(&self, credential: Credential) -> Identity {
+        Identity::shared(Arc::clone(&self.person), credential)
+    }
+
+    pub fn person(&self) -> &Arc<Person> {
+        &self.person
+    }
+}
+
+impl std::ops::Deref for Identity {
+    type Target = Person;
+
+    fn deref(&self) -> &Person {
+        &self.person
+    }
 }
 
 /// How a request presented its identity. Browsers attach cookies, and the load balancer's
@@ -86,7 +120,7 @@ impl Credential {
 
 /// A token that passed every check, and until when it may be served from the cache.
 pub struct Verified {
-    pub identity: Identity,
+    pub person: Person,
     pub valid_until: u64,
 }
 
@@ -122,7 +156,7 @@ fn accept(
         return Err(rejected("token signature does not verify"));
     }
     Ok(Verified {
-        identity: claims.identity().map_err(rejected)?,
+        person: claims.person().map_err(rejected)?,
         valid_until,
     })
 }
@@ -317,10 +351,10 @@ impl Authenticator {
         match &self.mode {
             Mode::Dev => dev::identify(req),
             Mode::Alb(_) | Mode::Jwt(_) => match self.credential(req) {
-                Ok((token, credential)) => self.verify(token).await.map(|identity| Identity {
-                    credential,
-                    ..identity
-                }),
+                Ok((token, credential)) => self
+                    .verify(token)
+                    .await
+                    .map(|person| Identity::shared(person, credential)),
                 Err(e) => Err(e),
             },
         }
@@ -380,12 +414,12 @@ impl Authenticator {
     }
 
     /// Checks a token, or finds it already checked.
-    pub async fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<Person>, AuthError> {
         let now = epoch_secs();
         let key = VerifiedCache::key(token);
-        if let Some(identity) = self.cache.get(&key, now) {
+        if let Some(person) = self.cache.get(&key, now) {
             self.metrics.outcome("cache_hit");
-            return Ok(Identity::clone(&identity));
+            return Ok(person);
         }
         let verified = match &self.mode {
             Mode::Alb(v) => v.verify(token, now).await?,
@@ -393,10 +427,10 @@ impl Authenticator {
             Mode::Dev => return Err(AuthError::Missing),
         };
         self.metrics.outcome("verified");
-        let identity = Arc::new(verified.identity);
+        let person = Arc::new(verified.person);
         self.cache
-            .insert(key, identity.clone(), verified.valid_until, now);
-        Ok(Identity::clone(&identity))
+            .insert(key, Arc::clone(&person), verified.valid_until, now);
+        Ok(person)
     }
 
     /// Where a person signs in, for the 401 page: the dev form, or behind an ALB a

@@ -140,16 +140,17 @@ impl SignInPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Person;
 
     fn person(id: &str, email: Option<&str>, verified: Option<bool>, groups: &[&str]) -> Identity {
-        Identity {
+        let person = Person {
             user_id: id.to_owned(),
             email: email.map(str::to_owned),
             name: None,
             email_verified: verified,
             groups: groups.iter().map(|g| g.to_string()).collect(),
-            credential: Credential::Cookie,
-        }
+        };
+        Identity::new(person, Credential::Cookie)
     }
 
     fn list(items: &[&str]) -> Vec<String> {
@@ -204,10 +205,7 @@ mod tests {
         assert!(policy.is_admin(&op));
         assert!(policy.is_admin(&person("root-user", None, None, &[])));
         assert!(!policy.is_admin(&person("a", None, None, &["staff"])));
-        let token = Identity {
-            credential: Credential::AccessToken { basic: false },
-            ..op
-        };
+        let token = op.with_credential(Credential::AccessToken { basic: false });
         assert!(policy.allows(&token));
         assert!(
             !policy.is_admin(&token),

@@ -40,7 +40,9 @@ where
         let req = response.request();
         let (method, path) = (req.method(), req.path());
         let extensions = req.extensions();
-        let user = extensions.get::<LoggedUser>().map_or("", |u| u.0.as_str());
+        let user = extensions
+            .get::<LoggedUser>()
+            .map_or("", |u| u.0.user_id.as_str());
         // To the microsecond: more digits are noise.
         let elapsed_ms = started.elapsed().as_micros() as f64 / 1000.0;
         if status >= 400 {
