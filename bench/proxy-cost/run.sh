@@ -5,12 +5,13 @@
 #   bench/proxy-cost/run.sh [ROUNDS] [SECONDS]     (defaults: 3 rounds of 10 s each)
 #   GATEWAY_BIN=/path/to/older/chamberlain bench/proxy-cost/run.sh   (a before/after)
 #
-# Needs root, wrk and perf; build first (`cargo build --release --bins` and
-# `cargo build --release -p chamberlain-bench`). Starts a fake OpenCode, a gateway in front of
-# it (uids 730000-730999; its user's own fake OpenCode), nginx and the floor in front of the
-# directly started one, then loads each in turn with `wrk -t1 -c32` while `perf stat` counts
-# that proxy's processes only: CPU time (task-clock) and, through a uprobe on glibc's
-# malloc, allocations. Per request, these are steadier than requests/s on a shared machine,
+# Needs root, wrk, perf and openssl; build first (`cargo build --release --bins` and
+# `cargo build --release -p chamberlain-bench`). Starts a fake OpenCode, two gateways (each
+# with its user's own fake OpenCode): one with the dev identity (uids 730000-730999) and one
+# verifying a signed token as production does (`--auth jwt`, uids 731000-731999), nginx and
+# the floor in front of the directly started one, then loads each in turn with
+# `wrk -t1 -c32` while `perf stat` counts that proxy's processes only: CPU time (task-clock)
+# and, through a uprobe on glibc's malloc, allocations. Per request, these are steadier than requests/s on a shared machine,
 # where the load generator, the proxy and the upstream share the cores. Everything it starts
 # is ended when it exits. See bench/RESULTS.md for what was measured with it.
 set -euo pipefail
@@ -19,7 +20,7 @@ seconds=${2:-10}
 here=$(cd "$(dirname "$0")" && pwd)
 release=$here/../../target/release
 gateway_bin=${GATEWAY_BIN:-$release/chamberlain}
-for tool in wrk perf; do
+for tool in wrk perf openssl; do
     command -v $tool >/dev/null || { echo "run.sh: $tool is not installed" >&2; exit 2; }
 done
 [ -x "$gateway_bin" ] || { echo "run.sh: $gateway_bin not found; build first" >&2; exit 2; }
@@ -59,20 +60,46 @@ wait_for "$work/upstream.log" "listening on"
 upstream=$(grep -oE '127\.0\.0\.1:[0-9]+' "$work/upstream.log" | head -1)
 auth="Basic $(printf opencode:bench | base64)"
 
-# The gateway, on a port of its own choosing.
-"$gateway_bin" serve --listen 127.0.0.1:0 --admin-listen off --system-accounts=off \
-    --data-dir "$work/gateway" --uid-range 730000-730999 --opencode-bin "$release/fake-opencode" \
-    > "$work/gateway.log" 2>&1 &
-gateway_pid=$!
-pids+=($gateway_pid)
-wait_for "$work/gateway.log" "chamberlain listening public=http://"
-gateway=$(grep -oE 'listening public=http://[0-9.:]+' "$work/gateway.log" | head -1 | sed 's|.*http://||')
-for _ in $(seq 300); do
-    curl -sf -H 'X-Chamberlain-Dev-User: bench' "http://$gateway/small" >/dev/null && break
-    sleep 0.1
-done
-curl -sf -H 'X-Chamberlain-Dev-User: bench' "http://$gateway/small" >/dev/null \
-    || { echo "run.sh: the gateway did not answer" >&2; cat "$work/gateway.log" >&2; exit 1; }
+# A gateway on a port of its own choosing; sets $gateway_addr and $gateway_pid.
+start_gateway() { # NAME UID-RANGE HEADER ARGS...
+    local name=$1 uids=$2 header=$3
+    shift 3
+    "$gateway_bin" serve --listen 127.0.0.1:0 --admin-listen off --system-accounts=off \
+        --data-dir "$work/$name" --uid-range "$uids" --opencode-bin "$release/fake-opencode" \
+        "$@" > "$work/$name.log" 2>&1 &
+    gateway_pid=$!
+    pids+=($gateway_pid)
+    wait_for "$work/$name.log" "chamberlain listening public=http://"
+    gateway_addr=$(grep -oE 'listening public=http://[0-9.:]+' "$work/$name.log" | head -1 | sed 's|.*http://||')
+    for _ in $(seq 300); do
+        curl -sf -H "$header" "http://$gateway_addr/small" >/dev/null && break
+        sleep 0.1
+    done
+    curl -sf -H "$header" "http://$gateway_addr/small" >/dev/null \
+        || { echo "run.sh: the gateway did not answer" >&2; cat "$work/$name.log" >&2; exit 1; }
+}
+
+# A token as an identity provider signs it (the size of a Cognito ID token, with groups),
+# with the test key of tests/fixtures; valid for two hours.
+b64url() { base64 -w0 | tr '+/' '-_' | tr -d '='; }
+fixtures=$here/../../tests/fixtures
+jwt_claims=$(python3 -c 'import json, sys, time; print(json.dumps({
+    "sub": "5f0c2a4e-8d1b-4c3a-9e7f-0b6d2c1a3e5f", "iss": "bench", "exp": int(time.time()) + 7200,
+    "iat": int(time.time()), "auth_time": int(time.time()), "token_use": "id",
+    "email": "bench.user@example.com", "email_verified": True, "name": "Bench User",
+    "cognito:username": "bench.user", "cognito:groups": ["team-%d" % i for i in range(8)],
+    "aud": "4q5r6s7t8u9v0w1x2y3z4a5b6c", "event_id": "0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9",
+    "origin_jti": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d", "jti": "d4c3b2a1-f6e5-4b7a-9d8c-5c4b3a2f1e0d"}))')
+jwt_signed=$(printf '{"alg":"EdDSA","typ":"JWT","kid":"bench"}' | b64url).$(printf '%s' "$jwt_claims" | b64url)
+printf '%s' "$jwt_signed" > "$work/jwt.in"
+jwt=$jwt_signed.$(openssl pkeyutl -sign -inkey "$fixtures/ed25519-test-private.pem" -rawin \
+    -in "$work/jwt.in" | b64url)
+
+start_gateway gateway 730000-730999 "X-Chamberlain-Dev-User: bench"
+gateway=$gateway_addr dev_pid=$gateway_pid
+start_gateway gateway-jwt 731000-731999 "Authorization: Bearer $jwt" --auth jwt \
+    --jwt-public-key "$fixtures/ed25519-test-public.pem" --jwt-issuer bench
+gateway_jwt=$gateway_addr jwt_pid=$gateway_pid
 
 "$release/chamberlain-bench" floor "$upstream" "$auth" > "$work/floor.log" 2>&1 &
 floor_pid=$!
@@ -155,7 +182,7 @@ measure() { # LABEL ADDRESS HEADER PIDS
         read -r _ mallocs < <(per_request "$probe" 3 "$addr" "$header" "$pids")
     fi
     awk -v label="$label" -v rps="$rps" -v cpu="$cpu" -v mallocs="$mallocs" 'BEGIN {
-        printf "%-8s %8s req/s  %5.1f µs CPU/request", label, rps, cpu * 1000
+        printf "%-9s %8s req/s  %5.1f µs CPU/request", label, rps, cpu * 1000
         if (mallocs != "") printf "  %5.1f mallocs/request", mallocs
         printf "\n" }'
 }
@@ -164,7 +191,8 @@ nginx_pids=""
 [ -z "$nginx" ] || nginx_pids=$(pgrep -d, -P "$nginx_pid"),$nginx_pid
 echo "upstream: fake OpenCode; wrk -t1 -c32, ${seconds}s per run; CPU and allocations of the proxy's processes only"
 for round in $(seq "$rounds"); do
-    measure gateway "$gateway" "X-Chamberlain-Dev-User: bench" "$gateway_pid"
+    measure gateway "$gateway" "X-Chamberlain-Dev-User: bench" "$dev_pid"
+    measure "gw (jwt)" "$gateway_jwt" "Authorization: Bearer $jwt" "$jwt_pid"
     measure floor "$floor" "X-Nothing: 1" "$floor_pid"
     [ -z "$nginx" ] || measure nginx "$nginx" "X-Nothing: 1" "$nginx_pids"
 done
