@@ -179,8 +179,7 @@ impl Forward<'_> {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
+    use std::sync::{Arc, Mutex};
 
     use actix_web::test::TestRequest;
     use actix_web::FromRequest;
@@ -206,33 +205,62 @@ mod tests {
         Reset,
     }
 
-    /// Reads one request head; `false` at end of file.
-    async fn read_head(stream: &mut TcpStream) -> bool {
+    /// Reads one request head; `None` at end of file.
+    async fn read_head(stream: &mut TcpStream) -> Option<String> {
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
             match stream.read(&mut byte).await {
                 Ok(1) => head.push(byte[0]),
-                _ => return false,
+                _ => return None,
             }
         }
-        true
+        Some(String::from_utf8_lossy(&head).into_owned())
+    }
+
+    /// A request that reached the upstream and was reset unread.
+    const UNREAD: &str = "(unread)";
+
+    /// What the upstream was sent: each request head with the number of its connection
+    /// (from 1).
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<(usize, String)>>>);
+
+    impl Seen {
+        fn record(&self, connection: usize, head: String) {
+            self.0.lock().unwrap().push((connection, head));
+        }
+
+        /// The heads a connection was sent.
+        fn on(&self, connection: usize) -> Vec<String> {
+            let seen = self.0.lock().unwrap();
+            let heads = seen.iter().filter(|(c, _)| *c == connection);
+            heads.map(|(_, head)| head.clone()).collect()
+        }
+
+        fn connections(&self) -> usize {
+            let seen = self.0.lock().unwrap();
+            seen.iter().map(|(c, _)| *c).max().unwrap_or(0)
+        }
     }
 
     /// Answers each connection's first request with the connection's number, then ends the
-    /// connection on its next request as `ending` says. Counts connections.
-    async fn upstream(ending: Ending) -> (SocketAddr, Arc<AtomicUsize>) {
+    /// connection on its next request as `ending` says.
+    async fn upstream(ending: Ending) -> (SocketAddr, Seen) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
+        let seen = Seen::default();
+        let record = seen.clone();
         actix_web::rt::spawn(async move {
+            let mut number = 0;
             while let Ok((mut stream, _)) = listener.accept().await {
-                let number = count.fetch_add(1, Ordering::SeqCst) + 1;
+                number += 1;
+                let seen = record.clone();
                 actix_web::rt::spawn(async move {
-                    if !read_head(&mut stream).await {
+                    let Some(head) = read_head(&mut stream).await else {
                         return;
-                    }
+                    };
+                    seen.record(number, head);
                     let body = number.to_string();
                     let answer = format!(
                         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
@@ -243,12 +271,16 @@ mod tests {
                     }
                     match ending {
                         Ending::Close => {
-                            read_head(&mut stream).await;
+                            if let Some(head) = read_head(&mut stream).await {
+                                seen.record(number, head);
+                            }
                         }
                         Ending::Reset => {
                             // Waits for the request's bytes, leaves them unread: closing
                             // then sends a reset.
-                            let _ = stream.peek(&mut [0u8; 1]).await;
+                            if stream.peek(&mut [0u8; 1]).await.is_ok_and(|n| n > 0) {
+                                seen.record(number, UNREAD.to_owned());
+                            }
                             let _ =
                                 socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
                         }
@@ -256,7 +288,7 @@ mod tests {
                 });
             }
         });
-        (addr, accepted)
+        (addr, seen)
     }
 
     struct Setup {
@@ -291,10 +323,15 @@ mod tests {
             req: TestRequest,
             body: &'static [u8],
         ) -> Result<(StatusCode, web::Bytes), GatewayError> {
-            let (req, mut payload) = req
+            let mut req = req
                 .peer_addr("127.0.0.1:40000".parse().unwrap())
                 .set_payload(body)
-                .to_http_parts();
+                .to_srv_request();
+            if req.headers().contains_key(header::TRANSFER_ENCODING) {
+                // Sent in chunks, without the length `set_payload` puts in.
+                req.headers_mut().remove(header::CONTENT_LENGTH);
+            }
+            let (req, mut payload) = req.into_parts();
             let payload = web::Payload::from_request(&req, &mut payload)
                 .await
                 .map_err(|e| GatewayError::Internal(e.to_string()))?;
@@ -326,12 +363,10 @@ mod tests {
     #[actix_web::test]
     async fn a_safe_request_on_a_connection_the_instance_just_closed_is_sent_again() {
         for ending in [Ending::Close, Ending::Reset] {
-            let (addr, accepted) = upstream(ending).await;
+            let (addr, seen) = upstream(ending).await;
             let setup = Setup::new(addr);
             let first = setup.forward(TestRequest::get().uri("/a"), b"").await;
             assert_eq!(first.unwrap(), (StatusCode::OK, web::Bytes::from("1")));
-            // On the kept-alive connection, which the instance ends unanswered: sent again on
-            // a new one.
             let second = setup.forward(TestRequest::get().uri("/b"), b"").await;
             let second = second.unwrap_or_else(|e| panic!("{ending:?}: {e}"));
             assert_eq!(
@@ -339,27 +374,44 @@ mod tests {
                 (StatusCode::OK, web::Bytes::from("2")),
                 "{ending:?}"
             );
-            assert_eq!(accepted.load(Ordering::SeqCst), 2, "{ending:?}");
+            // It went on the kept-alive connection first, which ended it unanswered, and
+            // then on a new one.
+            assert_eq!(seen.on(1).len(), 2, "{ending:?}: {:?}", seen.on(1));
+            let retried = seen.on(2);
+            assert!(
+                retried.len() == 1 && retried[0].starts_with("GET /b "),
+                "{ending:?}: {retried:?}"
+            );
         }
     }
 
     #[actix_web::test]
     async fn a_request_with_a_body_is_never_sent_twice() {
         for ending in [Ending::Close, Ending::Reset] {
-            let (addr, accepted) = upstream(ending).await;
-            let setup = Setup::new(addr);
-            let first = setup.forward(TestRequest::get().uri("/a"), b"").await;
-            assert_eq!(first.unwrap().0, StatusCode::OK);
-            let post = TestRequest::post()
-                .uri("/b")
-                .insert_header((header::CONTENT_LENGTH, "4"));
-            let result = setup.forward(post, b"body").await;
-            let err = result.expect_err(&format!("{ending:?}"));
-            assert!(
-                matches!(err, GatewayError::Upstream(_)),
-                "{ending:?}: {err}"
-            );
-            assert_eq!(accepted.load(Ordering::SeqCst), 1, "{ending:?}");
+            let with_bodies = [
+                TestRequest::post()
+                    .uri("/b")
+                    .insert_header((header::CONTENT_LENGTH, "4")),
+                TestRequest::get()
+                    .uri("/b")
+                    .insert_header((header::CONTENT_LENGTH, "4")),
+                TestRequest::get()
+                    .uri("/b")
+                    .insert_header((header::TRANSFER_ENCODING, "chunked")),
+            ];
+            for req in with_bodies {
+                let (addr, seen) = upstream(ending).await;
+                let setup = Setup::new(addr);
+                let first = setup.forward(TestRequest::get().uri("/a"), b"").await;
+                assert_eq!(first.unwrap().0, StatusCode::OK);
+                let err = setup.forward(req, b"body").await.expect_err("sent twice");
+                assert!(
+                    matches!(err, GatewayError::Upstream(_)),
+                    "{ending:?}: {err}"
+                );
+                assert_eq!(seen.on(1).len(), 2, "{ending:?}: {:?}", seen.on(1));
+                assert_eq!(seen.connections(), 1, "{ending:?}: sent again");
+            }
         }
     }
 
@@ -374,9 +426,11 @@ mod tests {
             .insert_header((header::CONTENT_LENGTH, "4"));
         // Each the first request of an upstream: its connection answers one.
         for (req, body) in [(get, &b""[..]), (post, &b"body"[..])] {
-            let (addr, _) = upstream(Ending::Close).await;
+            let (addr, seen) = upstream(Ending::Close).await;
             let answer = Setup::new(addr).forward(req, body).await;
             assert_eq!(answer.unwrap(), (StatusCode::OK, web::Bytes::from("1")));
+            let head = &seen.on(1)[0];
+            assert!(!head.to_ascii_lowercase().contains("\r\nexpect:"), "{head}");
         }
     }
 }

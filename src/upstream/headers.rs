@@ -21,9 +21,9 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
     "content-length",
     "host",
-    // Met by the gateway itself (actix-web sends `100 Continue` when the body is read), as
-    // nginx does; passed on, awc refuses a bodiless request that carries it and holds a
-    // body back until OpenCode answers one.
+    // Met by the gateway itself (actix-http answers `100 Continue` before the handler
+    // runs), as nginx does; passed on, awc refuses a bodiless request that carries it and
+    // holds a body back until OpenCode answers one.
     "expect",
     // Never read, and never passed on as the client wrote it: OpenCode gets
     // `X-Forwarded-*` from `add_forwarded` only.
