@@ -32,8 +32,12 @@ pids=()
 probe=""
 cleanup() {
     for pid in "${pids[@]}"; do
-        pkill -9 -P "$pid" 2>/dev/null || true # nginx's workers
+        # Its children noted first and ended last: nginx's master starts a new worker for
+        # each one that ends while it lives.
+        local children
+        children=$(pgrep -P "$pid" || true)
         kill -9 "$pid" 2>/dev/null || true
+        [ -z "$children" ] || kill -9 $children 2>/dev/null || true
     done
     # The gateway's user's OpenCode, should the gateway have died before ending it.
     pkill -9 -f "$release/fake-opencode" 2>/dev/null || true
