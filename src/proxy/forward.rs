@@ -112,14 +112,7 @@ impl Forward<'_> {
                 other => break other,
             }
         };
-        let response = response.map_err(|e| match e {
-            SendRequestError::Connect(ConnectError::Disconnected) => GatewayError::Upstream(
-                "OpenCode closed the connection without answering".to_owned(),
-            ),
-            SendRequestError::Connect(e) => GatewayError::UpstreamConnect(e.to_string()),
-            SendRequestError::Timeout => GatewayError::UpstreamTimeout(self.timeout),
-            other => GatewayError::Upstream(other.to_string()),
-        })?;
+        let response = response.map_err(|e| crate::upstream::send_error(e, self.timeout))?;
         self.metrics
             .upstream_latency(started.elapsed().as_secs_f64());
 

@@ -15,7 +15,7 @@ use actix_http::ws::{hash_key, Codec};
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
-use awc::error::{ConnectError, SendRequestError, WsClientError};
+use awc::error::{SendRequestError, WsClientError};
 use futures_util::StreamExt;
 
 use std::sync::Arc;
@@ -53,15 +53,9 @@ fn upstream_error(e: WsClientError, timeout: Duration) -> GatewayError {
                 message: format!("OpenCode refused the websocket ({status})"),
             }
         }
-        WsClientError::SendRequest(SendRequestError::Connect(ConnectError::Disconnected)) => {
-            GatewayError::Upstream("OpenCode closed the connection without answering".to_owned())
-        }
-        WsClientError::SendRequest(SendRequestError::Connect(e)) => {
-            GatewayError::UpstreamConnect(e.to_string())
-        }
-        WsClientError::SendRequest(SendRequestError::Timeout) => {
-            GatewayError::UpstreamTimeout(timeout)
-        }
+        WsClientError::SendRequest(
+            e @ (SendRequestError::Connect(_) | SendRequestError::Timeout),
+        ) => crate::upstream::send_error(e, timeout),
         other => GatewayError::Upstream(format!("websocket handshake failed: {other}")),
     }
 }
